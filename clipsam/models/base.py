@@ -1,0 +1,91 @@
+"""The two interfaces between clipsam's pipeline and the models. Pure numpy: no torch here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..masks import RLE
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One candidate mask from automatic generation.
+
+    Attributes:
+        rle: the mask as COCO RLE, at the size of the image given to ``generate``.
+        predicted_iou: the model's own estimate of the mask's quality, in [0, 1] for SAM.
+        stability_score: IoU between the mask thresholded a little above and below its cut-off.
+        point_xy: the grid point (x, y pixels) that produced it, if any.
+    """
+
+    rle: RLE
+    predicted_iou: float
+    stability_score: float
+    point_xy: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class PromptMasks:
+    """Masks for one prompt, best first.
+
+    Attributes:
+        masks: ``(N, H, W) bool`` at the embedded image's size (N is 1 or 3: few masks, dense is fine).
+        iou_predictions: ``(N,) float32`` predicted IoU of each mask.
+        low_res_logits: ``(N, h, w) float32`` logits that can be fed back as ``mask_input`` of a later call.
+    """
+
+    masks: np.ndarray
+    iou_predictions: np.ndarray
+    low_res_logits: np.ndarray
+
+
+@runtime_checkable
+class MaskProposer(Protocol):
+    """Gives candidate masks: automatically, or for point / box / mask prompts."""
+
+    name: str
+
+    def embed(self, image: np.ndarray) -> Any:
+        """Compute the expensive per-image state once for an ``(H, W, 3) uint8`` image."""
+
+    def predict(
+        self,
+        embedding: Any,
+        *,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> PromptMasks:
+        """Masks for prompts in pixel coordinates of the embedded image, sorted by predicted IoU."""
+
+    def generate(self, image: np.ndarray, embedding: Any = None, **params: Any) -> list[Proposal]:
+        """Every mask of the image (the automatic "segment everything" path)."""
+
+
+@runtime_checkable
+class RegionEmbedder(Protocol):
+    """Embeds image crops and texts into one space (CLIP).
+
+    Attributes:
+        name: a human name for messages.
+        cache_key: identifies the weights, for the on-disk text-embedding cache; ``None`` disables it.
+        image_size: side of the square crops the model takes (pixels).
+        logit_scale: the temperature that turns cosine similarities into logits (CLIP: 100).
+    """
+
+    name: str
+    cache_key: str | None
+    image_size: int
+    logit_scale: float
+
+    def embed_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, D) float32`` unit vectors for N ``(S, S, 3) uint8`` crops."""
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``(M, D) float32`` unit vectors for M texts."""

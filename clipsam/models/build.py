@@ -1,0 +1,95 @@
+"""Build model adapters from registry names (``vit_b``, ``ViT-B-16/openai``, ``tiny-random``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .. import weights
+from ..errors import ModelError
+from .clip import ClipEmbedder
+from .sam import SamProposer
+
+log = logging.getLogger(__name__)
+
+#: The name that selects the tiny random-weight architectures (tests only: outputs are meaningless).
+TINY = "tiny-random"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+
+
+def sam_names() -> list[str]:
+    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "sam") + [TINY]
+
+
+def clip_names() -> list[str]:
+    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "clip") + [TINY]
+
+
+def build_proposer(
+    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0
+) -> SamProposer:
+    """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed."""
+    if name == TINY:
+        from ..testing import tiny_sam
+
+        return SamProposer(tiny_sam(seed), device, name=TINY)
+    ckpt = _checkpoint(name, "sam", sam_names())
+    from segment_anything import sam_model_registry
+
+    path = weights.ensure(ckpt.name, download=download, progress=progress)
+    model = sam_model_registry[ckpt.arch](checkpoint=None)
+    model.load_state_dict(weights.load_state_dict(path, ckpt))
+    log.info("loaded SAM %s from %s", ckpt.name, path)
+    return SamProposer(model, device, name=ckpt.name)
+
+
+def build_embedder(
+    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0
+) -> ClipEmbedder:
+    """A :class:`ClipEmbedder` for registry name *name*, its weights fetched and verified as needed."""
+    if name == TINY:
+        from ..testing import tiny_clip
+
+        model, preprocess, tokenizer = tiny_clip(seed)
+        return ClipEmbedder(model, preprocess, tokenizer, device, name=TINY, cache_key=None)
+    ckpt = _checkpoint(name, "clip", clip_names())
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+
+    path = weights.ensure(ckpt.name, download=download, progress=progress)
+    state = weights.load_state_dict(path, ckpt)
+    model = build_model_from_openai_state_dict(state, quick_gelu=bool(ckpt.extra.get("quick_gelu", True)),
+                                               cast_dtype=None).float()
+    size = model.visual.image_size
+    preprocess = open_clip.image_transform(size[0] if isinstance(size, tuple) else size, is_train=False)
+    tokenizer = open_clip.get_tokenizer(ckpt.arch)
+    log.info("loaded CLIP %s from %s", ckpt.name, path)
+    return ClipEmbedder(model, preprocess, tokenizer, device, name=ckpt.name, cache_key=f"{ckpt.name}@{ckpt.sha256[:16]}")
+
+
+def _checkpoint(name: str, family: str, known: list[str]) -> weights.Checkpoint:
+    try:
+        ckpt = weights.get(name)
+    except Exception:
+        raise ModelError(f"unknown {family.upper()} model {name!r}; choose one of: {', '.join(known)}") from None
+    if ckpt.family != family:
+        raise ModelError(f"{name!r} is a {ckpt.family.upper()} checkpoint, not {family.upper()}; choose one of: "
+                         f"{', '.join(known)}")
+    return ckpt

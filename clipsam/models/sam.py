@@ -1,0 +1,138 @@
+"""Segment Anything (``segment_anything``) behind the :class:`~clipsam.models.base.MaskProposer` interface."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling import Sam
+
+from ..errors import PromptError
+from .base import PromptMasks, Proposal
+
+log = logging.getLogger(__name__)
+
+#: Parameters of ``SamAutomaticMaskGenerator`` that ``generate`` passes through.
+GENERATOR_PARAMS = tuple(
+    p for p in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters if p not in ("self", "model", "output_mode")
+)
+
+
+@dataclass(frozen=True)
+class SamEmbedding:
+    """The image embedding of one image: computed once, reused for every prompt on that image."""
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+class _ReusingPredictor(SamPredictor):
+    """A predictor that serves a precomputed embedding instead of re-encoding the same image."""
+
+    def __init__(self, model: Sam, embedding: SamEmbedding) -> None:
+        super().__init__(model)
+        self._embedding = embedding
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if tuple(image.shape[:2]) == tuple(self._embedding.original_size):
+            _restore(self, self._embedding)
+        else:  # a crop layer: encode it
+            super().set_image(image, image_format)
+
+
+def _restore(predictor: SamPredictor, emb: SamEmbedding) -> None:
+    predictor.reset_image()
+    predictor.features = emb.features
+    predictor.original_size = emb.original_size
+    predictor.input_size = emb.input_size
+    predictor.is_image_set = True
+
+
+class SamProposer:
+    """A ``segment_anything`` :class:`Sam` model as a mask proposer.
+
+    Args:
+        model: a built SAM model (weights loaded).
+        device: torch device to run on.
+        name: registry name, for messages and provenance.
+    """
+
+    def __init__(self, model: Sam, device: torch.device | str = "cpu", name: str = "sam") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.name = name
+        self._predictor = SamPredictor(self.model)
+
+    @property
+    def mask_input_size(self) -> tuple[int, int]:
+        """Shape ``(h, w)`` of the low-resolution logits accepted as ``mask_input``."""
+        h, w = self.model.prompt_encoder.mask_input_size
+        return int(h), int(w)
+
+    @torch.inference_mode()
+    def embed(self, image: np.ndarray) -> SamEmbedding:
+        self._predictor.set_image(image)
+        p = self._predictor
+        emb = SamEmbedding(p.features, tuple(p.original_size), tuple(p.input_size))
+        p.reset_image()
+        return emb
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        embedding: SamEmbedding,
+        *,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> PromptMasks:
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, dtype=np.float32)
+            if mask_input.ndim == 2:
+                mask_input = mask_input[None]
+            if tuple(mask_input.shape[-2:]) != self.mask_input_size:
+                raise PromptError(
+                    f"mask prompt must be the low-resolution logits of an earlier call, shape "
+                    f"(1, {self.mask_input_size[0]}, {self.mask_input_size[1]}), got {tuple(mask_input.shape)}"
+                )
+        _restore(self._predictor, embedding)
+        try:
+            masks, iou, low = self._predictor.predict(
+                point_coords=point_coords, point_labels=point_labels, box=box, mask_input=mask_input,
+                multimask_output=multimask_output,
+            )
+        finally:
+            self._predictor.reset_image()
+        order = np.argsort(-iou, kind="stable")
+        return PromptMasks(masks[order].astype(bool), iou[order].astype(np.float32), low[order].astype(np.float32))
+
+    def generate(self, image: np.ndarray, embedding: SamEmbedding | None = None, **params: Any) -> list[Proposal]:
+        unknown = sorted(set(params) - set(GENERATOR_PARAMS))
+        if unknown:
+            raise PromptError(f"unknown generator parameter(s) {unknown}; valid: {', '.join(GENERATOR_PARAMS)}")
+        try:
+            generator = SamAutomaticMaskGenerator(self.model, output_mode="coco_rle", **params)
+        except (AssertionError, ValueError) as exc:
+            raise PromptError(f"invalid generator parameters {params}: {exc or 'rejected by SAM'}") from exc
+        if embedding is not None:
+            generator.predictor = _ReusingPredictor(self.model, embedding)
+        with torch.inference_mode():
+            records = generator.generate(image)
+        log.debug("SAM generated %d masks", len(records))
+        return [
+            Proposal(
+                rle={"size": [int(s) for s in r["segmentation"]["size"]], "counts": r["segmentation"]["counts"]},
+                predicted_iou=float(r["predicted_iou"]),
+                stability_score=float(r["stability_score"]),
+                point_xy=(float(r["point_coords"][0][0]), float(r["point_coords"][0][1])),
+            )
+            for r in records
+        ]

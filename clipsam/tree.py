@@ -1,0 +1,88 @@
+"""The part-whole mask tree: near-duplicate merging and containment nesting. Pure numpy; no torch.
+
+Everything here is deterministic and independent of the order the masks arrive in: masks are first put in a
+canonical order (larger first, then by position, then by RLE), which also gives stable ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import masks as M
+
+#: A child belongs to the smallest region that holds at least this share of its pixels.
+DEFAULT_CONTAINMENT = 0.9
+#: Two masks with at least this IoU are the same region; the better one is kept.
+DEFAULT_DUPLICATE_IOU = 0.9
+
+__all__ = ["DEFAULT_CONTAINMENT", "DEFAULT_DUPLICATE_IOU", "build_parents", "canonical_order", "dedupe", "depths"]
+
+
+def canonical_order(rles: Sequence[M.RLE]) -> np.ndarray:
+    """Indices that sort masks by area (descending), then box (y, x, h, w), then RLE string."""
+    if len(rles) == 0:
+        return np.zeros(0, dtype=np.int64)
+    areas = np.asarray(M.area(list(rles)))
+    boxes = np.asarray(M.bbox_xywh(list(rles)))
+    keys = [(-int(areas[i]), boxes[i, 1], boxes[i, 0], boxes[i, 3], boxes[i, 2], str(rles[i]["counts"]))
+            for i in range(len(rles))]
+    return np.asarray(sorted(range(len(rles)), key=keys.__getitem__), dtype=np.int64)
+
+
+def dedupe(rles: Sequence[M.RLE], quality: Sequence[float], iou_threshold: float = DEFAULT_DUPLICATE_IOU) -> np.ndarray:
+    """Indices of the masks to keep (ascending) after merging near-duplicates.
+
+    Greedy by *quality* (ties by canonical order): a mask whose IoU with an already kept one reaches
+    *iou_threshold* is dropped. Empty masks are dropped.
+    """
+    n = len(rles)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[canonical_order(rles)] = np.arange(n)
+    q = np.asarray(quality, dtype=np.float64)
+    order = sorted(range(n), key=lambda i: (-q[i], rank[i]))
+    iou = M.iou_matrix(rles, rles)
+    areas = np.asarray(M.area(list(rles)))
+    kept: list[int] = []
+    for i in order:
+        if areas[i] == 0:
+            continue
+        if kept and iou[i, kept].max() >= iou_threshold:
+            continue
+        kept.append(i)
+    return np.asarray(sorted(kept), dtype=np.int64)
+
+
+def build_parents(rles: Sequence[M.RLE], containment: float = DEFAULT_CONTAINMENT) -> np.ndarray:
+    """``parent[i]`` = index of the smallest mask holding at least *containment* of mask *i*, or -1.
+
+    A parent always comes strictly before its child in canonical order (larger, or equal area and earlier), so
+    the result is a forest.
+    """
+    n = len(rles)
+    parent = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return parent
+    share = M.contained_share(rles)
+    rank = np.empty(n, dtype=np.int64)
+    rank[canonical_order(rles)] = np.arange(n)
+    for i in range(n):
+        cands = [j for j in range(n) if j != i and rank[j] < rank[i] and share[i, j] >= containment]
+        if cands:
+            parent[i] = max(cands, key=lambda j: rank[j])  # the latest in canonical order = the smallest
+    return parent
+
+
+def depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node of a forest given by *parent* (roots: 0)."""
+    out = np.zeros(len(parent), dtype=np.int64)
+    for i in range(len(parent)):
+        d, j = 0, parent[i]
+        while j >= 0:
+            d += 1
+            j = parent[j]
+        out[i] = d
+    return out

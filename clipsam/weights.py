@@ -1,0 +1,387 @@
+"""Pretrained checkpoints: a registry with pinned SHA-256, a cache, verified downloads and offline import.
+
+The flow for every checkpoint is the same: bytes arrive (download or ``import``) into a temporary file in
+the cache folder, their SHA-256 is checked against the registry *before anything is unpickled*, the file is
+then opened with ``torch.load(..., weights_only=True)`` (which refuses code payloads), and only then is it
+renamed into place atomically. A failure at any step removes the temporary file, so the cache only ever
+holds verified checkpoints.
+
+The cache folder is ``$CLIPSAM_HOME/weights`` (default ``~/.cache/clipsam/weights``). With
+``CLIPSAM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` clipsam never touches the network.
+
+OpenAI's CLIP checkpoints are TorchScript archives, which ``torch.load(weights_only=True)`` cannot open; they
+are verified against the SHA-256 that OpenAI publishes in their URL and read with ``torch.jit.load``
+(TorchScript's own deserialiser, which does not run Python pickle code), and only their state dict is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ChecksumError, UnsafeCheckpointError, WeightsError, WeightsMissingError
+
+log = logging.getLogger(__name__)
+
+#: ``progress(bytes_done, bytes_total_or_None)``, called as a download advances.
+ProgressCallback = Callable[[int, "int | None"], None]
+
+_CHUNK = 1 << 20
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One downloadable checkpoint.
+
+    Attributes:
+        name: registry name used everywhere (``vit_b``, ``ViT-B-16/openai``).
+        family: ``sam`` or ``clip``.
+        arch: architecture key: a ``segment_anything`` registry key or an open_clip model name.
+        url: official download address.
+        sha256: pinned SHA-256 of the file (64 hex digits).
+        filename: name of the file in the cache.
+        format: ``torch`` (a pickled state dict, read with ``weights_only=True``) or ``torchscript``.
+        size: expected size in bytes when known (used for progress and messages), else ``None``.
+        license: licence of the weights.
+        description: one line for ``clipsam weights list``.
+    """
+
+    name: str
+    family: str
+    arch: str
+    url: str
+    sha256: str
+    filename: str
+    format: str = "torch"
+    size: int | None = None
+    license: str = ""
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _sam(name: str, url: str, sha256: str, size: int | None, description: str) -> Checkpoint:
+    return Checkpoint(name=name, family="sam", arch=name, url=url, sha256=sha256, filename=url.rsplit("/", 1)[1],
+                      size=size, license="Apache-2.0", description=description)
+
+
+def _openai_clip(arch: str, sha256: str, description: str) -> Checkpoint:
+    # OpenAI publishes the file's SHA-256 as a path component of the URL.
+    url = f"https://openaipublic.azureedge.net/clip/models/{sha256}/{arch}.pt"
+    return Checkpoint(name=f"{arch}/openai", family="clip", arch=arch, url=url, sha256=sha256,
+                      filename=f"clip_{arch}_openai_{sha256[:8]}.pt", format="torchscript", license="MIT",
+                      description=description, extra={"quick_gelu": True})
+
+
+_FB = "https://dl.fbaipublicfiles.com/segment_anything"
+_BUILTIN = [
+    _sam("vit_b", f"{_FB}/sam_vit_b_01ec64.pth",
+         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", None,
+         "SAM ViT-B (91M params, ~375 MB): the default; fastest"),
+    _sam("vit_l", f"{_FB}/sam_vit_l_0b3195.pth",
+         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", None,
+         "SAM ViT-L (308M params, ~1.2 GB)"),
+    _sam("vit_h", f"{_FB}/sam_vit_h_4b8939.pth",
+         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879,
+         "SAM ViT-H (636M params, ~2.6 GB): best masks, slowest"),
+    _openai_clip("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+                 "OpenAI CLIP ViT-B/16 (~335 MB): the default"),
+    _openai_clip("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+                 "OpenAI CLIP ViT-B/32 (~338 MB): fastest"),
+    _openai_clip("ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+                 "OpenAI CLIP ViT-L/14 (~890 MB): most accurate"),
+    _openai_clip("ViT-L-14-336", "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+                 "OpenAI CLIP ViT-L/14 at 336 px (~890 MB)"),
+]
+
+#: Every known checkpoint by name. Add your own with :func:`register`.
+REGISTRY: dict[str, Checkpoint] = {c.name: c for c in _BUILTIN}
+_ALIASES = {"sam_vit_b": "vit_b", "sam_vit_l": "vit_l", "sam_vit_h": "vit_h", "default": "vit_h"}
+
+
+def register(checkpoint: Checkpoint, *, replace: bool = False) -> None:
+    """Add a checkpoint to the registry (a mirror, a fine-tuned model with a known hash, a test file)."""
+    if checkpoint.name in REGISTRY and not replace:
+        raise WeightsError(f"checkpoint {checkpoint.name!r} is already registered; pass replace=True to override")
+    if len(checkpoint.sha256) != 64 or any(c not in "0123456789abcdef" for c in checkpoint.sha256):
+        raise WeightsError(f"checkpoint {checkpoint.name!r}: sha256 must be 64 lowercase hex digits")
+    REGISTRY[checkpoint.name] = checkpoint
+
+
+def get(name: str) -> Checkpoint:
+    """The registry entry for *name* (aliases such as ``sam_vit_b`` accepted)."""
+    key = _ALIASES.get(name, name)
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise WeightsError(
+            f"unknown checkpoint {name!r}; known: {', '.join(sorted(REGISTRY))} (see `clipsam weights list`)"
+        ) from None
+
+
+def home() -> Path:
+    """clipsam's data folder: ``$CLIPSAM_HOME`` or ``~/.cache/clipsam``."""
+    env = os.environ.get("CLIPSAM_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "clipsam"
+
+
+def cache_dir() -> Path:
+    """Where checkpoints live: ``home() / "weights"``."""
+    return home() / "weights"
+
+
+def is_offline() -> bool:
+    """True when ``CLIPSAM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
+    return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("CLIPSAM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def path_for(name: str) -> Path:
+    """Where checkpoint *name* is (or would be) cached."""
+    return cache_dir() / get(name).filename
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified.json")
+
+
+def _write_stamp(path: Path, sha256: str) -> None:
+    st = path.stat()
+    _stamp_path(path).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+
+
+def _stamp_ok(path: Path, sha256: str) -> bool:
+    """The file was verified before and has not changed since (size and mtime), so hashing can be skipped."""
+    try:
+        stamp = json.loads(_stamp_path(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return stamp.get("sha256") == sha256 and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_cached(name: str) -> bool:
+    """The checkpoint file exists in the cache (not re-hashed; see :func:`verify`)."""
+    return path_for(name).is_file()
+
+
+def _missing_message(ckpt: Checkpoint, reason: str) -> str:
+    size = f", {ckpt.size / 1e6:,.0f} MB" if ckpt.size else ""
+    return (
+        f"{ckpt.family.upper()} checkpoint {ckpt.name!r} ({ckpt.filename}{size}) is not in the cache "
+        f"{cache_dir()} and {reason}. On a machine with internet access download {ckpt.url} and copy it here, "
+        f"then run `clipsam weights import {ckpt.name} /path/to/{ckpt.url.rsplit('/', 1)[1]}` (its SHA-256 is "
+        "checked), or run `clipsam weights download "
+        f"{ckpt.name}` once online; CLIPSAM_HOME chooses the cache folder."
+    )
+
+
+def ensure(name: str, *, download: bool = True, progress: ProgressCallback | None = None) -> Path:
+    """Path of a verified copy of checkpoint *name*, downloading it first when needed and allowed.
+
+    A cached file that was verified before and has not changed is not hashed again.
+
+    Raises:
+        WeightsMissingError: not cached, and offline / *download* is false / the download failed.
+        ChecksumError: a cached or downloaded file does not match the pinned SHA-256.
+    """
+    ckpt = get(name)
+    path = cache_dir() / ckpt.filename
+    if path.is_file():
+        if _stamp_ok(path, ckpt.sha256):
+            return path
+        actual = sha256_file(path)
+        if actual != ckpt.sha256:
+            raise ChecksumError(
+                f"cached checkpoint {path} has SHA-256 {actual[:12]}… but {ckpt.name!r} must have "
+                f"{ckpt.sha256[:12]}…; delete it and run `clipsam weights download {ckpt.name}`"
+            )
+        _write_stamp(path, ckpt.sha256)
+        return path
+    if not download:
+        raise WeightsMissingError(_missing_message(ckpt, "automatic download is switched off"))
+    if is_offline():
+        raise WeightsMissingError(_missing_message(ckpt, "offline mode is on (CLIPSAM_OFFLINE / HF_HUB_OFFLINE)"))
+    return fetch(name, progress=progress)
+
+
+def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float = 60.0) -> Path:
+    """Download checkpoint *name* into the cache (even when already cached), verified; returns its path."""
+    ckpt = get(name)
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / ckpt.filename
+    part = folder / f".{ckpt.filename}.{os.getpid()}.part"
+    log.info("downloading %s from %s", ckpt.name, ckpt.url)
+    try:
+        try:
+            _stream(ckpt, part, progress, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise WeightsMissingError(_missing_message(ckpt, f"the download from {ckpt.url} failed ({reason})")) from exc
+        _check_sha256(part, ckpt, source=ckpt.url)
+        _check_loadable(part, ckpt, source=ckpt.url)
+        os.replace(part, target)
+        _write_stamp(target, ckpt.sha256)
+    finally:
+        part.unlink(missing_ok=True)
+    log.info("saved %s to %s", ckpt.name, target)
+    return target
+
+
+def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, timeout: float) -> None:
+    request = urllib.request.Request(ckpt.url, headers={"User-Agent": "clipsam"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        ctype = (response.headers.get("Content-Type") or "").lower()
+        if ctype.startswith("text/html"):
+            raise WeightsError(
+                f"{ckpt.url} returned an HTML page instead of the checkpoint (a login, error or captive-portal "
+                f"page?); nothing was saved. Check the address or download it by hand and use "
+                f"`clipsam weights import {ckpt.name} FILE`"
+            )
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else ckpt.size
+        done = 0
+        with open(part, "wb") as out:
+            while True:
+                chunk = response.read(_CHUNK)
+                if not chunk:
+                    break
+                if done == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+                    raise WeightsError(
+                        f"{ckpt.url} returned an HTML page instead of the checkpoint; nothing was saved"
+                    )
+                out.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+        if length and length.isdigit() and done != int(length):
+            raise WeightsError(
+                f"download of {ckpt.name} from {ckpt.url} stopped early: got {done:,} of {int(length):,} bytes; "
+                "nothing was saved, run the command again"
+            )
+
+
+def _check_sha256(path: Path, ckpt: Checkpoint, source: str) -> None:
+    actual = sha256_file(path)
+    if actual != ckpt.sha256:
+        raise ChecksumError(
+            f"{source}: SHA-256 mismatch for {ckpt.name!r}: expected {ckpt.sha256}, got {actual} "
+            f"({path.stat().st_size:,} bytes); the file is corrupt, truncated or not {ckpt.filename}, "
+            "and it was not saved"
+        )
+
+
+def _check_loadable(path: Path, ckpt: Checkpoint, source: str) -> None:
+    """Open the verified file the way it will be loaded, so that a bad one never enters the cache."""
+    if ckpt.format == "torchscript":
+        if not zipfile.is_zipfile(path):
+            raise WeightsError(f"{source}: {ckpt.name!r} should be a TorchScript archive but is not a zip file")
+        return
+    load_state_dict(path, ckpt, mmap=True)
+
+
+def load_state_dict(path: str | os.PathLike, checkpoint: Checkpoint | str, *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file into a ``{name: tensor}`` state dict, refusing anything but tensors.
+
+    ``torch`` checkpoints go through ``torch.load(weights_only=True)``; a file that carries other objects
+    (a code payload, custom classes) raises :class:`UnsafeCheckpointError`.
+    """
+    import pickle
+
+    import torch
+
+    ckpt = get(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    path = Path(path)
+    if ckpt.format == "torchscript":
+        try:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except RuntimeError as exc:
+            raise WeightsError(f"{path}: not a readable TorchScript checkpoint for {ckpt.name!r} ({exc})") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first else "")
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load {ckpt.name!r}: the file holds objects other than tensors, such as code to "
+            f"run on loading ({detail.strip()[:160]}); it was not used"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint for {ckpt.name!r} ({exc})") from exc
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]  # SAM 2 style {"model": state_dict}
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise WeightsError(f"{path}: {ckpt.name!r} should hold a state dict of tensors, found {type(state).__name__}")
+    return dict(state)
+
+
+def import_file(name: str, source: str | os.PathLike, *, copy: bool = True) -> Path:
+    """Copy a checkpoint the user already has into the cache, verifying its SHA-256 first.
+
+    Use this on machines without internet access: ``clipsam weights import vit_b sam_vit_b_01ec64.pth``.
+    """
+    ckpt = get(name)
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise WeightsMissingError(f"{source}: no such file to import as {ckpt.name!r}")
+    _check_sha256(source, ckpt, source=str(source))
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / ckpt.filename
+    part = folder / f".{ckpt.filename}.{os.getpid()}.part"
+    try:
+        if copy:
+            shutil.copyfile(source, part)
+        else:
+            os.link(source, part)
+        _check_loadable(part, ckpt, source=str(source))
+        os.replace(part, target)
+        _write_stamp(target, ckpt.sha256)
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify` for one checkpoint."""
+
+    name: str
+    path: Path
+    status: str  # "ok", "missing" or "mismatch"
+    sha256: str | None = None
+
+
+def verify(names: list[str] | None = None) -> Iterator[VerifyResult]:
+    """Re-hash cached checkpoints (all registered ones by default) and report each."""
+    for name in names or sorted(REGISTRY):
+        ckpt = get(name)
+        path = cache_dir() / ckpt.filename
+        if not path.is_file():
+            yield VerifyResult(ckpt.name, path, "missing")
+            continue
+        actual = sha256_file(path)
+        if actual == ckpt.sha256:
+            _write_stamp(path, ckpt.sha256)
+            yield VerifyResult(ckpt.name, path, "ok", actual)
+        else:
+            yield VerifyResult(ckpt.name, path, "mismatch", actual)
