@@ -6,6 +6,7 @@ Pure numpy + Pillow; no torch. Every failure raises :class:`~clipsam.errors.Imag
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias on 3.10)
 
 #: Largest image clipsam decodes by default (pixels). Larger files are refused before decoding, which
 #: also stops decompression bombs. Override per call or with ``CLIPSAM_MAX_PIXELS``.
@@ -112,10 +113,8 @@ def _check_pixels(width: int, height: int, name: str, limit: int) -> None:
 
 def _from_pil(pil: Image.Image, name: str, limit: int, background: tuple[int, int, int]) -> np.ndarray:
     _check_pixels(pil.width, pil.height, name, limit)
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
         pil = ImageOps.exif_transpose(pil)
-    except Exception:  # a broken EXIF block must not lose the image
-        pass
     mode = pil.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return _from_array(np.asarray(pil), name, limit, background, sixteen_bit=True)

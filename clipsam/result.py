@@ -71,10 +71,7 @@ class Region:
         d = asdict(self)
         d["bbox_xywh"] = [float(v) for v in self.bbox_xywh]
         d["label_path"] = list(self.label_path)
-        d["path_scores"] = [round(float(s), 6) for s in self.path_scores]
-        d["score"] = round(float(self.score), 6)
-        d["predicted_iou"] = round(float(self.predicted_iou), 6)
-        d["stability_score"] = round(float(self.stability_score), 6)
+        d["path_scores"] = [float(s) for s in self.path_scores]
         return d
 
     @classmethod

@@ -190,7 +190,8 @@ class Taxonomy:
     def from_dict(cls, data: dict[str, Any], origin: str = "<dict>") -> Taxonomy:
         """Build from the parsed YAML structure (``include`` is not resolved here)."""
         if not isinstance(data, dict):
-            raise TaxonomyError(f"{origin}: a taxonomy must be a mapping with a 'nodes' list, got {type(data).__name__}")
+            raise TaxonomyError(f"{origin}: a taxonomy must be a mapping with a 'nodes' list, "
+                                f"got {type(data).__name__}")
         nodes = data.get("nodes", [])
         if not isinstance(nodes, list) or not nodes:
             raise TaxonomyError(f"{origin}: 'nodes' must be a non-empty list")

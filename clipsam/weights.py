@@ -17,6 +17,7 @@ are verified against the SHA-256 that OpenAI publishes in their URL and read wit
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -234,9 +235,16 @@ def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float
     try:
         try:
             _stream(ckpt, part, progress, timeout)
+        except http.client.HTTPException as exc:  # the connection closed before Content-Length bytes came
+            raise WeightsError(
+                f"download of {ckpt.name} from {ckpt.url} stopped early ({type(exc).__name__}); nothing was saved, "
+                "run the command again"
+            ) from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise WeightsMissingError(_missing_message(ckpt, f"the download from {ckpt.url} failed ({reason})")) from exc
+            reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else (
+                getattr(exc, "reason", None) or exc)
+            reason = f"the download from {ckpt.url} failed ({reason})"
+            raise WeightsMissingError(_missing_message(ckpt, reason)) from exc
         _check_sha256(part, ckpt, source=ckpt.url)
         _check_loadable(part, ckpt, source=ckpt.url)
         os.replace(part, target)

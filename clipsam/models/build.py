@@ -81,7 +81,8 @@ def build_embedder(
     preprocess = open_clip.image_transform(size[0] if isinstance(size, tuple) else size, is_train=False)
     tokenizer = open_clip.get_tokenizer(ckpt.arch)
     log.info("loaded CLIP %s from %s", ckpt.name, path)
-    return ClipEmbedder(model, preprocess, tokenizer, device, name=ckpt.name, cache_key=f"{ckpt.name}@{ckpt.sha256[:16]}")
+    key = f"{ckpt.name}@{ckpt.sha256[:16]}"
+    return ClipEmbedder(model, preprocess, tokenizer, device, name=ckpt.name, cache_key=key)
 
 
 def _checkpoint(name: str, family: str, known: list[str]) -> weights.Checkpoint:

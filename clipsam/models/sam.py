@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 #: Parameters of ``SamAutomaticMaskGenerator`` that ``generate`` passes through.
 GENERATOR_PARAMS = tuple(
-    p for p in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters if p not in ("self", "model", "output_mode")
+    p for p in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    if p not in ("self", "model", "output_mode")
 )
 
 

@@ -1,0 +1,475 @@
+"""The ``clipsam`` command line: a thin layer that parses, calls the library and renders.
+
+Every verb has ``--json`` (machine output on stdout); errors are one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.tree import Tree
+
+from . import weights as W
+from ._version import __version__
+from .errors import ClipsamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  help="Text-prompted, open-vocabulary, hierarchical segmentation with Segment Anything + CLIP.")
+weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify model checkpoints.")
+taxonomy_app = typer.Typer(no_args_is_help=True, help="Browse and validate label taxonomies.")
+app.add_typer(weights_app, name="weights")
+app.add_typer(taxonomy_app, name="taxonomy")
+
+out = Console()
+err = Console(stderr=True)
+
+SAM_HELP = "SAM model: vit_b, vit_l, vit_h, or tiny-random (random weights, for tests only: output meaningless)."
+CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
+JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn clipsam errors (and bad files) into one line and exit code 2, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ClipsamError as exc:
+            _fail(str(exc))
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            _fail(f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}")
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _download_progress(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int | None], None]]]:
+    """Yields ``make(name) -> progress callback`` drawing one rich bar per download (on stderr)."""
+    if not enabled:
+        yield lambda name: (lambda done, total: None)
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def make(name: str) -> Callable[[int, int | None], None]:
+        def update(done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done, total=total)
+        return update
+
+    with progress:
+        yield make
+
+
+def _check_model(name: str, family: str) -> None:
+    """Refuse an unknown or wrong-family model name before anything is downloaded or built."""
+    if name == "tiny-random":
+        return
+    known = sorted(n for n, c in W.REGISTRY.items() if c.family == family) + ["tiny-random"]
+    try:
+        ckpt = W.get(name)
+    except ClipsamError:
+        _fail(f"unknown {family.upper()} model {name!r}; choose one of: {', '.join(known)}")
+    if ckpt.family != family:
+        _fail(f"{name!r} is a {ckpt.family.upper()} checkpoint, not {family.upper()}; "
+              f"choose one of: {', '.join(known)}")
+
+
+def _ensure_weights(names: list[str], show: bool) -> None:
+    """Fetch missing registry weights up front, with progress bars (tiny-random needs none)."""
+    wanted = [W.get(n).name for n in names if n != "tiny-random"]
+    with _download_progress(show) as make:
+        for name in wanted:
+            W.ensure(name, progress=make(name))
+
+
+def _parse_point(text: str) -> tuple[float, float, int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1]), 1
+        if len(parts) == 3 and parts[2] in ("0", "1"):
+            return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"{text!r}: expected x,y or x,y,label with label 1 (foreground) or 0 (background)")
+
+
+def _parse_box(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        raise typer.BadParameter(f"{text!r}: expected x0,y0,x1,y1 in pixels")
+    return vals
+
+
+def _regions_table(seg: Any, title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for col, kw in (("id", {"justify": "right"}), ("label", {}), ("score", {"justify": "right"}),
+                    ("path", {}), ("kind", {}), ("area", {"justify": "right"}), ("bbox x,y,w,h", {}),
+                    ("parent", {"justify": "right"}), ("pred IoU", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in sorted(seg.regions, key=lambda r: (-r.score, r.id)):
+        table.add_row(str(r.id), r.label or "-", f"{r.score:.2f}" if r.label_path else "-", r.label_path_str or "-",
+                      r.kind, f"{r.area:,}", ",".join(f"{v:.0f}" for v in r.bbox_xywh),
+                      "-" if r.parent_id is None else str(r.parent_id), f"{r.predicted_iou:.2f}")
+    return table
+
+
+def _rich_tree(seg: Any) -> Tree:
+    root = Tree(f"[bold]{Path(seg.image_path).name if seg.image_path else 'image'}[/] "
+                f"({seg.image_size[1]}x{seg.image_size[0]}, {len(seg)} regions)")
+    kids = seg.tree
+    by_id = {r.id: r for r in seg.regions}
+
+    def text(r: Any) -> str:
+        label = r.label or "(unlabelled)"
+        tag = r.kind if r.kind in ("part", "unknown", "unknown part") else (r.label_path_str or r.kind)
+        style = "dim" if r.kind.startswith("unknown") else ("cyan" if r.kind == "part" else "bold green")
+        return f"[{style}]{label}[/] {r.score:.2f} [{tag}] [dim]#{r.id}[/]"
+
+    def add(node: Tree, rid: int) -> None:
+        child = node.add(text(by_id[rid]))
+        for cid in kids.get(rid, []):
+            add(child, cid)
+
+    for rid in kids.get(None, []):
+        add(root, rid)
+    return root
+
+
+@app.command()
+@_guard
+def segment(
+    image: Path = typer.Argument(..., help="Image file (JPEG, PNG, TIFF, WebP, …)."),
+    query: list[str] | None = typer.Argument(None, help="Labels to find, e.g. dog or 'dog, cat'. "
+                                                "Leave out to segment everything."),
+    points: list[str] | None = typer.Option(None, "--points", "-p", help="Click x,y[,label] in pixels; label 1 = "
+                                               "foreground (default), 0 = background. Repeat for more clicks."),
+    box: str | None = typer.Option(None, "--box", "-b", help="Box x0,y0,x1,y1 in pixels."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help="Taxonomy: a shipped name "
+                                           "(everyday, coco, parts) or a YAML file."),
+    tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree."),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
+    save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
+    refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
+    sam: str = typer.Option("vit_b", "--sam", help=SAM_HELP),
+    clip: str = typer.Option("ViT-B-16/openai", "--clip", help=CLIP_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    max_side: int = typer.Option(1024, "--max-side", help="Process at this long side (pixels); masks come back "
+                                 "at full resolution."),
+    points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
+                                                  "(default 32; 8 for tiny-random)."),
+    min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
+) -> None:
+    """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
+    from .segmenter import Segmenter
+    from .testing import TINY_GENERATOR_PARAMS
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    terms = [t for q in (query or []) for t in q.split(",") if t.strip()]
+    clicks = [_parse_point(p) for p in (points or [])]
+    bx = _parse_box(box) if box else None
+    if (clicks or bx) and terms:
+        _fail("give either a text query or --points/--box, not both")
+    if not image.is_file():
+        _fail(f"{image}: no such image file")
+    _check_model(sam, "sam")
+    _check_model(clip, "clip")
+    params: dict[str, Any] = dict(TINY_GENERATOR_PARAMS) if sam == "tiny-random" else {}
+    if points_per_side is not None:
+        params["points_per_side"] = points_per_side
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
+                          min_confidence=min_confidence, generator_params=params)
+    needs_clip = bool(terms) or (taxonomy is not None and not (clicks or bx))
+    _ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
+    with err.status("segmenting…", spinner="dots") if not as_json else _nullcontext():
+        if clicks or bx:
+            import numpy as np
+
+            pts = np.asarray([c[:2] for c in clicks]) if clicks else None
+            lbl = np.asarray([c[2] for c in clicks]) if clicks else None
+            result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
+            title = f"{len(result)} masks for the prompt (best first)"
+        elif terms:
+            result = segmenter.segment(image, terms, refine=refine)
+            title = f"{len(result)} regions match {', '.join(terms)!r}"
+        else:
+            result = segmenter.segment_everything(image)
+            title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
+                                                " (unlabelled: give a query or --taxonomy to label them)")
+    if out_path is not None:
+        result.save_overlay(out_path, image)
+    if save_json is not None:
+        result.to_json(save_json, indent=2)
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    if tree:
+        out.print(_rich_tree(result))
+    else:
+        out.print(_regions_table(result, title))
+    if not len(result) and terms:
+        out.print(f"[yellow]nothing matched {', '.join(terms)!r}[/] (lower --min-confidence to be less strict)")
+    if out_path is not None:
+        out.print(f"overlay written to [bold]{out_path}[/]")
+    if save_json is not None:
+        out.print(f"JSON written to [bold]{save_json}[/]")
+
+
+@contextmanager
+def _nullcontext() -> Iterator[None]:
+    yield
+
+
+# -- weights ----------------------------------------------------------------------------------------------
+@weights_app.command("list")
+@_guard
+def weights_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Show every known checkpoint and whether it is in the cache."""
+    rows = []
+    for name, c in sorted(W.REGISTRY.items(), key=lambda kv: (kv[1].family != "sam", kv[0])):
+        path = W.cache_dir() / c.filename
+        rows.append({"name": name, "family": c.family, "cached": path.is_file(), "path": str(path), "url": c.url,
+                     "sha256": c.sha256, "size": c.size, "license": c.license, "description": c.description})
+    if as_json:
+        _emit_json({"cache_dir": str(W.cache_dir()), "offline": W.is_offline(), "checkpoints": rows})
+        return
+    table = Table(title=f"Checkpoints (cache: {W.cache_dir()})", title_justify="left", header_style="bold")
+    for col in ("name", "model", "cached", "sha256", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]",
+                      r["sha256"][:12] + "…", r["description"])
+    out.print(table)
+    out.print("[dim]tiny-random (SAM and CLIP): random-weight toy models for tests; no download, "
+              "output meaningless.[/]")
+
+
+@weights_app.command("download")
+@_guard
+def weights_download(
+    names: list[str] = typer.Argument(..., help="Checkpoint names (see `clipsam weights list`)."),
+    force: bool = typer.Option(False, "--force", help="Download again even when cached."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Download checkpoints into the cache, verifying their SHA-256."""
+    if W.is_offline():
+        _fail("offline mode is on (CLIPSAM_OFFLINE / HF_HUB_OFFLINE): nothing can be downloaded")
+    done = []
+    with _download_progress(not as_json) as make:
+        for name in names:
+            ckpt = W.get(name)
+            path = W.fetch(ckpt.name, progress=make(ckpt.name)) if force or not W.is_cached(ckpt.name) else \
+                W.ensure(ckpt.name)
+            done.append({"name": ckpt.name, "path": str(path), "sha256": ckpt.sha256})
+    if as_json:
+        _emit_json(done)
+    else:
+        for d in done:
+            out.print(f"[green]ok[/] {d['name']} -> {d['path']}")
+
+
+@weights_app.command("import")
+@_guard
+def weights_import(
+    name: str = typer.Argument(..., help="Checkpoint name, e.g. vit_b."),
+    file: Path = typer.Argument(..., help="The checkpoint file you already have."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Copy a checkpoint file you already have into the cache (its SHA-256 is checked first)."""
+    path = W.import_file(name, file)
+    if as_json:
+        _emit_json({"name": W.get(name).name, "path": str(path), "sha256": W.get(name).sha256})
+    else:
+        out.print(f"[green]ok[/] imported {file} as {W.get(name).name} -> {path}")
+
+
+@weights_app.command("verify")
+@_guard
+def weights_verify(
+    names: list[str] | None = typer.Argument(None, help="Checkpoints to check (default: all cached)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Re-hash cached checkpoints; exit 1 if any does not match its pinned SHA-256."""
+    results = list(W.verify(names or None))
+    if not names:
+        results = [r for r in results if r.status != "missing"]
+    bad = [r for r in results if r.status == "mismatch"] + ([r for r in results if r.status == "missing"] if names
+                                                            else [])
+    if as_json:
+        _emit_json([{"name": r.name, "path": str(r.path), "status": r.status, "sha256": r.sha256} for r in results])
+    else:
+        if not results:
+            out.print(f"no checkpoints cached in {W.cache_dir()}")
+        for r in results:
+            colour = {"ok": "green", "missing": "yellow", "mismatch": "red"}[r.status]
+            out.print(f"[{colour}]{r.status}[/] {r.name} ({r.path})")
+    if bad:
+        raise typer.Exit(1)
+
+
+# -- taxonomy ---------------------------------------------------------------------------------------------
+def _taxonomy_tree(node: Any, tree: Tree, depth: int | None, level: int = 1) -> None:
+    if depth is not None and level > depth:
+        return
+    for child in node.children:
+        syn = [p for p in child.prompts if p != child.name]
+        branch = tree.add(f"[bold]{child.name}[/]" + (f" [dim]({', '.join(syn)})[/]" if syn else ""))
+        _taxonomy_tree(child, branch, depth, level + 1)
+    for part in node.parts:
+        branch = tree.add(f"[cyan]{part.name}[/] [dim]part[/]")
+        _taxonomy_tree(part, branch, depth, level + 1)
+
+
+@taxonomy_app.command("list")
+@_guard
+def taxonomy_list(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """The taxonomies shipped with clipsam."""
+    from .taxonomy import load_taxonomy, shipped_taxonomies
+
+    rows = []
+    for name, path in shipped_taxonomies().items():
+        t = load_taxonomy(path)
+        rows.append({"name": name, "labels": len(t), "top_level": len(t.top),
+                     "parts": sum(1 for n in t if n.is_part), "description": t.description, "path": str(path)})
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="Shipped taxonomies", title_justify="left", header_style="bold")
+    for col in ("name", "labels", "top level", "parts", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["labels"]), str(r["top_level"]), str(r["parts"]), r["description"])
+    out.print(table)
+
+
+@taxonomy_app.command("show")
+@_guard
+def taxonomy_show(
+    name: str = typer.Argument(..., help="Shipped name or YAML file."),
+    depth: int | None = typer.Option(None, "--depth", "-d", help="Levels to show."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Print a taxonomy as a tree (is-a children in bold, parts in cyan)."""
+    from .taxonomy import load_taxonomy
+
+    t = load_taxonomy(name)
+    if as_json:
+        _emit_json(t.to_dict())
+        return
+    tree = Tree(f"[bold]{t.name}[/] ({len(t)} labels){' — ' + t.description if t.description else ''}")
+    _taxonomy_tree(t.root, tree, depth)
+    out.print(tree)
+
+
+@taxonomy_app.command("path")
+@_guard
+def taxonomy_path(
+    label: str = typer.Argument(..., help="A label or synonym, e.g. puppy."),
+    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help="Shipped name or YAML file."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Where a label sits: `clipsam taxonomy path puppy` prints animal/dog/puppy."""
+    from .taxonomy import load_taxonomy
+
+    hits = load_taxonomy(taxonomy).find(label)
+    if as_json:
+        _emit_json([{"path": n.path_str, "is_part": n.is_part} for n in hits])
+    elif hits:
+        for n in hits:
+            out.print(n.path_str + (" [dim](part)[/]" if n.is_part else ""), highlight=False)
+    if not hits:
+        _fail(f"{label!r} is not in taxonomy {taxonomy!r}; try `clipsam taxonomy search {label}`", 1)
+
+
+@taxonomy_app.command("search")
+@_guard
+def taxonomy_search(
+    word: str = typer.Argument(..., help="Text to look for in names and synonyms."),
+    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help="Shipped name or YAML file."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Labels whose name or a synonym contains WORD."""
+    from .taxonomy import load_taxonomy
+
+    hits = load_taxonomy(taxonomy).search(word)
+    if as_json:
+        _emit_json([{"path": n.path_str, "prompts": list(n.prompts), "is_part": n.is_part} for n in hits])
+        return
+    if not hits:
+        out.print(f"no label in {taxonomy!r} mentions {word!r}")
+    for n in hits:
+        out.print(f"{n.path_str}  [dim]{', '.join(n.prompts)}{' (part)' if n.is_part else ''}[/]", highlight=False)
+
+
+@taxonomy_app.command("validate")
+@_guard
+def taxonomy_validate(
+    file: str = typer.Argument(..., help="A taxonomy YAML file (or shipped name)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check a taxonomy file; errors name the file and the node."""
+    from .taxonomy import load_taxonomy
+
+    t = load_taxonomy(file)
+    summary = {"name": t.name, "labels": len(t), "top_level": len(t.top), "parts": sum(1 for n in t if n.is_part),
+               "valid": True}
+    if as_json:
+        _emit_json(summary)
+    else:
+        out.print(f"[green]ok[/] {file}: {summary['labels']} labels, {summary['top_level']} top-level, "
+                  f"{summary['parts']} parts")
+
+
+@app.command()
+def version() -> None:
+    """Print clipsam's version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty CLIPSAM_HOME and no network for weights."""
+    home = tmp_path_factory.mktemp("clipsam_home")
+    monkeypatch.setenv("CLIPSAM_HOME", str(home))
+    monkeypatch.delenv("CLIPSAM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def scene():
+    from clipsam.testing import synthetic_scene
+
+    return synthetic_scene()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """One tiny real-architecture segmenter shared by the session (models are read-only)."""
+    from clipsam.testing import tiny_segmenter
+
+    return tiny_segmenter(seed=0)
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    from skimage import data
+
+    return data.chelsea()
+
+
+@pytest.fixture(scope="session")
+def chelsea_path(tmp_path_factory, chelsea):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "chelsea.png"
+    Image.fromarray(chelsea).save(path)
+    return path

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from clipsam.cli import app
+
+TINY = ["--sam", "tiny-random", "--clip", "tiny-random"]
+
+
+@pytest.fixture()
+def run():
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def test_segment_query_json(run, chelsea_path):
+    res = run("segment", chelsea_path, "cat, dog", *TINY, "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["image_size"] == [300, 451] and data["query"] == ["cat", "dog"]
+    assert all(r["label"] in ("cat", "dog") for r in data["regions"])
+
+
+def test_segment_prompt_overlay_and_json_file(run, chelsea_path, tmp_path):
+    overlay, saved = tmp_path / "o.png", tmp_path / "r.json"
+    res = run("segment", chelsea_path, "--points", "200,150", "--points", "20,20,0", "--box", "100,50,300,250",
+              *TINY, "-o", overlay, "--save-json", saved)
+    assert res.exit_code == 0, res.output
+    assert overlay.is_file() and json.loads(saved.read_text())["regions"][0]["kind"] == "prompt"
+    assert "best first" in res.stdout
+
+
+def test_segment_everything_tree(run, chelsea_path):
+    res = run("segment", chelsea_path, "--taxonomy", "everyday", "--tree", *TINY, "--points-per-side", "4")
+    assert res.exit_code == 0, res.output
+    assert "chelsea.png" in res.stdout and "regions" in res.stdout
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["segment", "/no/such.png", "cat"], "no such image file"),
+    (["segment", "{img}", "cat", "--points", "1,2"], "either a text query or --points"),
+    (["segment", "{img}", "--points", "1,x"], "expected x,y"),
+    (["segment", "{img}", "--box", "1,2,3"], "x0,y0,x1,y1"),
+    (["segment", "{img}", "--taxonomy", "nope.yaml"], "no such taxonomy file"),
+    (["segment", "{img}", "cat", "--sam", "vit_q", "--clip", "tiny-random"], "unknown SAM model 'vit_q'"),
+    (["segment", "{img}", "cat", "--sam", "tiny-random", "--clip", "vit_b"], "is a SAM checkpoint, not CLIP"),
+])
+def test_errors_are_one_line_and_non_zero(run, chelsea_path, args, pattern):
+    import re
+
+    res = run(*[a.replace("{img}", str(chelsea_path)) for a in args], *([] if "--sam" in args else TINY))
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert re.search(pattern, text), text
+    assert "Traceback" not in res.output
+
+
+def test_missing_weights_message(run, chelsea_path, monkeypatch):
+    monkeypatch.setenv("CLIPSAM_OFFLINE", "1")
+    res = run("segment", chelsea_path, "cat")
+    assert res.exit_code == 2
+    text = " ".join(res.output.split())
+    assert "clipsam weights import vit_b" in text and "sam_vit_b_01ec64.pth" in text
+
+
+def test_weights_verbs(run, tmp_path, monkeypatch):
+    res = run("weights", "list", "--json")
+    data = json.loads(res.stdout)
+    assert {c["name"] for c in data["checkpoints"]} >= {"vit_b", "ViT-B-16/openai"}
+    assert all(not c["cached"] for c in data["checkpoints"])
+    assert run("weights", "list").exit_code == 0
+    assert run("weights", "verify").exit_code == 0
+    assert run("weights", "verify", "vit_b").exit_code == 1  # asked for, missing
+    fake = tmp_path / "sam_vit_b_01ec64.pth"
+    fake.write_bytes(b"not the checkpoint")
+    res = run("weights", "import", "vit_b", fake)
+    assert res.exit_code == 2 and "SHA-256 mismatch" in " ".join(res.output.split())
+    monkeypatch.setenv("CLIPSAM_OFFLINE", "1")
+    assert run("weights", "download", "vit_b").exit_code == 2
+
+
+def test_taxonomy_verbs(run, tmp_path):
+    assert "animal/dog/puppy" in run("taxonomy", "path", "puppy").stdout
+    listed = json.loads(run("taxonomy", "list", "--json").stdout)
+    assert {t["name"] for t in listed} >= {"everyday", "coco", "parts"}
+    shown = json.loads(run("taxonomy", "show", "coco", "--json").stdout)
+    assert shown["name"] == "coco" and len(shown["nodes"]) == 12
+    assert "animal" in run("taxonomy", "show", "everyday", "--depth", "1").stdout
+    hits = json.loads(run("taxonomy", "search", "car", "--json").stdout)
+    assert "vehicle/car/police car" in {h["path"] for h in hits}
+    assert run("taxonomy", "path", "unicorn").exit_code == 1
+    good = tmp_path / "t.yaml"
+    good.write_text("nodes: [dog, cat]")
+    assert json.loads(run("taxonomy", "validate", good, "--json").stdout)["labels"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes: [dog, dog]")
+    res = run("taxonomy", "validate", bad)
+    assert res.exit_code == 2 and "bad.yaml" in res.output and "duplicate" in res.output

@@ -1,0 +1,139 @@
+"""The real SAM and open_clip architectures at tiny size, random weights: wiring, shapes, equivalence, errors."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+
+from clipsam import Segmenter
+from clipsam import masks as M
+from clipsam.errors import ModelError, PromptError, WeightsMissingError
+from clipsam.testing import TINY_GENERATOR_PARAMS, tiny_clip, tiny_sam, tiny_segmenter
+
+
+def test_everything_returns_full_resolution_rles(tiny, chelsea):
+    seg = tiny.segment_everything(chelsea, points_per_side=4, box_nms_thresh=1.0)
+    assert len(seg) >= 1 and seg.image_size == chelsea.shape[:2]
+    for r in seg:
+        assert r.rle["size"] == list(chelsea.shape[:2]) and r.area == M.area(r.rle) > 0
+        assert r.label is None and r.kind == "unknown"  # no taxonomy: not labelled
+    assert seg.models == {"sam": "tiny-random", "clip": "tiny-random"}
+
+
+def test_processing_size_is_bounded_but_masks_come_back_full_size(chelsea):
+    small = tiny_segmenter(max_side=128)
+    calls = []
+    original_embed = small.proposer.embed
+    small.proposer.embed = lambda image: calls.append(image.shape) or original_embed(image)
+    seg = small.segment_everything(chelsea)
+    assert calls == [(85, 128, 3)]
+    assert all(r.rle["size"] == [300, 451] for r in seg)
+
+
+def test_same_seed_same_result(chelsea):
+    a = tiny_segmenter(seed=1).segment_everything(chelsea, taxonomy="coco")
+    b = tiny_segmenter(seed=1).segment_everything(chelsea, taxonomy="coco")
+    assert a == b and len(a) >= 1
+
+
+def test_generator_matches_stock_sam_exactly(chelsea):
+    params = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    model = tiny_sam(seed=2)
+    stock = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params).generate(chelsea)
+    seg = Segmenter.from_models(model, device="cpu", max_side=None)
+    ours = seg.proposer.generate(chelsea, seg.proposer.embed(chelsea), **params)
+    assert len(ours) == len(stock) > 0
+    assert [p.rle["counts"] for p in ours] == [s["segmentation"]["counts"] for s in stock]
+    np.testing.assert_allclose([p.predicted_iou for p in ours], [s["predicted_iou"] for s in stock], rtol=1e-6)
+
+
+def test_embedding_is_computed_once_per_image(chelsea):
+    seg = tiny_segmenter()
+    count = {"n": 0}
+    original = seg.proposer.embed
+
+    def counting(image):
+        count["n"] += 1
+        return original(image)
+
+    seg.proposer.embed = counting
+    seg.segment_prompt(chelsea, points=[[100, 100]])
+    seg.segment_prompt(chelsea, box=[10, 10, 200, 150])
+    seg.segment_everything(chelsea)
+    assert count["n"] == 1
+    seg.segment_prompt(chelsea[:, ::-1].copy(), points=[[100, 100]])
+    assert count["n"] == 2
+
+
+def test_prompts(tiny, chelsea):
+    one = tiny.segment_prompt(chelsea, points=[[200, 150]])
+    assert len(one) == 3  # a single click is ambiguous: three masks
+    ious = [r.predicted_iou for r in one]
+    assert ious == sorted(ious, reverse=True) and one.best.predicted_iou == max(ious)
+    assert one.low_res_logits.shape == (3, 16, 16)
+    assert all(r.kind == "prompt" and r.rle["size"] == [300, 451] for r in one)
+    combo = tiny.segment_prompt(chelsea, points=[[200, 150], [20, 20]], labels=[1, 0], box=[100, 50, 300, 250])
+    assert len(combo) == 1
+    again = tiny.segment_prompt(chelsea, points=[[200, 150]], mask=one.low_res_logits[0])
+    assert len(again) == 1
+    forced = tiny.segment_prompt(chelsea, box=[100, 50, 300, 250], multimask=True)
+    assert len(forced) == 3
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({}, "at least one of"),
+    ({"points": [[1000, 10]]}, "outside"),
+    ({"points": [[10, 10]], "labels": [1, 1]}, "1 points but 2 labels"),
+    ({"points": [[10, 10]], "labels": [2]}, "1 \\(foreground\\) or 0"),
+    ({"points": [1, 2, 3]}, "\\(N, 2\\)"),
+    ({"labels": [1]}, "without points"),
+    ({"box": [50, 50, 10, 10]}, "x0 < x1"),
+    ({"box": [1, 2, 3]}, "4 numbers"),
+    ({"box": [500, 400, 600, 500]}, "outside"),
+    ({"points": [[10, 10]], "mask": np.zeros((64, 64))}, "low-resolution logits"),
+])
+def test_bad_prompts_are_refused_clearly(tiny, chelsea, kwargs, pattern):
+    with pytest.raises(PromptError, match=pattern):
+        tiny.segment_prompt(chelsea, **kwargs)
+
+
+def test_text_query_and_refinement(chelsea):
+    seg = tiny_segmenter(negatives=(), min_confidence=0.0)
+    result = seg.segment(chelsea, "cat", refine=True)
+    assert len(result) >= 1 and {r.label for r in result} == {"cat"}
+    assert all(r.label_path == ("cat",) and r.kind == "object" for r in result)
+    encoded = seg.text_bank.encoded_texts
+    seg.segment(chelsea, "cat")
+    assert seg.text_bank.encoded_texts == encoded  # text embeddings reused
+    with pytest.raises(PromptError, match="empty"):
+        seg.segment(chelsea, " , ")
+    with pytest.raises(PromptError, match="unknown generator parameter"):
+        seg.segment(chelsea, "cat", points_per_sid=3)
+
+
+def test_from_models_wraps_user_built_models(chelsea):
+    model, preprocess, tokenizer = tiny_clip(seed=5)
+    seg = Segmenter.from_models(tiny_sam(seed=5), model, preprocess=preprocess, tokenizer=tokenizer, device="cpu",
+                                generator_params=TINY_GENERATOR_PARAMS, text_cache=False, negatives=(),
+                                min_confidence=0.0)
+    assert len(seg.segment(chelsea, "cat")) >= 1
+    feats = seg.embedder.embed_images([chelsea[:32, :32]] * 3)
+    assert feats.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ModelError, match="preprocess and tokenizer"):
+        Segmenter.from_models(clip=model)
+    with pytest.raises(ModelError, match="Sam model"):
+        Segmenter.from_models(sam=torch.nn.Linear(2, 2))
+
+
+def test_registry_models_without_weights_explain_how_to_get_them(chelsea, monkeypatch):
+    monkeypatch.setenv("CLIPSAM_OFFLINE", "1")
+    seg = Segmenter(device="cpu")
+    with pytest.raises(WeightsMissingError, match="clipsam weights import vit_b"):
+        seg.segment_everything(chelsea)
+    with pytest.raises(ModelError, match="choose one of"):
+        _ = Segmenter(sam="vit_q").proposer
+    with pytest.raises(ModelError, match="is a SAM checkpoint"):
+        _ = Segmenter(clip="vit_b").embedder
+    with pytest.raises(ValueError, match="min_confidence"):
+        Segmenter(min_confidence=2)
