@@ -189,6 +189,8 @@ def segment(
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
     save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
     refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
+    part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine: prompt SAM with up to N points inside "
+                                    "each labelled object to find its parts (needs --taxonomy)."),
     sam: str = typer.Option("vit_b", "--sam", help=SAM_HELP),
     clip: str = typer.Option("ViT-B-16/openai", "--clip", help=CLIP_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -231,10 +233,10 @@ def segment(
             result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
             title = f"{len(result)} masks for the prompt (best first)"
         elif terms:
-            result = segmenter.segment(image, terms, refine=refine)
+            result = segmenter.segment(image, terms, refine=refine, part_points=part_points)
             title = f"{len(result)} regions match {', '.join(terms)!r}"
         else:
-            result = segmenter.segment_everything(image)
+            result = segmenter.segment_everything(image, part_points=part_points)
             title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
                                                 " (unlabelled: give a query or --taxonomy to label them)")
     if out_path is not None:

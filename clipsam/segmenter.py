@@ -88,6 +88,8 @@ class Segmenter:
         crop_fill: how pixels outside the mask are neutralised in crops: ``grey``, ``blur`` or ``none``.
         containment: share of a mask that must lie inside another for it to be its child in the tree.
         duplicate_iou: masks with at least this IoU are merged as one region.
+        part_pred_iou: coarse-to-fine part masks need at least this predicted IoU.
+        max_part_share: coarse-to-fine part masks may cover at most this share of their object.
         generator_params: defaults for SAM's automatic mask generator (points_per_side, pred_iou_thresh, …).
         download: fetch missing weights (else raise a message saying how to import them).
         text_cache: keep text embeddings on disk under ``$CLIPSAM_HOME/text-embeddings``.
@@ -111,6 +113,8 @@ class Segmenter:
         crop_fill: str = "grey",
         containment: float = T.DEFAULT_CONTAINMENT,
         duplicate_iou: float = T.DEFAULT_DUPLICATE_IOU,
+        part_pred_iou: float = 0.5,
+        max_part_share: float = 0.8,
         generator_params: dict[str, Any] | None = None,
         download: bool = True,
         text_cache: bool = True,
@@ -137,6 +141,8 @@ class Segmenter:
         self.crop_fill = crop_fill
         self.containment = containment
         self.duplicate_iou = duplicate_iou
+        self.part_pred_iou = part_pred_iou
+        self.max_part_share = max_part_share
         self.generator_params = dict(generator_params or {})
         self.download = download
         self.text_cache = text_cache
@@ -241,6 +247,7 @@ class Segmenter:
             "min_confidence": self.min_confidence, "descend_confidence": self.descend_confidence,
             "part_confidence": self.part_confidence, "crop_margin": self.crop_margin, "crop_fill": self.crop_fill,
             "containment": self.containment, "duplicate_iou": self.duplicate_iou,
+            "part_pred_iou": self.part_pred_iou, "max_part_share": self.max_part_share,
             "generator_params": dict(self.generator_params),
             "taxonomy": self.taxonomy.name if self.taxonomy else None,
         }
@@ -254,6 +261,7 @@ class Segmenter:
         taxonomy: str | Taxonomy | None = None,
         refine: bool = False,
         include_parts: bool = True,
+        part_points: int = 0,
         **generator_params: Any,
     ) -> Segmentation:
         """Regions matching a text *query* (``"dog"``, ``"dog, cat"`` or a list), best scores first in ``.best``.
@@ -269,6 +277,7 @@ class Segmenter:
             taxonomy: overrides the segmenter's taxonomy for this call.
             refine: re-predict each returned mask with SAM from its own box (sharper edges, same labels).
             include_parts: with a taxonomy, also label parts inside objects (the part-whole tree).
+            part_points: with a taxonomy, find parts coarse-to-fine (see :meth:`segment_everything`).
             **generator_params: SAM automatic-generator parameters for this call.
 
         Returns:
@@ -291,6 +300,9 @@ class Segmenter:
         matched: dict[int, tuple[LabelDecision, str]] = {}
         if resolved and tax is not None:
             self._label_tree(cand, feats, tax, with_parts=include_parts)
+            if part_points > 0:
+                cand, feats = self._add_parts(work, emb, cand, feats, part_points)
+                self._label_tree(cand, feats, tax, with_parts=include_parts)
             for i, d in enumerate(cand.decisions):
                 if d.node is not None and any(d.node.is_a(n) for n in resolved):
                     matched[i] = (d, cand.kinds[i])
@@ -319,6 +331,7 @@ class Segmenter:
         taxonomy: str | Taxonomy | None = None,
         label: bool = True,
         include_parts: bool = True,
+        part_points: int = 0,
         **generator_params: Any,
     ) -> Segmentation:
         """Every region SAM finds, nested into a part-whole tree and labelled with the taxonomy.
@@ -328,6 +341,8 @@ class Segmenter:
         unlabelled and CLIP is not run.
 
         Args:
+            part_points: coarse-to-fine: after labelling, prompt SAM with up to this many points inside each
+                labelled object (reusing the image embedding) to find its parts at a finer level; 0 = off.
             generator_params: SAM automatic-generator parameters, passed through (``points_per_side``,
                 ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
                 ``crop_n_layers``, …).
@@ -339,6 +354,9 @@ class Segmenter:
         if label and tax is not None:
             feats = self._embed_regions(work, cand.rles)
             self._label_tree(cand, feats, tax, with_parts=include_parts)
+            if part_points > 0:
+                cand, feats = self._add_parts(work, emb, cand, feats, part_points)
+                self._label_tree(cand, feats, tax, with_parts=include_parts)
         else:
             cand.kinds = ["unknown"] * len(cand.rles)
         return self._finish(work, cand, list(range(len(cand.rles))), taxonomy=tax if label else None,
@@ -504,6 +522,45 @@ class Segmenter:
             return LabelDecision(None, (), node, d.score), "unknown part"
         return descend(feat, [d], self.text_bank, descend_confidence=self.descend_confidence)[0], "object"
 
+    def _add_parts(self, work: _Work, emb: Any, cand: _Candidates, feats: np.ndarray,
+                   points_per_object: int) -> tuple[_Candidates, np.ndarray]:
+        """Coarse-to-fine: prompt SAM at points inside each labelled object and add the masks that lie inside it
+        (and are clearly smaller) as new candidates; the tree is rebuilt over old and new regions together."""
+        new_rles: list[M.RLE] = []
+        new_iou: list[float] = []
+        for i, kind in enumerate(cand.kinds):
+            if kind != "object":
+                continue
+            mask = M.decode(cand.rles[i])
+            area = int(mask.sum())
+            for x, y in _points_inside(mask, points_per_object):
+                out = self.proposer.predict(emb, point_coords=np.asarray([[x, y]], dtype=np.float64),
+                                            point_labels=np.asarray([1]), multimask_output=True)
+                for m, q in zip(out.masks, out.iou_predictions, strict=True):
+                    inside = int((m & mask).sum())
+                    if 0 < m.sum() <= self.max_part_share * area and inside >= self.containment * m.sum() \
+                            and q >= self.part_pred_iou:
+                        new_rles.append(M.encode(m))  # type: ignore[arg-type]
+                        new_iou.append(float(q))
+        if not new_rles:
+            return cand, feats
+        rles = list(cand.rles) + new_rles
+        piou = np.concatenate([cand.predicted_iou, new_iou])
+        stab = np.concatenate([cand.stability, np.ones(len(new_rles))])  # prompted masks: no stability score
+        keep = T.dedupe(rles, piou * stab, self.duplicate_iou)
+        order = T.canonical_order([rles[k] for k in keep])
+        idx = [int(keep[o]) for o in order]
+        rles = [rles[k] for k in idx]
+        added = [k for k in idx if k >= len(cand.rles)]
+        extra = self._embed_regions(work, [rles[idx.index(k)] for k in added])
+        row = {k: j for j, k in enumerate(added)}
+        new_feats = np.stack([feats[k] if k < len(cand.rles) else extra[row[k]] for k in idx]).astype(np.float32)
+        log.info("coarse-to-fine: %d part masks prompted, %d new regions", len(new_rles), len(added))
+        n = len(rles)
+        merged = _Candidates(rles, piou[idx], stab[idx], T.build_parents(rles, self.containment),
+                             [LabelDecision(None)] * n, ["unknown"] * n)
+        return merged, new_feats
+
     def _refine(self, cand: _Candidates, emb: Any, keep: Sequence[int]) -> None:
         for i in keep:
             x, y, w, h = M.bbox_xywh(cand.rles[i])
@@ -538,6 +595,24 @@ class Segmenter:
             ))
         return Segmentation(image_size=work.original_size, regions=tuple(regions), image_path=work.path, query=query,
                             taxonomy=taxonomy.name if taxonomy else None, models=self._model_names())
+
+
+def _points_inside(mask: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """Up to *n* points (x, y) spread over *mask*: a grid over its box, keeping points that fall inside."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0 or n <= 0:
+        return []
+    side = max(1, int(np.ceil(np.sqrt(n))))
+    for _ in range(4):  # densify until enough points land inside a thin or hollow mask
+        gx = np.linspace(xs.min(), xs.max(), side + 2)[1:-1]
+        gy = np.linspace(ys.min(), ys.max(), side + 2)[1:-1]
+        pts = [(float(x) + 0.5, float(y) + 0.5) for y in gy for x in gx if mask[int(y), int(x)]]
+        if len(pts) >= n:
+            break
+        side *= 2
+    if len(pts) > n:
+        pts = [pts[int(k)] for k in np.linspace(0, len(pts) - 1, n)]
+    return pts
 
 
 def _parse_query(query: str | Sequence[str]) -> list[str]:

@@ -36,7 +36,8 @@ def test_segment_prompt_overlay_and_json_file(run, chelsea_path, tmp_path):
 
 
 def test_segment_everything_tree(run, chelsea_path):
-    res = run("segment", chelsea_path, "--taxonomy", "everyday", "--tree", *TINY, "--points-per-side", "4")
+    res = run("segment", chelsea_path, "--taxonomy", "everyday", "--tree", *TINY, "--points-per-side", "4",
+              "--part-points", "4")
     assert res.exit_code == 0, res.output
     assert "chelsea.png" in res.stdout and "regions" in res.stdout
 

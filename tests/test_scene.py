@@ -170,3 +170,25 @@ def test_scene_scales(scene):
     seg = oracle_segmenter(big).segment_everything(big.image)
     assert sorted(r.label for r in seg) == sorted(r.label for r in oracle_segmenter(scene).segment_everything(
         scene.image))
+
+
+def test_coarse_to_fine_finds_parts_the_generator_missed(scene):
+    from clipsam import Segmenter
+
+    class WholesOnly(OracleProposer):
+        def generate(self, image, embedding=None, **params):
+            props = super().generate(image, embedding)[: len(scene.shapes)]  # drop the near-duplicate
+            return [p for p, s in zip(props, scene.shapes, strict=True) if s.kind != "part"]
+
+    def build():
+        return Segmenter.from_models(WholesOnly(scene), OracleEmbedder(scene), taxonomy=scene.taxonomy,
+                                     text_cache=False)
+
+    coarse = build().segment_everything(scene.image)
+    assert not any(r.kind == "part" for r in coarse)
+    seg = build()
+    fine = seg.segment_everything(scene.image, part_points=64)
+    reference = oracle_segmenter(scene).segment_everything(scene.image)
+    assert [(r.label_path, r.kind, r.parent_id) for r in fine] == [(r.label_path, r.kind, r.parent_id)
+                                                                    for r in reference]
+    assert seg.proposer.embed_calls == 1  # parts were prompted on the cached embedding
