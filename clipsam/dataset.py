@@ -1,0 +1,439 @@
+"""Pseudo-labelling image collections into COCO, resumably.
+
+Every image's result is written atomically to ``OUT/parts/`` as soon as it is finished, so a killed run (even
+``kill -9``) loses at most the images in flight; a rerun with the same ``OUT`` skips finished images and rebuilds
+``annotations.json`` from the parts, byte-identical to an uninterrupted run. The same per-image function runs
+in-process, in a local process pool (``workers``) or in Ray actors (``engine="ray"``).
+
+Layout of ``OUT``::
+
+    annotations.json      COCO: images, categories (from the taxonomy), annotations with RLE, score,
+                          label_path, parent_id
+    errors.jsonl          one line per image that could not be processed: {"path", "image_id", "reason"}
+    run.json              provenance: version, models, weight hashes, parameters, times, counts
+    parts/<id>.json       one finished image (or parts/<id>.error.json)
+    semantic/<id>.png     optional: category id per pixel (16-bit)
+    instances/<id>.png    optional: annotation index per pixel within the image (16-bit)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import masks as M
+from ._version import __version__
+from .errors import ClipsamError, ImageError
+from .result import Region, Segmentation
+from .taxonomy import Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+#: File endings treated as images when a folder is given.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+__all__ = ["IMAGE_SUFFIXES", "Filters", "ImageItem", "LabelJob", "assemble", "category_table", "list_images",
+           "stable_image_id"]
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to label: its path, its stable COCO id and the ``file_name`` recorded in COCO."""
+
+    path: str
+    image_id: int
+    file_name: str
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which regions go into the dataset.
+
+    Attributes:
+        min_score: minimum label score (unknown regions have 0 and are governed by *include_unknown*).
+        min_area: minimum mask area in pixels (original resolution).
+        labels: keep only regions whose label path contains one of these labels (empty: all).
+        max_regions: keep at most this many regions per image, highest score first (0: no limit).
+        include_unknown: keep ``unknown`` / ``unknown part`` regions.
+    """
+
+    min_score: float = 0.0
+    min_area: int = 0
+    labels: tuple[str, ...] = ()
+    max_regions: int = 0
+    include_unknown: bool = False
+
+    def apply(self, seg: Segmentation) -> list[Region]:
+        """The kept regions, in id order, each re-parented to its nearest kept ancestor."""
+        def wanted(r: Region) -> bool:
+            if r.kind.startswith("unknown"):
+                return self.include_unknown and r.area >= self.min_area and not self.labels
+            return (r.score >= self.min_score and r.area >= self.min_area
+                    and (not self.labels or any(lbl in r.label_path for lbl in self.labels)))
+
+        kept = [r for r in seg.regions if wanted(r)]
+        if self.max_regions and len(kept) > self.max_regions:
+            best = sorted(kept, key=lambda r: (-r.score, -r.area, r.id))[: self.max_regions]
+            kept = sorted(best, key=lambda r: r.id)
+        ids = {r.id for r in kept}
+        by_id = {r.id: r for r in seg.regions}
+        out = []
+        for r in kept:
+            parent = r.parent_id
+            while parent is not None and parent not in ids:
+                parent = by_id[parent].parent_id
+            out.append(replace(r, parent_id=parent))
+        return out
+
+
+def stable_image_id(relative_path: str) -> int:
+    """A COCO image id from the path relative to the source: the same file gets the same id in every run."""
+    return int(hashlib.sha1(relative_path.replace(os.sep, "/").encode()).hexdigest()[:12], 16)
+
+
+def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[ImageItem]:
+    """The images of *source*: a folder (searched recursively), a text file of paths, or a COCO JSON.
+
+    Paths in a text file or COCO JSON are relative to that file's folder (or to *image_root*). COCO image ids are
+    kept; other ids come from :func:`stable_image_id`. Items are sorted by id.
+    """
+    src = Path(source).expanduser()
+    if src.is_dir():
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        items = [ImageItem(str(p), stable_image_id(p.relative_to(src).as_posix()), p.relative_to(src).as_posix())
+                 for p in files]
+    elif src.is_file() and src.suffix.lower() == ".json":
+        try:
+            data = json.loads(src.read_text())
+            images = data["images"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClipsamError(f"{src}: not a COCO JSON with an 'images' list ({exc})") from None
+        root = Path(image_root) if image_root else src.parent
+        items = [ImageItem(str(root / im["file_name"]), int(im["id"]), str(im["file_name"])) for im in images]
+    elif src.is_file():
+        root = Path(image_root) if image_root else src.parent
+        lines = [ln.strip() for ln in src.read_text().splitlines()]
+        names = [ln for ln in lines if ln and not ln.startswith("#")]
+        items = [ImageItem(str(Path(n) if Path(n).is_absolute() else root / n), stable_image_id(n), n) for n in names]
+    else:
+        raise ClipsamError(f"{src}: no such folder or file (give a folder of images, a text file of paths, "
+                           "or a COCO JSON)")
+    ids = [i.image_id for i in items]
+    if len(set(ids)) != len(ids):
+        raise ClipsamError(f"{src}: image ids are not unique (duplicate file names?)")
+    return sorted(items, key=lambda i: i.image_id)
+
+
+def category_table(taxonomy: Taxonomy, include_unknown: bool = False) -> list[dict[str, Any]]:
+    """COCO categories for every label of *taxonomy* (objects and parts), ids 1.. in taxonomy order."""
+    cats = [{"id": k + 1, "name": n.name, "supercategory": n.path[0] if n.depth > 1 else "",
+             "label_path": n.path_str, "is_part": n.is_part} for k, n in enumerate(taxonomy)]
+    if include_unknown:
+        cats.append({"id": len(cats) + 1, "name": "unknown", "supercategory": "", "label_path": "unknown",
+                     "is_part": False})
+        cats.append({"id": len(cats) + 1, "name": "unknown part", "supercategory": "", "label_path": "unknown part",
+                     "is_part": True})
+    return cats
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array.astype(np.uint16)).save(buf, format="PNG")
+    _atomic_write(path, buf.getvalue())
+
+
+@dataclass
+class LabelJob:
+    """One labelling run into ``out``: what to label and with which settings.
+
+    Args:
+        out: the output folder (created; reused for resuming).
+        taxonomy: shipped name, YAML path or :class:`Taxonomy`.
+        filters: which regions to keep.
+        segmenter_spec: keyword arguments of :class:`~clipsam.Segmenter` (names, not objects, so that worker
+            processes and Ray actors can build their own).
+        pngs: also write semantic and instance PNGs.
+        segment_params: extra arguments of ``segment_everything`` (e.g. ``part_points``).
+    """
+
+    out: Path
+    taxonomy: Any
+    filters: Filters = field(default_factory=Filters)
+    segmenter_spec: dict[str, Any] = field(default_factory=dict)
+    pngs: bool = False
+    segment_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.tax = load_taxonomy(self.taxonomy)
+        self.categories = category_table(self.tax, self.filters.include_unknown)
+        self.cat_ids = {c["label_path"]: c["id"] for c in self.categories}
+
+    # -- provenance / resume ------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, Any]:
+        from .segmenter import Segmenter
+
+        spec = {k: v for k, v in self.segmenter_spec.items() if k not in ("device",)}
+        config = Segmenter(**{**spec, "taxonomy": self.tax}).config()
+        return {"segmenter": config, "taxonomy": self.tax.to_dict(), "filters": self.filters.__dict__ | {
+            "labels": list(self.filters.labels)}, "pngs": self.pngs, "segment_params": dict(self.segment_params)}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.parameters(), sort_keys=True, default=str).encode()).hexdigest()
+
+    def prepare(self, force: bool = False) -> dict[str, Any]:
+        """Create ``out`` or check that it was made with the same parameters; returns the run record."""
+        run_path = self.out / "run.json"
+        params = self.parameters()
+        fp = self.fingerprint()
+        if run_path.is_file():
+            try:
+                old = json.loads(run_path.read_text())
+            except ValueError:
+                old = {}
+            if old.get("fingerprint") != fp:
+                if not force:
+                    changed = _changed_keys(old.get("parameters", {}), params)
+                    raise ClipsamError(
+                        f"{self.out} holds a run with different parameters ({', '.join(changed) or 'unknown'}); "
+                        "resuming would mix results. Use --force to discard it and start over, or choose another --out"
+                    )
+                for sub in ("parts", "semantic", "instances"):
+                    shutil.rmtree(self.out / sub, ignore_errors=True)
+                for name in ("annotations.json", "errors.jsonl"):
+                    (self.out / name).unlink(missing_ok=True)
+        (self.out / "parts").mkdir(parents=True, exist_ok=True)
+        for sub in ("parts", "semantic", "instances"):  # temporary files of a run that was killed
+            for tmp in (self.out / sub).glob(".*.tmp") if (self.out / sub).is_dir() else ():
+                tmp.unlink(missing_ok=True)
+        if self.pngs:
+            (self.out / "semantic").mkdir(exist_ok=True)
+            (self.out / "instances").mkdir(exist_ok=True)
+        record = {"clipsam_version": __version__, "fingerprint": fp, "parameters": params,
+                  "models": {"sam": self.segmenter_spec.get("sam"), "clip": self.segmenter_spec.get("clip")},
+                  "weights": _weight_hashes(self.segmenter_spec), "started": _now(), "finished": None}
+        _atomic_write(run_path, json.dumps(record, indent=2, default=str).encode())
+        return record
+
+    def pending(self, items: Sequence[ImageItem]) -> list[ImageItem]:
+        """Items without a finished part file (failed ones are tried again)."""
+        return [i for i in items if not (self.out / "parts" / f"{i.image_id}.json").is_file()]
+
+    # -- one image --------------------------------------------------------------------------------------
+    def process(self, segmenter: Any, item: ImageItem) -> dict[str, Any]:
+        """Label one image and write its part file; never raises for a bad image (records the error)."""
+        parts = self.out / "parts"
+        try:
+            seg = segmenter.segment_everything(item.path, taxonomy=self.tax, **self.segment_params)
+            regions = self.filters.apply(seg)
+        except Exception as exc:  # one bad image must never end the batch: record it and go on
+            reason = str(exc) if isinstance(exc, (ImageError, ClipsamError)) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s: %s", item.path, reason)
+            record = {"path": item.path, "image_id": item.image_id, "file_name": item.file_name, "reason": reason}
+            _atomic_write(parts / f"{item.image_id}.error.json", json.dumps(record).encode())
+            return {"image_id": item.image_id, "status": "error", "reason": record["reason"]}
+        h, w = seg.image_size
+        if self.pngs:
+            self._write_pngs(item.image_id, (h, w), regions)
+        part = {"image": {"id": item.image_id, "file_name": item.file_name, "height": h, "width": w},
+                "regions": [r.to_dict() for r in regions]}
+        _atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
+        (parts / f"{item.image_id}.error.json").unlink(missing_ok=True)
+        return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
+
+    def _write_pngs(self, image_id: int, size: tuple[int, int], regions: list[Region]) -> None:
+        semantic = np.zeros(size, dtype=np.uint16)
+        instances = np.zeros(size, dtype=np.uint16)
+        for k, r in sorted(enumerate(regions, start=1), key=lambda kr: -kr[1].area):  # small ones on top
+            m = M.decode(r.rle)
+            semantic[m] = self.cat_ids.get(_cat_key(r), 0)
+            instances[m] = k
+        _write_png(self.out / "semantic" / f"{image_id}.png", semantic)
+        _write_png(self.out / "instances" / f"{image_id}.png", instances)
+
+    # -- the end ----------------------------------------------------------------------------------------
+    def finish(self, record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
+        coco, errors = assemble(self.out, self.categories)
+        _atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
+        _atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
+        counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]), errors=len(errors))
+        record = dict(record, finished=_now(), counts=counts)
+        _atomic_write(self.out / "run.json", json.dumps(record, indent=2, default=str).encode())
+        return record
+
+
+def _cat_key(r: Region) -> str:
+    return r.label_path_str if r.label_path else r.kind
+
+
+def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build the COCO dict and the error list from ``out/parts`` (deterministic: sorted by image id)."""
+    cat_ids = {c["label_path"]: c["id"] for c in categories}
+    images, annotations, errors = [], [], []
+    parts = sorted((out / "parts").glob("*.json"), key=lambda p: (int(p.name.split(".")[0]), p.name))
+    next_id = 1
+    for path in parts:
+        data = json.loads(path.read_text())
+        if path.name.endswith(".error.json"):
+            if not (out / "parts" / f"{data['image_id']}.json").is_file():
+                errors.append({"path": data["path"], "image_id": data["image_id"], "reason": data["reason"]})
+            continue
+        images.append(data["image"])
+        local = {}
+        for d in data["regions"]:
+            local[d["id"]] = next_id
+            next_id += 1
+        for d in data["regions"]:
+            r = Region.from_dict(d)
+            annotations.append({
+                "id": local[r.id], "image_id": data["image"]["id"], "category_id": cat_ids.get(_cat_key(r), 0),
+                "segmentation": r.rle, "area": r.area, "bbox": list(r.bbox_xywh), "iscrowd": 0,
+                "score": r.score, "label_path": list(r.label_path), "kind": r.kind,
+                "parent_id": local.get(r.parent_id) if r.parent_id is not None else None,
+                "predicted_iou": r.predicted_iou,
+            })
+    coco = {"info": {"description": "clipsam pseudo-labels", "version": __version__},
+            "images": images, "categories": categories, "annotations": annotations}
+    return coco, errors
+
+
+def run_local(job: LabelJob, items: Sequence[ImageItem], *, segmenter: Any = None, workers: int = 1,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Process *items* in this process (``workers=1``) or a pool of *workers* processes."""
+    if workers <= 1:
+        from .segmenter import Segmenter
+
+        seg = segmenter or Segmenter(**{**job.segmenter_spec, "taxonomy": job.tax})
+        for item in items:
+            res = job.process(seg, item)
+            if on_result:
+                on_result(res)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # torch and fork do not mix
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job, threads)) as pool:
+        futures = [pool.submit(_work, item) for item in items]
+        for fut in as_completed(futures):
+            res = fut.result()
+            if on_result:
+                on_result(res)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(job: LabelJob, threads: int) -> None:
+    import torch
+
+    from .segmenter import Segmenter
+
+    torch.set_num_threads(threads)
+    _WORKER["job"] = job
+    _WORKER["seg"] = Segmenter(**{**job.segmenter_spec, "taxonomy": job.tax})
+
+
+def _work(item: ImageItem) -> dict[str, Any]:
+    return _WORKER["job"].process(_WORKER["seg"], item)
+
+
+class _RayLabeller:
+    """A Ray Data actor: one Segmenter per actor, reused for every image it gets."""
+
+    def __init__(self, job: LabelJob) -> None:
+        from .segmenter import Segmenter
+
+        self.job = job
+        self.seg = Segmenter(**{**job.segmenter_spec, "taxonomy": job.tax})
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        results = [self.job.process(self.seg, ImageItem(str(p), int(i), str(f)))
+                   for p, i, f in zip(batch["path"], batch["image_id"], batch["file_name"], strict=True)]
+        return {"image_id": np.asarray([r["image_id"] for r in results], dtype=np.int64),
+                "status": np.asarray([r["status"] for r in results]),
+                "reason": np.asarray([r.get("reason", "") for r in results])}
+
+
+def run_ray(job: LabelJob, items: Sequence[ImageItem], *, workers: int = 1,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Process *items* on Ray Data with an actor pool of *workers* segmenters (one GPU each when CUDA is there).
+
+    Connects to the cluster in ``RAY_ADDRESS`` when set, else starts a local Ray instance.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise ClipsamError("the Ray engine needs Ray: pip install 'clipsam[ray]'") from exc
+    import torch
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    if not items:
+        return
+    gpus = 1 if torch.cuda.is_available() else 0
+    ds = ray.data.from_items([{"path": i.path, "image_id": i.image_id, "file_name": i.file_name} for i in items])
+    out = ds.map_batches(_RayLabeller, fn_constructor_kwargs={"job": job}, batch_size=1,
+                         compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_gpus=gpus, num_cpus=1)
+    for row in out.iter_rows():
+        if on_result:
+            on_result({"image_id": int(row["image_id"]), "status": str(row["status"]), "reason": str(row["reason"])})
+
+
+def _weight_hashes(spec: dict[str, Any]) -> dict[str, str]:
+    from . import weights as W
+
+    out = {}
+    for key in ("sam", "clip"):
+        name = spec.get(key)
+        if name and name in W.REGISTRY:
+            out[name] = W.REGISTRY[name].sha256
+    return out
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{k}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            keys.append(prefix + k)
+    return keys
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def iter_errors(out: Path) -> Iterable[dict[str, Any]]:
+    path = Path(out) / "errors.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
