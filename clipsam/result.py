@@ -99,6 +99,8 @@ class Segmentation:
         models: ``{"sam": name, "clip": name}``.
         low_res_logits: for prompted results, ``(N, h, w) float32`` logits of each mask; pass
             ``low_res_logits[i]`` as ``mask=`` to a later ``segment_prompt`` call to refine it.
+        embeddings: ``(N, D) float32`` unit CLIP embeddings of the regions' masked crops, when they were computed
+            (labelled results, or ``with_embeddings=True``); not part of JSON.
     """
 
     image_size: tuple[int, int]
@@ -108,6 +110,7 @@ class Segmentation:
     taxonomy: str | None = None
     models: dict[str, str] = field(default_factory=dict)
     low_res_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     # -- container protocol ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -132,11 +135,11 @@ class Segmentation:
         return self._subset(picked)
 
     def _subset(self, picked: Sequence[Region]) -> Segmentation:
-        logits = self.low_res_logits
-        if logits is not None:
-            index = {r.id: i for i, r in enumerate(self.regions)}
-            logits = logits[[index[r.id] for r in picked]] if picked else logits[:0]
-        return replace(self, regions=tuple(picked), low_res_logits=logits)
+        index = {r.id: i for i, r in enumerate(self.regions)}
+        rows = [index[r.id] for r in picked]
+        logits, emb = self.low_res_logits, self.embeddings
+        return replace(self, regions=tuple(picked), low_res_logits=None if logits is None else logits[rows],
+                       embeddings=None if emb is None else emb[rows])
 
     def filter(self, *, label: str | None = None, min_score: float = 0.0, min_area: int = 0,
                kind: str | None = None) -> Segmentation:

@@ -322,7 +322,7 @@ class Segmenter:
             self._refine(cand, emb, keep)
         for i, (d, kind) in matched.items():
             cand.decisions[i], cand.kinds[i] = d, kind
-        return self._finish(work, cand, keep, query=tuple(terms), taxonomy=tax)
+        return self._finish(work, cand, keep, query=tuple(terms), taxonomy=tax, feats=feats)
 
     def segment_everything(
         self,
@@ -332,6 +332,7 @@ class Segmenter:
         label: bool = True,
         include_parts: bool = True,
         part_points: int = 0,
+        with_embeddings: bool = False,
         **generator_params: Any,
     ) -> Segmentation:
         """Every region SAM finds, nested into a part-whole tree and labelled with the taxonomy.
@@ -341,6 +342,7 @@ class Segmenter:
         unlabelled and CLIP is not run.
 
         Args:
+            with_embeddings: also compute the regions' CLIP embeddings when not labelling (for search).
             part_points: coarse-to-fine: after labelling, prompt SAM with up to this many points inside each
                 labelled object (reusing the image embedding) to find its parts at a finer level; 0 = off.
             generator_params: SAM automatic-generator parameters, passed through (``points_per_side``,
@@ -351,6 +353,7 @@ class Segmenter:
         work = self._prepare(image)
         emb = self._embedding(work)
         cand = self._candidates(work, emb, generator_params)
+        feats = None
         if label and tax is not None:
             feats = self._embed_regions(work, cand.rles)
             self._label_tree(cand, feats, tax, with_parts=include_parts)
@@ -359,8 +362,10 @@ class Segmenter:
                 self._label_tree(cand, feats, tax, with_parts=include_parts)
         else:
             cand.kinds = ["unknown"] * len(cand.rles)
+            if with_embeddings:
+                feats = self._embed_regions(work, cand.rles)
         return self._finish(work, cand, list(range(len(cand.rles))), taxonomy=tax if label else None,
-                            labelled=label and tax is not None)
+                            labelled=label and tax is not None, feats=feats)
 
     def segment_prompt(
         self,
@@ -571,7 +576,8 @@ class Segmenter:
                 cand.predicted_iou[i] = float(out.iou_predictions[0])
 
     def _finish(self, work: _Work, cand: _Candidates, keep: Sequence[int], *, query: tuple[str, ...] = (),
-                taxonomy: Taxonomy | None = None, labelled: bool = True) -> Segmentation:
+                taxonomy: Taxonomy | None = None, labelled: bool = True,
+                feats: np.ndarray | None = None) -> Segmentation:
         keep_set = set(int(i) for i in keep)
         regions = []
         for i in sorted(keep_set):
@@ -593,8 +599,11 @@ class Segmenter:
                 predicted_iou=float(cand.predicted_iou[i]), stability_score=float(cand.stability[i]),
                 parent_id=parent if parent >= 0 else None,
             ))
+        rows = sorted(keep_set)
+        embeddings = feats[rows] if feats is not None and len(rows) and len(feats) == len(cand.rles) else None
         return Segmentation(image_size=work.original_size, regions=tuple(regions), image_path=work.path, query=query,
-                            taxonomy=taxonomy.name if taxonomy else None, models=self._model_names())
+                            taxonomy=taxonomy.name if taxonomy else None, models=self._model_names(),
+                            embeddings=embeddings)
 
 
 def _points_inside(mask: np.ndarray, n: int) -> list[tuple[float, float]]:

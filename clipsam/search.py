@@ -1,0 +1,358 @@
+"""Region search: every region of an image collection in an embedded LanceDB table, found by text or example.
+
+One row per region: the unit CLIP embedding of its masked crop, the image's path and content hash, box, RLE,
+area, label path, label score and parent id. Indexing is incremental (images already indexed, by content hash,
+are skipped) and safe to interrupt: an image's rows are committed before the image is marked done, and a rerun
+first removes any rows of an image that was not marked done.
+
+Below :data:`ANN_THRESHOLD` rows search is exact; past it an IVF-PQ index is built (and rebuilt when the table
+has doubled), searched with :data:`ANN_SEARCH` and re-ranked on the exact vectors.
+
+The database is a folder; LanceDB also opens object-store URIs (``s3://bucket/regions``, ``gs://…``, ``az://…``)
+with credentials from the environment, so one index can be shared by many machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import masks as M
+from ._version import __version__
+from .crops import crop_region
+from .errors import ClipsamError, ImageError
+from .image import load_image
+
+log = logging.getLogger(__name__)
+
+#: Rows from which an ANN index is built (exact search below).
+ANN_THRESHOLD = 100_000
+#: Query settings of the ANN index: IVF partitions probed, and candidates re-ranked exactly (x k).
+ANN_SEARCH = {"nprobes": 24, "refine_factor": 20}
+
+__all__ = ["ANN_SEARCH", "ANN_THRESHOLD", "RegionIndex", "SearchHit", "build_ann_index"]
+
+
+def _require_lancedb():
+    try:
+        import lancedb
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ClipsamError("region search needs LanceDB: pip install 'clipsam[search]'") from exc
+    return lancedb, pa
+
+
+def build_ann_index(table: Any, rows: int, dim: int) -> None:
+    """Build (or replace) the IVF-PQ cosine index of a region table: ~sqrt(rows) partitions, 8-dim sub-vectors."""
+    partitions = max(1, int(math.sqrt(rows)))
+    sub_vectors = next(d for d in (dim // 8, dim // 4, dim // 2, 1) if d >= 1 and dim % d == 0)
+    from lancedb.index import IvfPq
+
+    table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=partitions,
+                                              num_sub_vectors=sub_vectors), replace=True)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One region found by :meth:`RegionIndex.search`, most similar first.
+
+    Attributes:
+        similarity: cosine similarity between the query and the region's crop embedding.
+        image_path / image_hash: where the region lives (SHA-256 of the file's bytes).
+        region_id, parent_id: ids within that image's segmentation.
+        bbox_xywh, area, rle: the region, at the image's original resolution.
+        label, label_path, score, kind: its label as indexed.
+    """
+
+    similarity: float
+    image_path: str
+    image_hash: str
+    region_id: int
+    parent_id: int | None
+    bbox_xywh: tuple[float, float, float, float]
+    area: int
+    rle: M.RLE
+    label: str | None
+    label_path: tuple[str, ...]
+    score: float
+    kind: str
+
+    def mask(self) -> np.ndarray:
+        return M.decode(self.rle)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["label_path"] = list(self.label_path)
+        d["bbox_xywh"] = list(self.bbox_xywh)
+        return d
+
+
+def file_hash(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class RegionIndex:
+    """A searchable table of image regions.
+
+    Args:
+        path: a folder (created on first :meth:`add`) or an object-store URI that LanceDB understands.
+        segmenter: the :class:`~clipsam.Segmenter` that segments, labels and embeds; by default one with the models
+            the database was built with (or clipsam's defaults for a new database).
+        taxonomy: labels given to indexed regions (default ``everyday``; ``None`` indexes unlabelled regions).
+    """
+
+    def __init__(self, path: str | Path, segmenter: Any = None, *, taxonomy: Any = "everyday") -> None:
+        self.path = str(path)
+        self._segmenter = segmenter
+        self.taxonomy = taxonomy
+        self._db: Any = None
+
+    # -- storage -----------------------------------------------------------------------------------------
+    def _connect(self, create: bool) -> Any:
+        if self._db is None:
+            lancedb, _ = _require_lancedb()
+            local = "://" not in self.path
+            if local and not Path(self.path).exists() and not create:
+                raise ClipsamError(f"no region index at {self.path}: build one with "
+                                   f"`clipsam index SRC --db {self.path}`")
+            self._db = lancedb.connect(self.path)
+        return self._db
+
+    def _tables(self) -> set[str]:
+        db = self._connect(create=False)
+        names = db.list_tables() if hasattr(db, "list_tables") else db.table_names()
+        return set(getattr(names, "tables", names))
+
+    def meta(self) -> dict[str, Any] | None:
+        """What the database was built with (models, embedding size, taxonomy), or ``None`` if it is new."""
+        if "meta" not in self._tables():
+            return None
+        rows = self._connect(False).open_table("meta").to_arrow().to_pylist()
+        return json.loads(rows[0]["json"]) if rows else None
+
+    def _write_meta(self, meta: dict[str, Any]) -> None:
+        _, pa = _require_lancedb()
+        db = self._connect(True)
+        data = pa.table({"json": [json.dumps(meta)]})
+        if "meta" in self._tables():
+            db.open_table("meta").delete("true")
+            db.open_table("meta").add(data)
+        else:
+            db.create_table("meta", data)
+
+    @property
+    def segmenter(self) -> Any:
+        if self._segmenter is None:
+            from .segmenter import Segmenter
+
+            meta = self.meta() if self._exists() else None
+            kw = {"sam": meta["sam"], "clip": meta["clip"]} if meta else {}
+            self._segmenter = Segmenter(**kw)
+        return self._segmenter
+
+    def _exists(self) -> bool:
+        return "://" in self.path or Path(self.path).exists()
+
+    def _check_models(self, meta: dict[str, Any] | None) -> None:
+        if meta is None:
+            return
+        seg = self.segmenter
+        if meta.get("clip") != seg.clip_name or (meta.get("clip") == "tiny-random" and meta.get("seed") != seg.seed):
+            raise ClipsamError(
+                f"{self.path} was built with CLIP {meta.get('clip')!r} but this search uses {seg.clip_name!r}: "
+                f"embeddings of different models cannot be compared; use --clip {meta.get('clip')} or another --db"
+            )
+
+    def __len__(self) -> int:
+        if not self._exists() or "regions" not in self._tables():
+            return 0
+        return int(self._connect(False).open_table("regions").count_rows())
+
+    def image_count(self) -> int:
+        if not self._exists() or "images" not in self._tables():
+            return 0
+        return int(self._connect(False).open_table("images").count_rows())
+
+    # -- indexing ----------------------------------------------------------------------------------------
+    def add(self, images: str | Path | Sequence[str | Path], *,
+            on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
+        """Segment, label and embed *images* (a folder, a list file, a COCO JSON, or a list of paths), adding one row
+        per region. Images already indexed (same content hash) are skipped; unreadable ones are reported and
+        skipped. Returns counts: ``added``, ``skipped``, ``failed``, ``regions``."""
+        from .dataset import list_images
+
+        single = isinstance(images, (str, Path))
+        paths = [i.path for i in list_images(images)] if single else [str(p) for p in images]
+        _, pa = _require_lancedb()
+        db = self._connect(create=True)
+        seg = self.segmenter
+        meta = self.meta()
+        self._check_models(meta)
+        done = set()
+        if "images" in self._tables():
+            done = {r["image_hash"] for r in db.open_table("images").to_arrow().select(["image_hash"]).to_pylist()}
+        counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0}
+        for path in paths:
+            try:
+                digest = file_hash(path)
+            except OSError as exc:
+                counts["failed"] += 1
+                self._report(on_result, path, "error", f"{path}: {exc.strerror or exc}")
+                continue
+            if digest in done:
+                counts["skipped"] += 1
+                self._report(on_result, path, "skipped")
+                continue
+            try:
+                result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
+            except (ImageError, ClipsamError, OSError, ValueError) as exc:
+                counts["failed"] += 1
+                self._report(on_result, path, "error", str(exc))
+                continue
+            if meta is None:
+                dim = int(result.embeddings.shape[1]) if result.embeddings is not None else 0
+                meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
+                        "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
+                self._write_meta(meta)
+            rows = self._rows(path, digest, result)
+            if "regions" in self._tables():
+                table = db.open_table("regions")
+                table.delete(f"image_hash = {_quote(digest)}")  # leftovers of an interrupted run
+                if rows:
+                    table.add(pa.Table.from_pylist(rows, schema=self._schema(meta["dim"])))
+            elif rows:
+                db.create_table("regions", pa.Table.from_pylist(rows, schema=self._schema(meta["dim"])))
+            image_row = pa.table({"image_hash": [digest], "image_path": [str(path)], "regions": [len(rows)]})
+            if "images" in self._tables():
+                db.open_table("images").add(image_row)
+            else:
+                db.create_table("images", image_row)
+            done.add(digest)
+            counts["added"] += 1
+            counts["regions"] += len(rows)
+            self._report(on_result, path, "added", regions=len(rows))
+        self._maybe_index(meta)
+        return counts
+
+    @staticmethod
+    def _report(cb: Callable[[dict[str, Any]], None] | None, path: str, status: str, reason: str = "",
+                regions: int = 0) -> None:
+        if cb is not None:
+            cb({"path": path, "status": status, "reason": reason, "regions": regions})
+
+    @staticmethod
+    def _schema(dim: int) -> Any:
+        _, pa = _require_lancedb()
+        return pa.schema([
+            ("vector", pa.list_(pa.float32(), dim)), ("image_path", pa.string()), ("image_hash", pa.string()),
+            ("region_id", pa.int64()), ("parent_id", pa.int64()), ("bbox", pa.list_(pa.float64(), 4)),
+            ("height", pa.int64()), ("width", pa.int64()), ("rle_counts", pa.string()), ("area", pa.int64()),
+            ("label", pa.string()), ("label_path", pa.string()), ("score", pa.float64()), ("kind", pa.string()),
+        ])
+
+    @staticmethod
+    def _rows(path: str, digest: str, seg: Any) -> list[dict[str, Any]]:
+        if seg.embeddings is None or not len(seg):
+            return []
+        h, w = seg.image_size
+        return [{
+            "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": str(path), "image_hash": digest,
+            "region_id": r.id, "parent_id": -1 if r.parent_id is None else r.parent_id, "bbox": list(r.bbox_xywh),
+            "height": h, "width": w, "rle_counts": r.rle["counts"], "area": r.area, "label": r.label or "",
+            "label_path": "/" + "/".join(r.label_path) + "/" if r.label_path else "/", "score": r.score,
+            "kind": r.kind,
+        } for i, r in enumerate(seg.regions)]
+
+    def _maybe_index(self, meta: dict[str, Any] | None) -> None:
+        rows = len(self)
+        if meta is None or rows < ANN_THRESHOLD or rows < 2 * int(meta.get("indexed_rows", 0)):
+            return
+        log.info("building the ANN index over %d regions", rows)
+        build_ann_index(self._connect(False).open_table("regions"), rows, int(meta["dim"]))
+        self._write_meta({**meta, "indexed_rows": rows})
+
+    # -- search ------------------------------------------------------------------------------------------
+    def embed_query(self, query: Any, box: Sequence[float] | None = None) -> np.ndarray:
+        """The unit query vector: a text through the labelling text encoder (same templates, same cache), or an
+        example image (or a box of it) cropped like an indexed region."""
+        seg = self.segmenter
+        if isinstance(query, str) and not Path(query).is_file():
+            if box is not None:
+                raise ClipsamError("--box goes with an example image (--like), not with a text query")
+            return seg.text_bank.embed([(query,)])[0]
+        image = load_image(query)
+        h, w = image.shape[:2]
+        mask = np.zeros((h, w), dtype=bool)
+        if box is None:
+            x0, y0, x1, y1 = 0, 0, w, h
+        else:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+                raise ClipsamError(f"box {list(box)} does not fit the {w}x{h} example image")
+        mask[y0:y1, x0:x1] = True
+        crop = crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=seg.embedder.image_size,
+                           margin=seg.crop_margin, fill=seg.crop_fill)
+        return seg.embedder.embed_images([crop])[0]
+
+    def search(self, query: Any, *, k: int = 10, box: Sequence[float] | None = None, label: str | None = None,
+               min_area: int | None = None, where: str | None = None) -> list[SearchHit]:
+        """The *k* regions most similar to *query* (text, or an example image path / array with optional *box*).
+
+        Args:
+            label: keep regions whose label path contains this label (``vehicle`` keeps cars and buses).
+            min_area: keep regions of at least this many pixels.
+            where: an extra SQL filter over the columns (``score > 0.5``, ``kind = 'object'``).
+        """
+        if k < 1:
+            raise ClipsamError(f"k must be at least 1, got {k}")
+        if not self._exists():
+            raise ClipsamError(f"no region index at {self.path}: build one with `clipsam index SRC --db {self.path}`")
+        meta = self.meta()
+        if meta is None or "regions" not in self._tables() or len(self) == 0:
+            raise ClipsamError(f"the region index at {self.path} is empty: add images with `clipsam index SRC "
+                               f"--db {self.path}`")
+        self._check_models(meta)
+        vec = self.embed_query(query, box)
+        if vec.shape[0] != int(meta["dim"]):
+            raise ClipsamError(f"query embedding has {vec.shape[0]} dimensions, the index {meta['dim']}")
+        filters = []
+        if label:
+            filters.append(f"label_path LIKE {_quote('%/' + label.strip('/') + '/%')}")
+        if min_area:
+            filters.append(f"area >= {int(min_area)}")
+        if where:
+            filters.append(f"({where})")
+        table = self._connect(False).open_table("regions")
+        q = table.search(vec.astype(np.float32)).distance_type("cosine").limit(k)
+        if int(meta.get("indexed_rows", 0)):
+            q = q.nprobes(ANN_SEARCH["nprobes"]).refine_factor(ANN_SEARCH["refine_factor"])
+        if filters:
+            q = q.where(" AND ".join(filters), prefilter=True)
+        try:
+            rows = q.to_list()
+        except Exception as exc:  # LanceDB reports bad SQL as assorted errors
+            raise ClipsamError(f"search failed: {exc}") from exc
+        return [SearchHit(
+            similarity=float(1.0 - r["_distance"]), image_path=r["image_path"], image_hash=r["image_hash"],
+            region_id=int(r["region_id"]), parent_id=None if r["parent_id"] < 0 else int(r["parent_id"]),
+            bbox_xywh=tuple(float(v) for v in r["bbox"]), area=int(r["area"]),
+            rle={"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},
+            label=r["label"] or None, label_path=tuple(p for p in r["label_path"].split("/") if p),
+            score=float(r["score"]), kind=r["kind"],
+        ) for r in rows]
