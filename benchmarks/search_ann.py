@@ -83,11 +83,11 @@ def main() -> None:
 
         def ann(qv: np.ndarray) -> list[int]:
             query = table.search(qv).distance_type("cosine").nprobes(ANN_SEARCH["nprobes"]).refine_factor(
-                ANN_SEARCH["refine_factor"]).limit(args.k).select(["id"])
+                ANN_SEARCH["refine_factor"]).limit(args.k).select(["id", "_distance"])
             return [r["id"] for r in query.to_list()]
 
         def exact(qv: np.ndarray) -> list[int]:
-            query = table.search(qv).distance_type("cosine").bypass_vector_index().limit(args.k).select(["id"])
+            query = table.search(qv).distance_type("cosine").bypass_vector_index().limit(args.k).select(["id", "_distance"])
             return [r["id"] for r in query.to_list()]
 
         for qv in queries[:5]:

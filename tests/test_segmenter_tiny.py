@@ -137,3 +137,38 @@ def test_registry_models_without_weights_explain_how_to_get_them(chelsea, monkey
         _ = Segmenter(clip="vit_b").embedder
     with pytest.raises(ValueError, match="min_confidence"):
         Segmenter(min_confidence=2)
+
+
+@pytest.mark.parametrize("params", [
+    {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0},
+    {"points_per_side": 7, "points_per_batch": 10, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    {"points_per_side": 8, "points_per_batch": 16, "pred_iou_thresh": 0.1, "stability_score_thresh": 0.5,
+     "box_nms_thresh": 0.5},
+])
+@pytest.mark.parametrize("chunk_pixels", [1, 10_000_000])
+def test_fast_generator_is_identical_to_stock(chelsea, params, chunk_pixels):
+    from clipsam.models import amg
+    from clipsam.models.sam import SamProposer
+
+    model = tiny_sam(seed=4)
+    stock = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params).generate(chelsea)
+    proposer = SamProposer(model, "cpu")
+    emb = proposer.embed(chelsea)
+    fast = amg.generate(model, emb.features, emb.original_size, emb.input_size, chunk_pixels=chunk_pixels, **params)
+    assert len(fast) == len(stock)
+    assert [p.rle["counts"] for p in fast] == [s["segmentation"]["counts"] for s in stock]
+    assert [p.predicted_iou for p in fast] == [s["predicted_iou"] for s in stock]
+    assert [p.stability_score for p in fast] == [s["stability_score"] for s in stock]
+    assert [list(p.point_xy) for p in fast] == [s["point_coords"][0] for s in stock]
+    slow = SamProposer(model, "cpu", fast=False).generate(chelsea, emb, **params)
+    assert [p.rle["counts"] for p in slow] == [p.rle["counts"] for p in fast]
+
+
+def test_fast_generator_falls_back_to_stock_for_crop_layers(chelsea):
+    from clipsam.models.sam import SamProposer
+
+    model = tiny_sam(seed=4)
+    params = {"points_per_side": 4, "crop_n_layers": 1, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    stock = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params).generate(chelsea)
+    ours = SamProposer(model, "cpu").generate(chelsea, **params)
+    assert [p.rle["counts"] for p in ours] == [s["segmentation"]["counts"] for s in stock]

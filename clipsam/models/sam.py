@@ -13,6 +13,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 
 from ..errors import PromptError
+from . import amg as fast_amg
 from .base import PromptMasks, Proposal
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,15 @@ class SamProposer:
         model: a built SAM model (weights loaded).
         device: torch device to run on.
         name: registry name, for messages and provenance.
+        fast: generate with :mod:`clipsam.models.amg` (stock-identical masks, less time and memory) when the
+            parameters allow; ``False`` always runs the stock ``SamAutomaticMaskGenerator``.
     """
 
-    def __init__(self, model: Sam, device: torch.device | str = "cpu", name: str = "sam") -> None:
+    def __init__(self, model: Sam, device: torch.device | str = "cpu", name: str = "sam", fast: bool = True) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.name = name
+        self.fast = fast
         self._predictor = SamPredictor(self.model)
 
     @property
@@ -123,6 +127,13 @@ class SamProposer:
             generator = SamAutomaticMaskGenerator(self.model, output_mode="coco_rle", **params)
         except (AssertionError, ValueError) as exc:
             raise PromptError(f"invalid generator parameters {params}: {exc or 'rejected by SAM'}") from exc
+        if self.fast and fast_amg.supports(params):
+            emb = embedding if embedding is not None else self.embed(image)
+            if tuple(emb.original_size) != tuple(image.shape[:2]):
+                raise PromptError(f"embedding is for a {emb.original_size} image, not {image.shape[:2]}")
+            proposals = fast_amg.generate(self.model, emb.features, emb.original_size, emb.input_size, **params)
+            log.debug("SAM generated %d masks (fast path)", len(proposals))
+            return proposals
         if embedding is not None:
             generator.predictor = _ReusingPredictor(self.model, embedding)
         with torch.inference_mode():

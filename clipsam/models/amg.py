@@ -1,0 +1,130 @@
+"""A faster automatic mask generator that returns exactly the masks of ``SamAutomaticMaskGenerator``.
+
+Same point grid, same batches, same decoder calls, same upsampling, same thresholds, same NMS: the RLEs, predicted
+IoUs, stability scores and their order are identical to stock (the unit tests check this). What changes is the
+work around them:
+
+* masks failing ``pred_iou_thresh`` are dropped *before* being upsampled to full resolution (stock upsamples every
+  mask of a batch first);
+* full-resolution logits exist for a few masks at a time (``chunk_pixels``), never for a whole batch, which bounds
+  peak memory at high resolution;
+* RLE encoding and boxes come from pycocotools' C code instead of a Python loop over run lengths, and no
+  uncompressed RLE lists are deep-copied between batches.
+
+Used for the default single-crop setting (``crop_n_layers=0``, ``min_mask_region_area=0``); other settings run the
+stock generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as coco_mask
+from segment_anything.modeling import Sam
+from segment_anything.utils.amg import batch_iterator, build_all_layer_point_grids, calculate_stability_score
+from segment_anything.utils.transforms import ResizeLongestSide
+from torchvision.ops.boxes import batched_nms
+
+from .base import Proposal
+
+#: Full-resolution float logits held at once (pixels x masks): 64 Mpx = 256 MB.
+DEFAULT_CHUNK_PIXELS = 64_000_000
+
+#: Settings the fast path reproduces exactly; anything else goes to the stock generator.
+STOCK_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 32, "points_per_batch": 64, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+    "stability_score_offset": 1.0, "box_nms_thresh": 0.7, "crop_n_layers": 0, "crop_nms_thresh": 0.7,
+    "crop_overlap_ratio": 512 / 1500, "crop_n_points_downscale_factor": 1, "point_grids": None,
+    "min_mask_region_area": 0,
+}
+
+
+def supports(params: dict[str, Any]) -> bool:
+    """True when the fast path gives stock's exact output for these generator parameters."""
+    return int(params.get("crop_n_layers", 0)) == 0 and int(params.get("min_mask_region_area", 0)) == 0
+
+
+def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """RLE of a ``(k, H, W) bool`` stack via pycocotools (column-major, as COCO and SAM's stock RLE)."""
+    fortran = masks.transpose(1, 2).contiguous().cpu().numpy().view(np.uint8).T  # (H, W, k), Fortran order
+    return coco_mask.encode(fortran)
+
+
+@torch.inference_mode()
+def generate(
+    model: Sam,
+    features: torch.Tensor,
+    original_size: tuple[int, int],
+    input_size: tuple[int, int],
+    *,
+    chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    **params: Any,
+) -> list[Proposal]:
+    """All masks of the image whose embedding is *features*, in stock ``SamAutomaticMaskGenerator`` order."""
+    p = {**STOCK_DEFAULTS, **params}
+    if not supports(p):
+        raise ValueError("the fast generator handles crop_n_layers=0 and min_mask_region_area=0 only")
+    if (p["points_per_side"] is None) == (p["point_grids"] is None):
+        raise ValueError("exactly one of points_per_side or point_grids must be given")
+    grid = (build_all_layer_point_grids(p["points_per_side"], 0, 1)[0] if p["point_grids"] is None
+            else np.asarray(p["point_grids"][0]))
+    h, w = original_size
+    device = features.device
+    transform = ResizeLongestSide(model.image_encoder.img_size)
+    points_for_image = grid * np.array(original_size)[None, ::-1]
+    per_chunk = max(1, chunk_pixels // (h * w))
+    threshold = model.mask_threshold
+
+    rles: list[dict[str, Any]] = []
+    iou_all, stab_all, box_all, pts_all = [], [], [], []
+    for (points,) in batch_iterator(p["points_per_batch"], points_for_image):
+        coords = torch.as_tensor(transform.apply_coords(points, original_size), device=device)
+        labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
+        sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+        low_res, iou = model.mask_decoder(image_embeddings=features, image_pe=model.prompt_encoder.get_dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=True)
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        pts = np.repeat(points, 3, axis=0)
+        if p["pred_iou_thresh"] > 0.0:  # before upsampling: the filter only reads the predicted IoU
+            keep = (iou > p["pred_iou_thresh"]).cpu().numpy()
+            keep_t = torch.from_numpy(keep).to(device)
+            low_res, iou, pts = low_res[keep_t], iou[keep_t], pts[keep]
+        for start in range(0, low_res.shape[0], per_chunk):
+            logits = model.postprocess_masks(low_res[start:start + per_chunk, None], input_size, original_size)[:, 0]
+            stab = calculate_stability_score(logits, threshold, p["stability_score_offset"])
+            keep = stab >= p["stability_score_thresh"] if p["stability_score_thresh"] > 0.0 else None
+            masks = logits > threshold
+            del logits
+            chunk_iou = iou[start:start + per_chunk]
+            chunk_pts = pts[start:start + per_chunk]
+            if keep is not None:
+                masks, stab, chunk_iou = masks[keep], stab[keep], chunk_iou[keep]
+                chunk_pts = chunk_pts[keep.cpu().numpy()]
+            if masks.shape[0] == 0:
+                continue
+            encoded = _encode(masks)
+            bbox = coco_mask.toBbox(encoded).reshape(-1, 4)
+            # stock boxes: inclusive x1/y1 pixel indices, zeros for an empty mask
+            xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
+            xyxy[bbox[:, 2] == 0] = 0
+            rles.extend(encoded)
+            iou_all.append(chunk_iou.float().cpu())
+            stab_all.append(stab.float().cpu())
+            box_all.append(torch.as_tensor(xyxy.astype(np.int64)))
+            pts_all.append(chunk_pts)
+    if not rles:
+        return []
+    iou_t, stab_t, boxes = torch.cat(iou_all), torch.cat(stab_all), torch.cat(box_all)
+    order = batched_nms(boxes.float(), iou_t, torch.zeros(len(boxes)), iou_threshold=p["box_nms_thresh"])
+    points_np = np.concatenate(pts_all)
+    return [
+        Proposal(
+            rle={"size": [int(s) for s in rles[i]["size"]], "counts": rles[i]["counts"].decode("ascii")},
+            predicted_iou=float(iou_t[i]), stability_score=float(stab_t[i]),
+            point_xy=(float(points_np[i][0]), float(points_np[i][1])),
+        )
+        for i in order.tolist()
+    ]
