@@ -87,7 +87,8 @@ def main() -> None:
             return [r["id"] for r in query.to_list()]
 
         def exact(qv: np.ndarray) -> list[int]:
-            query = table.search(qv).distance_type("cosine").bypass_vector_index().limit(args.k).select(["id", "_distance"])
+            query = table.search(qv).distance_type("cosine").bypass_vector_index().limit(args.k)
+            query = query.select(["id", "_distance"])
             return [r["id"] for r in query.to_list()]
 
         for qv in queries[:5]:

@@ -93,6 +93,8 @@ class Segmenter:
         generator_params: defaults for SAM's automatic mask generator (points_per_side, pred_iou_thresh, …).
         download: fetch missing weights (else raise a message saying how to import them).
         text_cache: keep text embeddings on disk under ``$CLIPSAM_HOME/text-embeddings``.
+        precision: ``fp32`` (default; SAM masks identical to stock) or ``bf16`` (autocast on CUDA: faster,
+            masks differ slightly).
         seed: seed of the ``tiny-random`` models.
     """
 
@@ -118,6 +120,7 @@ class Segmenter:
         generator_params: dict[str, Any] | None = None,
         download: bool = True,
         text_cache: bool = True,
+        precision: str = "fp32",
         seed: int = 0,
     ) -> None:
         if max_side is not None and max_side < 16:
@@ -146,6 +149,7 @@ class Segmenter:
         self.generator_params = dict(generator_params or {})
         self.download = download
         self.text_cache = text_cache
+        self.precision = precision
         self.seed = seed
         self._proposer: MaskProposer | None = None
         self._embedder: RegionEmbedder | None = None
@@ -217,7 +221,7 @@ class Segmenter:
             from .models.build import build_proposer, resolve_device
 
             self._proposer = build_proposer(self.sam_name, resolve_device(self.device_name), download=self.download,
-                                            seed=self.seed)
+                                            seed=self.seed, precision=self.precision)
         return self._proposer
 
     @property
@@ -227,7 +231,7 @@ class Segmenter:
             from .models.build import build_embedder, resolve_device
 
             self._embedder = build_embedder(self.clip_name, resolve_device(self.device_name), download=self.download,
-                                            seed=self.seed)
+                                            seed=self.seed, precision=self.precision)
         return self._embedder
 
     @property
@@ -249,7 +253,7 @@ class Segmenter:
             "containment": self.containment, "duplicate_iou": self.duplicate_iou,
             "part_pred_iou": self.part_pred_iou, "max_part_share": self.max_part_share,
             "generator_params": dict(self.generator_params),
-            "taxonomy": self.taxonomy.name if self.taxonomy else None,
+            "taxonomy": self.taxonomy.name if self.taxonomy else None, "precision": self.precision,
         }
 
     # -- public API ------------------------------------------------------------------------------------

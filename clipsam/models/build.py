@@ -43,13 +43,14 @@ def clip_names() -> list[str]:
 
 
 def build_proposer(
-    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0
+    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
+    precision: str = "fp32",
 ) -> SamProposer:
     """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed."""
     if name == TINY:
         from ..testing import tiny_sam
 
-        return SamProposer(tiny_sam(seed), device, name=TINY)
+        return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
     ckpt = _checkpoint(name, "sam", sam_names())
     from segment_anything import sam_model_registry
 
@@ -57,18 +58,19 @@ def build_proposer(
     model = sam_model_registry[ckpt.arch](checkpoint=None)
     model.load_state_dict(weights.load_state_dict(path, ckpt))
     log.info("loaded SAM %s from %s", ckpt.name, path)
-    return SamProposer(model, device, name=ckpt.name)
+    return SamProposer(model, device, name=ckpt.name, precision=precision)
 
 
 def build_embedder(
-    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0
+    name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
+    precision: str = "fp32",
 ) -> ClipEmbedder:
     """A :class:`ClipEmbedder` for registry name *name*, its weights fetched and verified as needed."""
     if name == TINY:
         from ..testing import tiny_clip
 
         model, preprocess, tokenizer = tiny_clip(seed)
-        return ClipEmbedder(model, preprocess, tokenizer, device, name=TINY, cache_key=None)
+        return ClipEmbedder(model, preprocess, tokenizer, device, name=TINY, cache_key=None, precision=precision)
     ckpt = _checkpoint(name, "clip", clip_names())
     import open_clip
     from open_clip.model import build_model_from_openai_state_dict
@@ -82,7 +84,7 @@ def build_embedder(
     tokenizer = open_clip.get_tokenizer(ckpt.arch)
     log.info("loaded CLIP %s from %s", ckpt.name, path)
     key = f"{ckpt.name}@{ckpt.sha256[:16]}"
-    return ClipEmbedder(model, preprocess, tokenizer, device, name=ckpt.name, cache_key=key)
+    return ClipEmbedder(model, preprocess, tokenizer, device, name=ckpt.name, cache_key=key, precision=precision)
 
 
 def _checkpoint(name: str, family: str, known: list[str]) -> weights.Checkpoint:

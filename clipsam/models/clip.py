@@ -21,6 +21,7 @@ class ClipEmbedder:
         name: registry name, for messages.
         cache_key: identifies the weights for the on-disk text cache (``None``: no disk cache).
         batch_size: crops per forward pass.
+        precision: ``fp32`` or ``bf16`` (autocast on CUDA only).
     """
 
     def __init__(
@@ -32,7 +33,11 @@ class ClipEmbedder:
         name: str = "clip",
         cache_key: str | None = None,
         batch_size: int = 64,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+        self.precision = precision
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
@@ -50,7 +55,8 @@ class ClipEmbedder:
         out: list[np.ndarray] = []
         for start in range(0, len(crops), self.batch_size):
             batch = torch.stack([self.preprocess(Image.fromarray(c)) for c in crops[start:start + self.batch_size]])
-            feats = self.model.encode_image(batch.to(self.device))
+            with self._autocast():
+                feats = self.model.encode_image(batch.to(self.device))
             out.append(_unit(feats))
         return np.concatenate(out) if out else np.zeros((0, self._dim()), dtype=np.float32)
 
@@ -59,8 +65,13 @@ class ClipEmbedder:
         out: list[np.ndarray] = []
         for start in range(0, len(texts), 256):
             tokens = self.tokenizer(list(texts[start:start + 256])).to(self.device)
-            out.append(_unit(self.model.encode_text(tokens)))
+            with self._autocast():
+                out.append(_unit(self.model.encode_text(tokens)))
         return np.concatenate(out) if out else np.zeros((0, self._dim()), dtype=np.float32)
+
+    def _autocast(self):
+        enabled = self.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _dim(self) -> int:
         proj = getattr(self.model, "text_projection", None)
