@@ -40,7 +40,8 @@ app.add_typer(taxonomy_app, name="taxonomy")
 out = Console()
 err = Console(stderr=True)
 
-SAM_HELP = "SAM model: vit_b, vit_l, vit_h, or tiny-random (random weights, for tests only: output meaningless)."
+SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, or tiny-random "
+            "(random weights, for tests only: output meaningless).")
 CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
 JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
 

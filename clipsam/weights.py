@@ -84,6 +84,12 @@ def _openai_clip(arch: str, sha256: str, description: str) -> Checkpoint:
                       description=description, extra={"quick_gelu": True})
 
 
+def _sam2(name: str, arch: str, sha256: str, size: int, description: str) -> Checkpoint:
+    url = f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{name}.pt"
+    return Checkpoint(name=name, family="sam", arch=arch, url=url, sha256=sha256, filename=f"{name}.pt", size=size,
+                      license="Apache-2.0", description=description, extra={"backend": "sam2"})
+
+
 _FB = "https://dl.fbaipublicfiles.com/segment_anything"
 _BUILTIN = [
     _sam("vit_b", f"{_FB}/sam_vit_b_01ec64.pth",
@@ -95,6 +101,17 @@ _BUILTIN = [
     _sam("vit_h", f"{_FB}/sam_vit_h_4b8939.pth",
          "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879,
          "SAM ViT-H (636M params, ~2.6 GB): best masks, slowest"),
+    # SAM 2.1 (Meta, 2024-09-28 release). The SHA-256 values are the Git LFS ids of these files as mirrored on
+    # Hugging Face, where independent uploads of each file agree; `clipsam weights verify` re-checks a download.
+    _sam2("sam2.1_hiera_tiny", "sam2.1_hiera_t", "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+          156_008_466, "SAM 2.1 Hiera-T (39M params, 156 MB): fastest SAM 2.1"),
+    _sam2("sam2.1_hiera_small", "sam2.1_hiera_s", "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+          184_416_285, "SAM 2.1 Hiera-S (46M params, 184 MB)"),
+    _sam2("sam2.1_hiera_base_plus", "sam2.1_hiera_b+",
+          "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323_606_802,
+          "SAM 2.1 Hiera-B+ (81M params, 324 MB)"),
+    _sam2("sam2.1_hiera_large", "sam2.1_hiera_l", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+          898_083_611, "SAM 2.1 Hiera-L (224M params, 898 MB): best SAM 2.1 masks"),
     _openai_clip("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
                  "OpenAI CLIP ViT-B/16 (~335 MB): the default"),
     _openai_clip("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",

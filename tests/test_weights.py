@@ -228,7 +228,11 @@ def test_registry_is_well_formed():
     assert {"vit_b", "vit_l", "vit_h", "ViT-B-16/openai"} <= set(W.REGISTRY)
     for ckpt in W.REGISTRY.values():
         assert len(ckpt.sha256) == 64 and ckpt.url.startswith("https://")
-        if ckpt.family == "sam":
+        if ckpt.family == "sam" and ckpt.extra.get("backend") == "sam2":
+            from clipsam.models.sam2 import CONFIGS
+
+            assert ckpt.arch in CONFIGS and ckpt.size
+        elif ckpt.family == "sam":
             assert ckpt.arch in sam_model_registry
         else:
             assert ckpt.arch in open_clip.list_models()

@@ -52,6 +52,14 @@ def build_proposer(
 
         return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
     ckpt = _checkpoint(name, "sam", sam_names())
+    if ckpt.extra.get("backend") == "sam2":
+        from .sam2 import Sam2Proposer, build_sam2_model
+
+        model = build_sam2_model(ckpt.arch, "cpu")  # checks the sam2 package before downloading anything
+        path = weights.ensure(ckpt.name, download=download, progress=progress)
+        model.load_state_dict(weights.load_state_dict(path, ckpt))
+        log.info("loaded SAM 2.1 %s from %s", ckpt.name, path)
+        return Sam2Proposer(model, device, name=ckpt.name)  # type: ignore[return-value]
     from segment_anything import sam_model_registry
 
     path = weights.ensure(ckpt.name, download=download, progress=progress)
