@@ -122,27 +122,36 @@ def test_cli_index_and_search_with_tiny_models(tmp_path, photo_folder):
     assert missing.returncode == 2 and "no region index" in missing.stderr
 
 
-def test_killed_index_run_resumes_without_duplicates(tmp_path, photo_folder):
-    ref = json.loads(_cli("index", photo_folder, "--db", tmp_path / "ref", *TINY, "--json").stdout)
-    db = tmp_path / "db"
-    proc = subprocess.Popen([sys.executable, "-m", "clipsam.cli", "index", str(photo_folder), "--db", str(db), *TINY,
-                             "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (db / "images.lance").is_dir() and any((db / "images.lance").rglob("*.lance")):
-            time.sleep(0.5)
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = json.loads(_cli("index", photo_folder, "--db", db, *TINY, "--json").stdout)
-    assert 0 < resumed["skipped"] < 8 or resumed["added"] == 8
-    assert resumed["total_regions"] == ref["total_regions"] and resumed["total_images"] == 8
+def test_killed_index_run_resumes_without_duplicates(tmp_path, chelsea):
     import lancedb
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(20):
+        Image.fromarray(chelsea[k * 8: k * 8 + 110, k * 12: k * 12 + 170]).save(photos / f"q{k:02d}.png")
+    ref = json.loads(_cli("index", photos, "--db", tmp_path / "ref", *TINY, "--json").stdout)
+    db = tmp_path / "db"
+    proc = subprocess.Popen([sys.executable, "-m", "clipsam.cli", "index", str(photos), "--db", str(db), *TINY,
+                             "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_at_kill = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done_at_kill = lancedb.connect(str(db)).open_table("images").count_rows()
+        except Exception:  # not created yet
+            done_at_kill = 0
+        if done_at_kill >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= done_at_kill < 20, "the run finished before it could be killed"
+    resumed = json.loads(_cli("index", photos, "--db", db, *TINY, "--json").stdout)
+    assert resumed["skipped"] >= done_at_kill and resumed["skipped"] + resumed["added"] == 20
+    assert resumed["total_regions"] == ref["total_regions"] and resumed["total_images"] == 20
     rows = lancedb.connect(str(db)).open_table("regions").to_arrow().select(["image_hash", "region_id"]).to_pylist()
     keys = [(r["image_hash"], r["region_id"]) for r in rows]
-    assert len(keys) == len(set(keys))
+    assert len(keys) == len(set(keys)) == ref["total_regions"]
 
 
 def test_ann_index_finds_the_exact_neighbours(tmp_path):
