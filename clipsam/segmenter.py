@@ -324,6 +324,8 @@ class Segmenter:
         keep = _drop_nested_same_label(cand.rles, matched, self.containment)
         if refine and keep:
             self._refine(cand, emb, keep)
+            feats = feats.copy()  # the returned embeddings describe the refined masks (labels stay as chosen)
+            feats[keep] = self._embed_regions(work, [cand.rles[i] for i in keep])
         for i, (d, kind) in matched.items():
             cand.decisions[i], cand.kinds[i] = d, kind
         return self._finish(work, cand, keep, query=tuple(terms), taxonomy=tax, feats=feats)

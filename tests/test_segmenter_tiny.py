@@ -102,6 +102,12 @@ def test_text_query_and_refinement(chelsea):
     result = seg.segment(chelsea, "cat", refine=True)
     assert len(result) >= 1 and {r.label for r in result} == {"cat"}
     assert all(r.label_path == ("cat",) and r.kind == "object" for r in result)
+    assert result.embeddings.shape == (len(result), 16)
+    from clipsam.crops import crop_region
+
+    first = result[0]  # the embedding is that of the refined mask's crop (at the processing size = original here)
+    crop = crop_region(chelsea, first.mask(), first.bbox_xywh, size=seg.embedder.image_size)
+    np.testing.assert_allclose(result.embeddings[0], seg.embedder.embed_images([crop])[0], atol=1e-5)
     encoded = seg.text_bank.encoded_texts
     seg.segment(chelsea, "cat")
     assert seg.text_bank.encoded_texts == encoded  # text embeddings reused
