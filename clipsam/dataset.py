@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -430,10 +430,3 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-
-def iter_errors(out: Path) -> Iterable[dict[str, Any]]:
-    path = Path(out) / "errors.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                yield json.loads(line)
