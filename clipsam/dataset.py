@@ -201,14 +201,15 @@ class LabelJob:
         return {"segmenter": config, "taxonomy": self.tax.to_dict(), "filters": self.filters.__dict__ | {
             "labels": list(self.filters.labels)}, "pngs": self.pngs, "segment_params": dict(self.segment_params)}
 
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.parameters(), sort_keys=True, default=str).encode()).hexdigest()
+    def fingerprint(self, parameters: dict[str, Any] | None = None) -> str:
+        params = self.parameters() if parameters is None else parameters
+        return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
     def prepare(self, force: bool = False) -> dict[str, Any]:
         """Create ``out`` or check that it was made with the same parameters; returns the run record."""
         run_path = self.out / "run.json"
         params = self.parameters()
-        fp = self.fingerprint()
+        fp = self.fingerprint(params)
         if run_path.is_file():
             try:
                 old = json.loads(run_path.read_text())
