@@ -15,7 +15,12 @@ from pycocotools import mask as _coco
 
 RLE = dict[str, Any]
 
+#: Most RLEs handed to one pycocotools batch call. pycocotools 2.0.11's ``area`` keeps the count in a uint8 and
+#: raises ``OverflowError`` from 256 masks on; every batch call here goes through :func:`_batched`.
+COCO_BATCH = 255
+
 __all__ = [
+    "COCO_BATCH",
     "RLE",
     "area",
     "bbox_xywh",
@@ -70,7 +75,8 @@ def area(rle: RLE | Sequence[RLE]) -> int | np.ndarray:
         return int(_coco.area(_to_coco(rle)))
     if len(rle) == 0:
         return np.zeros(0, dtype=np.int64)
-    return np.asarray(_coco.area([_to_coco(r) for r in rle]), dtype=np.int64)
+    coco = [_to_coco(r) for r in rle]
+    return np.concatenate([np.asarray(_coco.area(part), dtype=np.int64).reshape(-1) for part in _batched(coco)])
 
 
 def bbox_xywh(rle: RLE | Sequence[RLE]) -> tuple[float, float, float, float] | np.ndarray:
@@ -82,7 +88,8 @@ def bbox_xywh(rle: RLE | Sequence[RLE]) -> tuple[float, float, float, float] | n
         return tuple(float(v) for v in _coco.toBbox(_to_coco(rle)))  # type: ignore[return-value]
     if len(rle) == 0:
         return np.zeros((0, 4), dtype=np.float64)
-    return np.asarray(_coco.toBbox([_to_coco(r) for r in rle]), dtype=np.float64).reshape(-1, 4)
+    coco = [_to_coco(r) for r in rle]
+    return np.concatenate([np.asarray(_coco.toBbox(part), dtype=np.float64).reshape(-1, 4) for part in _batched(coco)])
 
 
 def iou_matrix(a: Sequence[RLE], b: Sequence[RLE]) -> np.ndarray:
@@ -136,6 +143,10 @@ def resize(rle: RLE, size_hw: tuple[int, int]) -> RLE:
     rows = np.minimum(((np.arange(h) + 0.5) * src_h / h).astype(np.int64), src_h - 1)
     cols = np.minimum(((np.arange(w) + 0.5) * src_w / w).astype(np.int64), src_w - 1)
     return encode(dense[rows[:, None], cols[None, :]])  # type: ignore[return-value]
+
+
+def _batched(items: list[Any]) -> list[list[Any]]:
+    return [items[i:i + COCO_BATCH] for i in range(0, len(items), COCO_BATCH)]
 
 
 def _check_same_size(rles: Sequence[RLE]) -> None:

@@ -69,10 +69,13 @@ def build_parents(rles: Sequence[M.RLE], containment: float = DEFAULT_CONTAINMEN
     share = M.contained_share(rles)
     rank = np.empty(n, dtype=np.int64)
     rank[canonical_order(rles)] = np.arange(n)
-    for i in range(n):
-        cands = [j for j in range(n) if j != i and rank[j] < rank[i] and share[i, j] >= containment]
-        if cands:
-            parent[i] = max(cands, key=lambda j: rank[j])  # the latest in canonical order = the smallest
+    # candidates of row i: masks earlier in canonical order holding >= containment of i; the parent is the latest
+    # of them in canonical order (= the smallest)
+    cand = (share >= containment) & (rank[None, :] < rank[:, None])
+    scored = np.where(cand, rank[None, :], -1)
+    best = scored.argmax(axis=1)
+    has = cand.any(axis=1)
+    parent[has] = best[has]
     return parent
 
 

@@ -10,6 +10,12 @@ import numpy as np
 
 from ..masks import RLE
 
+#: Name of the tiny random-weight architectures (tests only: outputs are meaningless).
+TINY = "tiny-random"
+#: Generator settings that come with the ``tiny-random`` entry: its quality scores are meaningless, so SAM's
+#: default thresholds would drop every mask; from Python and from the CLI alike.
+TINY_GENERATOR_PARAMS: dict[str, Any] = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
 
 @dataclass(frozen=True)
 class Proposal:
@@ -89,3 +95,16 @@ class RegionEmbedder(Protocol):
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``(M, D) float32`` unit vectors for M texts."""
+
+
+def proposals_from_records(records: Sequence[dict[str, Any]]) -> list[Proposal]:
+    """Records of ``SamAutomaticMaskGenerator`` / ``SAM2AutomaticMaskGenerator`` (``output_mode="coco_rle"``)."""
+    return [
+        Proposal(
+            rle={"size": [int(s) for s in r["segmentation"]["size"]], "counts": r["segmentation"]["counts"]},
+            predicted_iou=float(r["predicted_iou"]),
+            stability_score=float(r["stability_score"]),
+            point_xy=(float(r["point_coords"][0][0]), float(r["point_coords"][0][1])),
+        )
+        for r in records
+    ]

@@ -14,7 +14,7 @@ from segment_anything.modeling import Sam
 
 from ..errors import PromptError
 from . import amg as fast_amg
-from .base import PromptMasks, Proposal
+from .base import PromptMasks, Proposal, proposals_from_records
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,49 @@ GENERATOR_PARAMS = tuple(
 
 @dataclass(frozen=True)
 class SamEmbedding:
-    """The image embedding of one image: computed once, reused for every prompt on that image."""
+    """The image embedding of one image: computed once, reused for every prompt on that image.
+
+    ``original_size`` is the size SAM saw; it exceeds ``image_size`` (the caller's image) only for extreme strips,
+    which are padded (see :func:`pad_for_sam`).
+    """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    image_size: tuple[int, int] | None = None
+
+    @property
+    def padded(self) -> bool:
+        return self.image_size is not None and tuple(self.image_size) != tuple(self.original_size)
+
+
+def pad_for_sam(image: np.ndarray, target: int) -> np.ndarray:
+    """*image* padded at the bottom / right (edge pixels repeated) so that SAM's resize of its long side to *target*
+    keeps the short side at least one pixel; the image itself when it already does.
+
+    SAM's ``ResizeLongestSide`` rounds ``short * target / long``; a 4059x10 strip at ``target`` 1024 is fine, but at
+    a small ``target`` (or a 20000x3 strip) the short side rounds to 0 and every resize fails.
+    """
+    h, w = image.shape[:2]
+    long_side = max(h, w)
+    need = int(np.ceil(long_side / target))  # rounds to >= 1 pixel after the resize
+    pad_h, pad_w = max(0, need - h), max(0, need - w)
+    if not pad_h and not pad_w:
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _crop_proposals(proposals: list[Proposal], size: tuple[int, int]) -> list[Proposal]:
+    """Proposals made on a padded image, cut back to the caller's *size* (masks wholly in the padding dropped)."""
+    from .. import masks as M
+
+    h, w = size
+    out = []
+    for p in proposals:
+        mask = M.decode(p.rle)[:h, :w]
+        if mask.any():
+            out.append(Proposal(M.encode(mask), p.predicted_iou, p.stability_score, p.point_xy))  # type: ignore[arg-type]
+    return out
 
 
 class _ReusingPredictor(SamPredictor):
@@ -92,10 +130,11 @@ class SamProposer:
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> SamEmbedding:
+        padded = pad_for_sam(image, self.model.image_encoder.img_size)
         with self._autocast():
-            self._predictor.set_image(image)
+            self._predictor.set_image(padded)
         p = self._predictor
-        emb = SamEmbedding(p.features, tuple(p.original_size), tuple(p.input_size))
+        emb = SamEmbedding(p.features, tuple(p.original_size), tuple(p.input_size), tuple(image.shape[:2]))
         p.reset_image()
         return emb
 
@@ -129,7 +168,10 @@ class SamProposer:
         finally:
             self._predictor.reset_image()
         order = np.argsort(-iou, kind="stable")
-        return PromptMasks(masks[order].astype(bool), iou[order].astype(np.float32), low[order].astype(np.float32))
+        masks = masks[order].astype(bool)
+        if embedding.padded:
+            masks = masks[:, : embedding.image_size[0], : embedding.image_size[1]]  # type: ignore[index]
+        return PromptMasks(masks, iou[order].astype(np.float32), low[order].astype(np.float32))
 
     def generate(self, image: np.ndarray, embedding: SamEmbedding | None = None, **params: Any) -> list[Proposal]:
         unknown = sorted(set(params) - set(GENERATOR_PARAMS))
@@ -139,25 +181,18 @@ class SamProposer:
             generator = SamAutomaticMaskGenerator(self.model, output_mode="coco_rle", **params)
         except (AssertionError, ValueError) as exc:
             raise PromptError(f"invalid generator parameters {params}: {exc or 'rejected by SAM'}") from exc
+        emb = embedding if embedding is not None else self.embed(image)
+        if tuple(emb.image_size or emb.original_size) != tuple(image.shape[:2]):
+            raise PromptError(f"embedding is for a {emb.image_size or emb.original_size} image, not {image.shape[:2]}")
         if self.fast and fast_amg.supports(params):
-            emb = embedding if embedding is not None else self.embed(image)
-            if tuple(emb.original_size) != tuple(image.shape[:2]):
-                raise PromptError(f"embedding is for a {emb.original_size} image, not {image.shape[:2]}")
             with self._autocast():
                 proposals = fast_amg.generate(self.model, emb.features, emb.original_size, emb.input_size, **params)
             log.debug("SAM generated %d masks (fast path)", len(proposals))
-            return proposals
-        if embedding is not None:
-            generator.predictor = _ReusingPredictor(self.model, embedding)
-        with torch.inference_mode(), self._autocast():
-            records = generator.generate(image)
-        log.debug("SAM generated %d masks", len(records))
-        return [
-            Proposal(
-                rle={"size": [int(s) for s in r["segmentation"]["size"]], "counts": r["segmentation"]["counts"]},
-                predicted_iou=float(r["predicted_iou"]),
-                stability_score=float(r["stability_score"]),
-                point_xy=(float(r["point_coords"][0][0]), float(r["point_coords"][0][1])),
-            )
-            for r in records
-        ]
+        else:
+            generator.predictor = _ReusingPredictor(self.model, emb)
+            with torch.inference_mode(), self._autocast():
+                records = generator.generate(pad_for_sam(image, self.model.image_encoder.img_size))
+            log.debug("SAM generated %d masks", len(records))
+            proposals = proposals_from_records(records)
+        return _crop_proposals(proposals, tuple(image.shape[:2])) if emb.padded else proposals
+

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, PromptError
-from .base import PromptMasks, Proposal
+from .base import PromptMasks, Proposal, proposals_from_records
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,4 @@ class Sam2Proposer:
             predictor.set_image = set_image
         with torch.inference_mode():
             records = generator.generate(image)
-        return [
-            Proposal(rle={"size": [int(s) for s in r["segmentation"]["size"]], "counts": r["segmentation"]["counts"]},
-                     predicted_iou=float(r["predicted_iou"]), stability_score=float(r["stability_score"]),
-                     point_xy=(float(r["point_coords"][0][0]), float(r["point_coords"][0][1])))
-            for r in records
-        ]
+        return proposals_from_records(records)
