@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -40,6 +41,16 @@ ProgressCallback = Callable[[int, "int | None"], None]
 _CHUNK = 1 << 20
 _TRUTHY = {"1", "true", "yes", "on"}
 
+#: Seconds a download may wait for the next bytes before it is abandoned (per read).
+READ_TIMEOUT = 60.0
+#: Average bytes per second a download must keep up after :data:`RATE_GRACE` seconds, or it is abandoned: a
+#: server that drips a byte at a time never trips a per-read timeout.
+MIN_RATE = 20_000
+RATE_GRACE = 30.0
+#: Bytes accepted from a server for a checkpoint of unknown size (its registry entry gives none, nor does the
+#: server): an endless body must not fill the disk.
+MAX_UNKNOWN_BYTES = 16_000_000_000
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -53,7 +64,8 @@ class Checkpoint:
         sha256: pinned SHA-256 of the file (64 hex digits).
         filename: name of the file in the cache.
         format: ``torch`` (a pickled state dict, read with ``weights_only=True``) or ``torchscript``.
-        size: expected size in bytes when known (used for progress and messages), else ``None``.
+        size: the file's size in bytes. A download stops as soon as a server sends more, and a Content-Length that
+            disagrees is refused before anything is written; ``None`` only for entries whose size is unknown.
         license: licence of the weights.
         description: one line for ``clipsam weights list``.
     """
@@ -76,11 +88,11 @@ def _sam(name: str, url: str, sha256: str, size: int | None, description: str) -
                       size=size, license="Apache-2.0", description=description)
 
 
-def _openai_clip(arch: str, sha256: str, description: str) -> Checkpoint:
+def _openai_clip(arch: str, sha256: str, size: int, description: str, file: str | None = None) -> Checkpoint:
     # OpenAI publishes the file's SHA-256 as a path component of the URL.
-    url = f"https://openaipublic.azureedge.net/clip/models/{sha256}/{arch}.pt"
+    url = f"https://openaipublic.azureedge.net/clip/models/{sha256}/{file or arch}.pt"
     return Checkpoint(name=f"{arch}/openai", family="clip", arch=arch, url=url, sha256=sha256,
-                      filename=f"clip_{arch}_openai_{sha256[:8]}.pt", format="torchscript", license="MIT",
+                      filename=f"clip_{arch}_openai_{sha256[:8]}.pt", format="torchscript", size=size, license="MIT",
                       description=description, extra={"quick_gelu": True})
 
 
@@ -93,10 +105,10 @@ def _sam2(name: str, arch: str, sha256: str, size: int, description: str) -> Che
 _FB = "https://dl.fbaipublicfiles.com/segment_anything"
 _BUILTIN = [
     _sam("vit_b", f"{_FB}/sam_vit_b_01ec64.pth",
-         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", None,
+         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383,
          "SAM ViT-B (91M params, ~375 MB): the default; fastest"),
     _sam("vit_l", f"{_FB}/sam_vit_l_0b3195.pth",
-         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", None,
+         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607,
          "SAM ViT-L (308M params, ~1.2 GB)"),
     _sam("vit_h", f"{_FB}/sam_vit_h_4b8939.pth",
          "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879,
@@ -112,14 +124,14 @@ _BUILTIN = [
           "SAM 2.1 Hiera-B+ (81M params, 324 MB)"),
     _sam2("sam2.1_hiera_large", "sam2.1_hiera_l", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
           898_083_611, "SAM 2.1 Hiera-L (224M params, 898 MB): best SAM 2.1 masks"),
-    _openai_clip("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
-                 "OpenAI CLIP ViT-B/16 (~335 MB): the default"),
-    _openai_clip("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-                 "OpenAI CLIP ViT-B/32 (~338 MB): fastest"),
-    _openai_clip("ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
-                 "OpenAI CLIP ViT-L/14 (~890 MB): most accurate"),
-    _openai_clip("ViT-L-14-336", "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
-                 "OpenAI CLIP ViT-L/14 at 336 px (~890 MB)"),
+    _openai_clip("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", 350_837_078,
+                 "OpenAI CLIP ViT-B/16 (~351 MB): the default"),
+    _openai_clip("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 353_976_522,
+                 "OpenAI CLIP ViT-B/32 (~354 MB): fastest"),
+    _openai_clip("ViT-L-14", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", 932_768_134,
+                 "OpenAI CLIP ViT-L/14 (~933 MB): most accurate"),
+    _openai_clip("ViT-L-14-336", "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", 934_088_680,
+                 "OpenAI CLIP ViT-L/14 at 336 px (~934 MB)", file="ViT-L-14-336px"),
 ]
 
 #: Every known checkpoint by name. Add your own with :func:`register`.
@@ -241,8 +253,16 @@ def ensure(name: str, *, download: bool = True, progress: ProgressCallback | Non
     return fetch(name, progress=progress)
 
 
-def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float = 60.0) -> Path:
-    """Download checkpoint *name* into the cache (even when already cached), verified; returns its path."""
+def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float = READ_TIMEOUT,
+          deadline: float | None = None, min_rate: float = MIN_RATE, rate_grace: float = RATE_GRACE) -> Path:
+    """Download checkpoint *name* into the cache (even when already cached), verified; returns its path.
+
+    Args:
+        timeout: seconds to wait for each read.
+        deadline: seconds the whole download may take (default: what *min_rate* allows for the file, plus a
+            minute).
+        min_rate: bytes per second the download must average once *rate_grace* seconds have passed.
+    """
     ckpt = get(name)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +271,7 @@ def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float
     log.info("downloading %s from %s", ckpt.name, ckpt.url)
     try:
         try:
-            _stream(ckpt, part, progress, timeout)
+            _stream(ckpt, part, progress, timeout, deadline, min_rate, rate_grace)
         except http.client.HTTPException as exc:  # the connection closed before Content-Length bytes came
             raise WeightsError(
                 f"download of {ckpt.name} from {ckpt.url} stopped early ({type(exc).__name__}); nothing was saved, "
@@ -272,8 +292,10 @@ def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float
     return target
 
 
-def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, timeout: float) -> None:
+def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, timeout: float,
+            deadline: float | None, min_rate: float, rate_grace: float) -> None:
     request = urllib.request.Request(ckpt.url, headers={"User-Agent": "clipsam"})
+    start = time.monotonic()
     with urllib.request.urlopen(request, timeout=timeout) as response:
         ctype = (response.headers.get("Content-Type") or "").lower()
         if ctype.startswith("text/html"):
@@ -282,25 +304,52 @@ def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, tim
                 f"page?); nothing was saved. Check the address or download it by hand and use "
                 f"`clipsam weights import {ckpt.name} FILE`"
             )
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else ckpt.size
+        length_header = response.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.strip().isdigit() else None
+        if length is not None and ckpt.size is not None and length != ckpt.size:
+            raise WeightsError(
+                f"{ckpt.url} announces {length:,} bytes but {ckpt.name!r} is {ckpt.size:,} bytes: not the right file "
+                "(a changed or proxied address?); nothing was saved"
+            )
+        expected = ckpt.size if ckpt.size is not None else length
+        limit = expected if expected is not None else MAX_UNKNOWN_BYTES
+        if deadline is None:
+            deadline = 60.0 + (expected if expected is not None else limit) / max(min_rate, 1.0)
         done = 0
         with open(part, "wb") as out:
             while True:
-                chunk = response.read(_CHUNK)
+                chunk = response.read1(_CHUNK)  # returns what has arrived: slow senders are checked as they drip
                 if not chunk:
                     break
                 if done == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
                     raise WeightsError(
                         f"{ckpt.url} returned an HTML page instead of the checkpoint; nothing was saved"
                     )
-                out.write(chunk)
                 done += len(chunk)
+                if done > limit:
+                    raise WeightsError(
+                        f"{ckpt.url} sent more than the {limit:,} bytes {ckpt.name!r} should have; stopped, nothing "
+                        "was saved"
+                    )
+                out.write(chunk)
                 if progress is not None:
-                    progress(done, total)
-        if length and length.isdigit() and done != int(length):
+                    progress(done, expected)
+                elapsed = time.monotonic() - start
+                if elapsed > deadline:
+                    raise WeightsError(
+                        f"download of {ckpt.name} from {ckpt.url} took longer than {deadline:.0f} s "
+                        f"({done:,} bytes so far); nothing was saved, try again on a better connection or use "
+                        f"`clipsam weights import {ckpt.name} FILE`"
+                    )
+                if elapsed > rate_grace and done / elapsed < min_rate:
+                    raise WeightsError(
+                        f"download of {ckpt.name} from {ckpt.url} is too slow ({done / elapsed / 1000:.1f} kB/s, "
+                        f"under {min_rate / 1000:.0f} kB/s); nothing was saved, try again later or use "
+                        f"`clipsam weights import {ckpt.name} FILE`"
+                    )
+        if expected is not None and done != expected:
             raise WeightsError(
-                f"download of {ckpt.name} from {ckpt.url} stopped early: got {done:,} of {int(length):,} bytes; "
+                f"download of {ckpt.name} from {ckpt.url} stopped early: got {done:,} of {expected:,} bytes; "
                 "nothing was saved, run the command again"
             )
 
@@ -317,11 +366,9 @@ def _check_sha256(path: Path, ckpt: Checkpoint, source: str) -> None:
 
 def _check_loadable(path: Path, ckpt: Checkpoint, source: str) -> None:
     """Open the verified file the way it will be loaded, so that a bad one never enters the cache."""
-    if ckpt.format == "torchscript":
-        if not zipfile.is_zipfile(path):
-            raise WeightsError(f"{source}: {ckpt.name!r} should be a TorchScript archive but is not a zip file")
-        return
-    load_state_dict(path, ckpt, mmap=True)
+    if ckpt.format == "torchscript" and not zipfile.is_zipfile(path):
+        raise WeightsError(f"{source}: {ckpt.name!r} should be a TorchScript archive but is not a zip file")
+    load_state_dict(path, ckpt, mmap=True)  # TorchScript too: a corrupt archive must not enter the cache
 
 
 def load_state_dict(path: str | os.PathLike, checkpoint: Checkpoint | str, *, mmap: bool = False) -> dict[str, Any]:
@@ -338,9 +385,13 @@ def load_state_dict(path: str | os.PathLike, checkpoint: Checkpoint | str, *, mm
     path = Path(path)
     if ckpt.format == "torchscript":
         try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except RuntimeError as exc:
-            raise WeightsError(f"{path}: not a readable TorchScript checkpoint for {ckpt.name!r} ({exc})") from exc
+            state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except (RuntimeError, ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise WeightsError(f"{path}: not a readable TorchScript checkpoint for {ckpt.name!r} ({first})") from exc
+        if not state or not all(torch.is_tensor(v) for v in state.values()):
+            raise WeightsError(f"{path}: TorchScript checkpoint for {ckpt.name!r} holds no tensors")
+        return state
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:

@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import threading
+import time
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,9 +19,14 @@ from clipsam.testing import tiny_sam
 
 
 class _Route:
+    """What the server answers: *body* (or, with *endless*, zeros until the client hangs up, no Content-Length),
+    cut after *send* bytes, with a Content-Length of *length* (default the body's), *drip* seconds between bytes."""
+
     def __init__(self, body: bytes, status: int = 200, ctype: str = "application/octet-stream",
-                 send: int | None = None) -> None:
+                 send: int | None = None, length: int | None = None, drip: float = 0.0, endless: bool = False) -> None:
         self.body, self.status, self.ctype, self.send = body, status, ctype, send
+        self.length, self.drip, self.endless = length, drip, endless
+        self.sent = 0
 
 
 @pytest.fixture()
@@ -36,11 +43,27 @@ def server():
                 route = _Route(b"<html><body>404 not found</body></html>", 404, "text/html")
             self.send_response(route.status)
             self.send_header("Content-Type", route.ctype)
-            self.send_header("Content-Length", str(len(route.body)))
+            if not route.endless:
+                self.send_header("Content-Length", str(route.length if route.length is not None else len(route.body)))
             self.end_headers()
-            self.wfile.write(route.body[: route.send if route.send is not None else len(route.body)])
-            self.wfile.flush()
-            if route.send is not None:
+            try:
+                if route.endless:  # bounded, so that a client that never stops cannot hang the test
+                    deadline = time.monotonic() + 20
+                    while route.sent < 1 << 30 and time.monotonic() < deadline:
+                        self.wfile.write(b"\0" * 65536)
+                        route.sent += 65536
+                elif route.drip:
+                    for k in range(min(len(route.body), 400)):
+                        self.wfile.write(route.body[k:k + 1])
+                        self.wfile.flush()
+                        route.sent += 1
+                        time.sleep(route.drip)
+                else:
+                    self.wfile.write(route.body[: route.send if route.send is not None else len(route.body)])
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            if route.send is not None or route.endless or route.drip:
                 self.close_connection = True
 
         def log_message(self, *args):
@@ -71,9 +94,10 @@ def _sam_checkpoint_bytes() -> bytes:
     return buf.getvalue()
 
 
-def _register(server, registry, path: str, body_for_hash: bytes, name: str = "test-sam") -> W.Checkpoint:
+def _register(server, registry, path: str, body_for_hash: bytes, name: str = "test-sam",
+              size: int | None = None) -> W.Checkpoint:
     ckpt = W.Checkpoint(name=name, family="sam", arch="vit_b", url=server.base + path,
-                        sha256=hashlib.sha256(body_for_hash).hexdigest(), filename=f"{name}.pth")
+                        sha256=hashlib.sha256(body_for_hash).hexdigest(), filename=f"{name}.pth", size=size)
     W.register(ckpt, replace=True)
     return ckpt
 
@@ -228,6 +252,7 @@ def test_registry_is_well_formed():
     assert {"vit_b", "vit_l", "vit_h", "ViT-B-16/openai"} <= set(W.REGISTRY)
     for ckpt in W.REGISTRY.values():
         assert len(ckpt.sha256) == 64 and ckpt.url.startswith("https://")
+        assert ckpt.size and ckpt.size > 100_000_000, ckpt.name  # pinned: a download stops at this size
         if ckpt.family == "sam" and ckpt.extra.get("backend") == "sam2":
             from clipsam.models.sam2 import CONFIGS
 
@@ -248,3 +273,61 @@ def test_cache_dir_follows_clipsam_home(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSAM_HOME", str(tmp_path / "h"))
     assert W.cache_dir() == tmp_path / "h" / "weights"
     assert W.path_for("vit_b") == tmp_path / "h" / "weights" / "sam_vit_b_01ec64.pth"
+
+
+def test_content_length_that_disagrees_with_the_pinned_size_is_refused(server, registry):
+    body = _sam_checkpoint_bytes()
+    server.routes["/big.pth"] = _Route(body, length=len(body) + 1000)
+    _register(server, registry, "/big.pth", body, size=len(body))
+    with pytest.raises(WeightsError, match=f"announces {len(body) + 1000:,} bytes but 'test-sam' is {len(body):,}"):
+        W.ensure("test-sam")
+    assert _cache_files() == []
+
+
+def test_endless_body_stops_at_the_pinned_size(server, registry):
+    size = 300_000
+    route = _Route(b"", endless=True)
+    server.routes["/endless.pth"] = route
+    _register(server, registry, "/endless.pth", b"whatever", size=size)
+    with pytest.raises(WeightsError, match="sent more than the 300,000 bytes"):
+        W.ensure("test-sam")
+    assert _cache_files() == []
+    assert route.sent < 64 * 1024 * 1024  # stopped reading long before the server's own 1 GB bound
+
+
+def test_endless_body_of_unknown_size_is_capped(server, registry, monkeypatch):
+    monkeypatch.setattr(W, "MAX_UNKNOWN_BYTES", 500_000)
+    server.routes["/endless.pth"] = _Route(b"", endless=True)
+    _register(server, registry, "/endless.pth", b"whatever")  # no size pinned, no Content-Length
+    with pytest.raises(WeightsError, match="sent more than the 500,000 bytes"):
+        W.ensure("test-sam")
+    assert _cache_files() == []
+
+
+def test_a_server_that_drips_is_abandoned(server, registry):
+    body = _sam_checkpoint_bytes()
+    server.routes["/drip.pth"] = _Route(body, drip=0.02)  # ~50 bytes/s: every read answers, none times out
+    _register(server, registry, "/drip.pth", body, size=len(body))
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="too slow"):
+        W.fetch("test-sam", min_rate=5_000, rate_grace=0.5)
+    assert time.monotonic() - start < 5
+    with pytest.raises(WeightsError, match="took longer than"):
+        W.fetch("test-sam", deadline=0.5, min_rate=0, rate_grace=0)
+    assert _cache_files() == []
+
+
+def test_corrupt_torchscript_archive_never_enters_the_cache(tmp_path, registry, server):
+    """A zip that is not TorchScript passed the old zip-only check and was cached."""
+    bad = tmp_path / "ts.pt"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("archive/data.pkl", b"not a pickle")
+    ckpt = W.Checkpoint(name="ts-bad", family="clip", arch="x", url=server.base + "/ts.pt",
+                        sha256=W.sha256_file(bad), filename="ts-bad.pt", format="torchscript")
+    W.register(ckpt)
+    with pytest.raises(WeightsError, match="not a readable TorchScript checkpoint"):
+        W.import_file("ts-bad", bad)
+    server.routes["/ts.pt"] = _Route(bad.read_bytes())
+    with pytest.raises(WeightsError, match="not a readable TorchScript checkpoint"):
+        W.ensure("ts-bad")
+    assert _cache_files() == []
