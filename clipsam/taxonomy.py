@@ -25,6 +25,7 @@ nodes with the same path are merged.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +35,31 @@ import yaml
 
 from .errors import TaxonomyError
 
-__all__ = ["Taxonomy", "TaxonomyNode", "load_taxonomy", "shipped_taxonomies"]
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "load_taxonomy",
+           "shipped_taxonomies"]
 
 _SHIPPED_DIR = Path(__file__).resolve().parent / "prompts"
 _NODE_KEYS = {"name", "prompts", "children", "parts", "description"}
+
+#: Largest taxonomy file read (bytes): WordNet's whole noun hierarchy fits in a few MB.
+MAX_FILE_BYTES = 16_000_000
+#: Most labels a taxonomy may hold, includes merged (LVIS has 1,203; ImageNet-21k about 21,000).
+MAX_NODES = 100_000
+#: Deepest nesting of children and parts (WordNet's deepest noun chain is under 20 levels).
+MAX_DEPTH = 64
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a 565-byte file of nested aliases ("billion laughs")
+    expands to millions of nodes, and aliases can also build cycles. Anchors alone are harmless."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in taxonomies: they can expand "
+                "exponentially or form a cycle; write the nodes out, or share them with include:", event.start_mark)
+        return super().compose_node(parent, index)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -195,7 +217,11 @@ class Taxonomy:
         nodes = data.get("nodes", [])
         if not isinstance(nodes, list) or not nodes:
             raise TaxonomyError(f"{origin}: 'nodes' must be a non-empty list")
-        root = _build(_merge_level([], nodes, origin, ()), origin=origin)
+        merged = _merge_level([], nodes, origin, ())
+        count = _count(merged)
+        if count > MAX_NODES:
+            raise TaxonomyError(f"{origin}: {count:,} labels is over the limit of {MAX_NODES:,}")
+        root = _build(merged, origin=origin)
         return cls(root, name=str(data.get("name") or Path(origin).stem), description=str(data.get("description", "")),
                    source=str(data.get("source", "")), origin=origin)
 
@@ -242,7 +268,12 @@ def load_taxonomy(source: str | os.PathLike | Taxonomy) -> Taxonomy:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise TaxonomyError(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a taxonomy file")
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise TaxonomyError(f"{path}: nested too deeply (taxonomies may be at most {MAX_DEPTH} levels deep)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -293,6 +324,9 @@ def _normalise(item: Any, origin: str, parent: tuple[str, ...], seen: frozenset[
     if name is None or not str(name).strip():
         raise TaxonomyError(f"{origin}: node with an empty name under {where}")
     name = str(name).strip()
+    if len(parent) >= MAX_DEPTH:
+        raise TaxonomyError(f"{origin}: node {name!r} is nested more than {MAX_DEPTH} levels deep (under "
+                            f"{'/'.join(parent[:3])}/…); taxonomies may be at most {MAX_DEPTH} levels deep")
     if "/" in name:
         raise TaxonomyError(f"{origin}: node name {name!r} under {where} may not contain '/'")
     unknown = set(item) - _NODE_KEYS
@@ -314,7 +348,7 @@ def _normalise(item: Any, origin: str, parent: tuple[str, ...], seen: frozenset[
             raise TaxonomyError(f"{origin}: node {'/'.join(path)}: '{key}' must be a list")
         out[key] = [_normalise(v, origin, path, inner) for v in value]
     names = [c["name"] for c in out["children"]] + [p["name"] for p in out["parts"]]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise TaxonomyError(f"{origin}: node {'/'.join(path)} has duplicate child or part name(s) {dup}")
     return out
@@ -326,7 +360,7 @@ def _merge_level(base: list[Any], extra: list[Any], origin: str, parent: tuple[s
            for b in base]
     normal = [_normalise(e, origin, parent, frozenset()) for e in extra]
     names = [n["name"] for n in normal]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, k in Counter(names).items() if k > 1)
     if dup:
         raise TaxonomyError(f"{origin}: duplicate name(s) {dup} under {'/'.join(parent) or 'top level'}")
     index = {n["name"]: n for n in out}
@@ -342,6 +376,16 @@ def _merge_level(base: list[Any], extra: list[Any], origin: str, parent: tuple[s
             out.append(node)
             index[node["name"]] = node
     return out
+
+
+def _count(nodes: list[dict[str, Any]]) -> int:
+    total, stack = 0, list(nodes)
+    while stack:
+        node = stack.pop()
+        total += 1
+        stack.extend(node["children"])
+        stack.extend(node["parts"])
+    return total
 
 
 def _build(nodes: list[dict[str, Any]], origin: str) -> TaxonomyNode:
