@@ -18,11 +18,13 @@ Layout of ``OUT``::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,8 @@ import numpy as np
 from . import masks as M
 from ._version import __version__
 from .errors import ClipsamError, ImageError
+from .image import UNSUPPORTED_SUFFIXES
+from .lock import FolderLock
 from .result import Region, Segmentation
 from .taxonomy import Taxonomy, load_taxonomy
 
@@ -97,32 +101,43 @@ class Filters:
 
 
 def stable_image_id(relative_path: str) -> int:
-    """A COCO image id from the path relative to the source: the same file gets the same id in every run."""
-    return int(hashlib.sha1(relative_path.replace(os.sep, "/").encode()).hexdigest()[:12], 16)
+    """A COCO image id from the path relative to the source: the same file gets the same id in every run.
+
+    Works for any file name, including names that are not valid UTF-8 (their raw bytes are hashed)."""
+    return int(hashlib.sha1(os.fsencode(relative_path.replace(os.sep, "/"))).hexdigest()[:12], 16)
 
 
-def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[ImageItem]:
+def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+                allow_outside_root: bool = False) -> list[ImageItem]:
     """The images of *source*: a folder (searched recursively), a text file of paths, or a COCO JSON.
 
-    Paths in a text file or COCO JSON are relative to that file's folder (or to *image_root*). COCO image ids are
-    kept; other ids come from :func:`stable_image_id`. Items are sorted by id.
+    Paths in a text file or COCO JSON are relative to that file's folder (or to *image_root*). A COCO JSON's
+    ``file_name`` must lie inside that root (``../`` and absolute paths are refused) unless *allow_outside_root*.
+    COCO image ids are kept; other ids come from :func:`stable_image_id`. Items are sorted by id. A folder also
+    lists image-like files clipsam cannot decode (SVG, HEIC …), so that each gets an error row rather than
+    vanishing; hidden files are skipped.
+
+    Raises:
+        ClipsamError: *source* is missing, is a single image, or is a malformed list or COCO file.
     """
     src = Path(source).expanduser()
+    wanted = IMAGE_SUFFIXES + tuple(UNSUPPORTED_SUFFIXES)
     if src.is_dir():
-        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in wanted
+                       and not any(part.startswith(".") for part in p.relative_to(src).parts))
         items = [ImageItem(str(p), stable_image_id(p.relative_to(src).as_posix()), p.relative_to(src).as_posix())
                  for p in files]
     elif src.is_file() and src.suffix.lower() == ".json":
-        try:
-            data = json.loads(src.read_text())
-            images = data["images"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ClipsamError(f"{src}: not a COCO JSON with an 'images' list ({exc})") from None
-        root = Path(image_root) if image_root else src.parent
-        items = [ImageItem(str(root / im["file_name"]), int(im["id"]), str(im["file_name"])) for im in images]
+        items = _coco_items(src, Path(image_root) if image_root else src.parent, allow_outside_root)
+    elif src.is_file() and src.suffix.lower() in wanted:
+        raise ClipsamError(f"{src}: is an image, not a collection; give its folder, or a text file that lists it")
     elif src.is_file():
         root = Path(image_root) if image_root else src.parent
-        lines = [ln.strip() for ln in src.read_text().splitlines()]
+        try:
+            lines = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError:
+            raise ClipsamError(f"{src}: not a text file of image paths (not UTF-8 text); give a folder of images, "
+                               "a text file of paths, or a COCO JSON") from None
         names = [ln for ln in lines if ln and not ln.startswith("#")]
         items = [ImageItem(str(Path(n) if Path(n).is_absolute() else root / n), stable_image_id(n), n) for n in names]
     else:
@@ -132,6 +147,34 @@ def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None 
     if len(set(ids)) != len(ids):
         raise ClipsamError(f"{src}: image ids are not unique (duplicate file names?)")
     return sorted(items, key=lambda i: i.image_id)
+
+
+def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageItem]:
+    try:
+        data = json.loads(src.read_text(encoding="utf-8"))
+        images = data["images"]
+        if not isinstance(images, list):
+            raise TypeError("'images' is not a list")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ClipsamError(f"{src}: not a COCO JSON with an 'images' list ({exc})") from None
+    base = root.resolve()
+    items = []
+    for k, im in enumerate(images):
+        if not isinstance(im, dict):
+            raise ClipsamError(f"{src}: images[{k}] is not an object")
+        name, image_id = im.get("file_name"), im.get("id")
+        if not isinstance(name, str) or not name.strip():
+            raise ClipsamError(f"{src}: images[{k}] (id {image_id!r}) has no 'file_name'")
+        if isinstance(image_id, bool) or not isinstance(image_id, int):
+            raise ClipsamError(f"{src}: images[{k}] ({name!r}) has id {image_id!r}; COCO image ids are integers")
+        path = root / name
+        if not allow_outside_root:
+            inside = os.path.commonpath([base, path.resolve()]) == str(base) if not Path(name).is_absolute() else False
+            if not inside:
+                raise ClipsamError(f"{src}: images[{k}] file_name {name!r} lies outside the image root {root}; "
+                                   "use --image-root, or --allow-outside-root if that is intended")
+        items.append(ImageItem(str(path), image_id, name))
+    return items
 
 
 def category_table(taxonomy: Taxonomy, include_unknown: bool = False) -> list[dict[str, Any]]:
@@ -147,12 +190,19 @@ def category_table(taxonomy: Taxonomy, include_unknown: bool = False) -> list[di
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write *data* to *path* all or nothing: a temporary file, fsync, rename. On any failure (a full disk) the
+    temporary file is removed and *path* keeps its old content."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -191,6 +241,12 @@ class LabelJob:
         self.tax = load_taxonomy(self.taxonomy)
         self.categories = category_table(self.tax, self.filters.include_unknown)
         self.cat_ids = {c["label_path"]: c["id"] for c in self.categories}
+        self._lock = FolderLock(self.out, "output folder")
+
+    def __getstate__(self) -> dict[str, Any]:  # worker processes and Ray actors get the job, not the lock
+        state = dict(self.__dict__)
+        state["_lock"] = FolderLock(self.out, "output folder")
+        return state
 
     # -- provenance / resume ------------------------------------------------------------------------------
     def parameters(self) -> dict[str, Any]:
@@ -206,7 +262,25 @@ class LabelJob:
         return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
     def prepare(self, force: bool = False) -> dict[str, Any]:
-        """Create ``out`` or check that it was made with the same parameters; returns the run record."""
+        """Lock ``out``, create it or check that it was made with the same parameters; returns the run record.
+
+        The lock (``out/.clipsam.lock``) is held until :meth:`finish` or :meth:`close`; a second run on the same
+        ``out`` meanwhile raises :class:`~clipsam.errors.LockError` naming the holder, also with ``force``.
+        """
+        if self.out.exists() and not self.out.is_dir():
+            raise ClipsamError(f"{self.out}: is a file; the output must be a folder (new, or one of an earlier run)")
+        self._lock.acquire()
+        try:
+            return self._prepare_locked(force)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the lock on ``out`` (done by :meth:`finish`; call it when a run stops early)."""
+        self._lock.release()
+
+    def _prepare_locked(self, force: bool) -> dict[str, Any]:
         run_path = self.out / "run.json"
         params = self.parameters()
         fp = self.fingerprint(params)
@@ -277,12 +351,17 @@ class LabelJob:
 
     # -- the end ----------------------------------------------------------------------------------------
     def finish(self, record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
-        coco, errors = assemble(self.out, self.categories)
-        _atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
-        _atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
-        counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]), errors=len(errors))
-        record = dict(record, finished=_now(), counts=counts)
-        _atomic_write(self.out / "run.json", json.dumps(record, indent=2, default=str).encode())
+        """Write ``annotations.json`` and ``errors.jsonl`` from the parts, complete ``run.json``, release the lock."""
+        try:
+            coco, errors = assemble(self.out, self.categories)
+            _atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
+            _atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
+            counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]),
+                          errors=len(errors))
+            record = dict(record, finished=_now(), counts=counts)
+            _atomic_write(self.out / "run.json", json.dumps(record, indent=2, default=str).encode())
+        finally:
+            self.close()
         return record
 
 
@@ -338,25 +417,58 @@ def run_local(job: LabelJob, items: Sequence[ImageItem], *, segmenter: Any = Non
 
     ctx = mp.get_context("spawn")  # torch and fork do not mix
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(job, threads)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(job, threads, os.getpid()))
+    try:
         futures = [pool.submit(_work, item) for item in items]
         for fut in as_completed(futures):
             res = fut.result()
             if on_result:
                 on_result(res)
+    except BaseException:  # a full disk, an interrupt: stop the queue rather than fail every image in turn
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(job: LabelJob, threads: int) -> None:
+def _init_worker(job: LabelJob, threads: int, parent_pid: int) -> None:
     import torch
 
     from .segmenter import Segmenter
 
+    exit_with_parent(parent_pid)
     torch.set_num_threads(threads)
     _WORKER["job"] = job
     _WORKER["seg"] = Segmenter(**{**job.segmenter_spec, "taxonomy": job.tax})
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """Make this worker process end when its parent does, even after ``kill -9`` of the parent (no orphans
+    holding a model's memory): the kernel's parent-death signal on Linux, and a watchdog thread everywhere."""
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="clipsam-parent-watch", daemon=True).start()
 
 
 def _work(item: ImageItem) -> dict[str, Any]:

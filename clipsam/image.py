@@ -26,13 +26,34 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own bomb limit x2: ~179 MP, e.g. 16
 #: Colour that transparent pixels are composited onto.
 DEFAULT_BACKGROUND = (255, 255, 255)
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageInput", "fit_long_side", "load_image", "source_name"]
+#: Image-like file types Pillow cannot decode: a folder holding one gets an error row for it, not a silent skip.
+UNSUPPORTED_SUFFIXES: dict[str, str] = {
+    ".svg": "SVG is a vector format", ".svgz": "SVG is a vector format", ".heic": "HEIC needs a HEIF decoder",
+    ".heif": "HEIF needs a HEIF decoder", ".avif": "AVIF needs an AVIF decoder", ".jxl": "JPEG XL is not supported",
+    ".psd": "Photoshop files are not supported", ".raw": "camera RAW files are not supported",
+    ".cr2": "camera RAW files are not supported", ".nef": "camera RAW files are not supported",
+    ".arw": "camera RAW files are not supported", ".dng": "camera RAW files are not supported",
+    ".eps": "EPS is a vector format", ".pdf": "PDF is a document format",
+}
+
+__all__ = ["DEFAULT_MAX_PIXELS", "UNSUPPORTED_SUFFIXES", "ImageInput", "fit_long_side", "load_image", "printable",
+           "source_name"]
+
+
+def printable(text: str) -> str:
+    """*text* with the undecodable bytes of a file name (Python keeps them as lone surrogates) shown as U+FFFD,
+    so that it can be printed, logged or stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def source_name(image: object) -> str:
     """A short human name for an image input, used in messages."""
     if isinstance(image, (str, os.PathLike)):
-        return str(image)
+        return printable(str(image))
     if isinstance(image, Image.Image):
         return getattr(image, "filename", "") or f"PIL image ({image.mode}, {image.width}x{image.height})"
     if isinstance(image, np.ndarray):
@@ -83,6 +104,9 @@ def _from_path(path: Path, limit: int, background: tuple[int, int, int]) -> np.n
         raise ImageError(f"{path}: is a folder, not an image file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty (0 bytes)")
+    if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        raise ImageError(f"{path}: unsupported image type ({UNSUPPORTED_SUFFIXES[path.suffix.lower()]}); "
+                         "convert it to PNG or JPEG first")
     try:
         with warnings.catch_warnings():
             # clipsam applies its own pixel limit below, before any pixel is decoded.

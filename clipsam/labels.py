@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +99,13 @@ class TextBank:
                 if path is not None:
                     try:
                         path.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = path.with_suffix(".tmp.npy")
-                        np.save(tmp, vec)
-                        tmp.replace(path)
+                        # one temporary name per writer: workers that embed the same label never share one
+                        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
+                        try:
+                            np.save(tmp, vec)
+                            tmp.replace(path)
+                        finally:
+                            tmp.unlink(missing_ok=True)
                     except OSError as exc:  # a read-only cache must not stop labelling
                         log.warning("could not write text cache %s: %s", path, exc)
         if not keys:

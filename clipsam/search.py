@@ -14,10 +14,13 @@ with credentials from the environment, so one index can be shared by many machin
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,9 @@ import numpy as np
 from . import masks as M
 from ._version import __version__
 from .crops import crop_region
-from .errors import ClipsamError, ImageError
-from .image import load_image
+from .errors import ClipsamError
+from .image import load_image, printable
+from .lock import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ ANN_THRESHOLD = 100_000
 #: Query settings of the ANN index: IVF partitions probed, and candidates re-ranked exactly (x k).
 ANN_SEARCH = {"nprobes": 24, "refine_factor": 20}
 
-__all__ = ["ANN_SEARCH", "ANN_THRESHOLD", "RegionIndex", "SearchHit", "build_ann_index"]
+__all__ = ["ANN_SEARCH", "ANN_THRESHOLD", "RegionIndex", "SearchHit", "build_ann_index", "check_where"]
 
 
 def _require_lancedb():
@@ -107,6 +111,54 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _store_path(path: str) -> str:
+    """A path as a UTF-8 column value. A file name that is not valid UTF-8 is kept exactly, as ``"\\0"`` + the
+    base64 of its bytes (no real path holds a NUL byte, so the marker is unambiguous)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "\0" + base64.b64encode(os.fsencode(path)).decode("ascii")
+
+
+def _load_path(value: str) -> str:
+    """The inverse of :func:`_store_path`."""
+    if value.startswith("\0"):
+        return os.fsdecode(base64.b64decode(value[1:]))
+    return value
+
+
+def check_where(where: str) -> str:
+    """*where* itself, after checking that it is one self-contained SQL condition: parentheses balanced outside
+    quotes, no ``;`` and no comments, so that it cannot close the parenthesis it is put in and undo the other
+    filters (``1=1) OR (1=1``). It is still raw SQL over the table's columns; pass only trusted text."""
+    depth, quote, i = 0, "", 0
+    while i < len(where):
+        c = where[i]
+        if quote:
+            if c == quote:
+                if where[i + 1:i + 2] == quote:  # an escaped quote ('' or "")
+                    i += 1
+                else:
+                    quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                raise ClipsamError(f"where filter {where!r}: closes a parenthesis it did not open")
+        elif c == ";" or where[i:i + 2] in ("--", "/*"):
+            raise ClipsamError(f"where filter {where!r}: ';' and SQL comments are not allowed")
+        i += 1
+    if quote:
+        raise ClipsamError(f"where filter {where!r}: unterminated {quote} quote")
+    if depth:
+        raise ClipsamError(f"where filter {where!r}: {depth} unclosed parenthesis(es)")
+    return where
+
+
 class RegionIndex:
     """A searchable table of image regions.
 
@@ -128,6 +180,8 @@ class RegionIndex:
         if self._db is None:
             lancedb, _ = _require_lancedb()
             local = "://" not in self.path
+            if local and Path(self.path).exists() and not Path(self.path).is_dir():
+                raise ClipsamError(f"{self.path}: is a file, not a region database (a folder made by clipsam index)")
             if local and not Path(self.path).exists() and not create:
                 raise ClipsamError(f"no region index at {self.path}: build one with "
                                    f"`clipsam index SRC --db {self.path}`")
@@ -150,11 +204,8 @@ class RegionIndex:
         _, pa = _require_lancedb()
         db = self._connect(True)
         data = pa.table({"json": [json.dumps(meta)]})
-        if "meta" in self._tables():
-            db.open_table("meta").delete("true")
-            db.open_table("meta").add(data)
-        else:
-            db.create_table("meta", data)
+        # one commit (a new table version), never delete-then-add: a kill between the two would lose the metadata
+        db.create_table("meta", data, mode="overwrite")
 
     @property
     def segmenter(self) -> Any:
@@ -169,7 +220,10 @@ class RegionIndex:
     def _exists(self) -> bool:
         return "://" in self.path or Path(self.path).exists()
 
-    def _check_models(self, meta: dict[str, Any] | None) -> None:
+    def check_models(self, meta: dict[str, Any] | None = None) -> None:
+        """Refuse a segmenter whose CLIP model differs from the one the database was built with."""
+        if meta is None:
+            meta = self.meta() if self._exists() and Path(self.path).is_dir() or "://" in self.path else None
         if meta is None:
             return
         seg = self.segmenter
@@ -178,6 +232,19 @@ class RegionIndex:
                 f"{self.path} was built with CLIP {meta.get('clip')!r} but this search uses {seg.clip_name!r}: "
                 f"embeddings of different models cannot be compared; use --clip {meta.get('clip')} or another --db"
             )
+
+    @staticmethod
+    def taxonomy_of(meta: dict[str, Any] | None) -> Any:
+        """The taxonomy a database was labelled with, when it can be loaded (shipped name or existing file)."""
+        from .taxonomy import load_taxonomy
+
+        name = (meta or {}).get("taxonomy")
+        if not name:
+            return None
+        try:
+            return load_taxonomy(name)
+        except ClipsamError:
+            return None
 
     def __len__(self) -> int:
         if not self._exists() or "regions" not in self._tables():
@@ -199,56 +266,74 @@ class RegionIndex:
 
         single = isinstance(images, (str, Path))
         paths = [i.path for i in list_images(images)] if single else [str(p) for p in images]
+        paths = [os.path.abspath(p) for p in paths]  # hits must open from any working directory
+        db = self._connect(create=True)
+        with self._index_lock():
+            seg = self.segmenter
+            meta = self.meta()
+            self.check_models(meta)
+            done = set()
+            if "images" in self._tables():
+                done = {r["image_hash"] for r in
+                        db.open_table("images").to_arrow().select(["image_hash"]).to_pylist()}
+            counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0}
+            for path in paths:
+                try:
+                    digest = file_hash(path)
+                except OSError as exc:
+                    counts["failed"] += 1
+                    self._report(on_result, path, "error", f"{printable(path)}: {exc.strerror or exc}")
+                    continue
+                if digest in done:
+                    counts["skipped"] += 1
+                    self._report(on_result, path, "skipped")
+                    continue
+                try:
+                    result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
+                except Exception as exc:  # one bad image never ends the run: report it and go on
+                    counts["failed"] += 1
+                    reason = str(exc) if isinstance(exc, ClipsamError) else f"{type(exc).__name__}: {exc}"
+                    log.warning("%s: %s", printable(path), reason)
+                    self._report(on_result, path, "error", reason)
+                    continue
+                if meta is None:
+                    dim = int(result.embeddings.shape[1]) if result.embeddings is not None else 0
+                    meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
+                            "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
+                    self._write_meta(meta)
+                n = self._write_image(path, digest, result, int(meta["dim"]))
+                done.add(digest)
+                counts["added"] += 1
+                counts["regions"] += n
+                self._report(on_result, path, "added", regions=n)
+            self._maybe_index(meta)
+        return counts
+
+    def _index_lock(self) -> Any:
+        """An exclusive lock on a local database while indexing (object stores: no lock, one writer per share)."""
+        if "://" in self.path:
+            return contextlib.nullcontext()
+        return FolderLock(self.path, "region database")
+
+    def _write_image(self, path: str, digest: str, result: Any, dim: int) -> int:
+        """Replace the rows of one image, then mark it done (so a kill in between is redone, never duplicated)."""
         _, pa = _require_lancedb()
         db = self._connect(create=True)
-        seg = self.segmenter
-        meta = self.meta()
-        self._check_models(meta)
-        done = set()
+        rows = self._rows(path, digest, result)
+        schema = self._schema(dim)
+        if "regions" in self._tables():
+            table = db.open_table("regions")
+            table.delete(f"image_hash = {_quote(digest)}")  # leftovers of an interrupted run
+            if rows:
+                table.add(pa.Table.from_pylist(rows, schema=schema))
+        elif rows:
+            db.create_table("regions", pa.Table.from_pylist(rows, schema=schema))
+        image_row = pa.table({"image_hash": [digest], "image_path": [_store_path(path)], "regions": [len(rows)]})
         if "images" in self._tables():
-            done = {r["image_hash"] for r in db.open_table("images").to_arrow().select(["image_hash"]).to_pylist()}
-        counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0}
-        for path in paths:
-            try:
-                digest = file_hash(path)
-            except OSError as exc:
-                counts["failed"] += 1
-                self._report(on_result, path, "error", f"{path}: {exc.strerror or exc}")
-                continue
-            if digest in done:
-                counts["skipped"] += 1
-                self._report(on_result, path, "skipped")
-                continue
-            try:
-                result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
-            except (ImageError, ClipsamError, OSError, ValueError) as exc:
-                counts["failed"] += 1
-                self._report(on_result, path, "error", str(exc))
-                continue
-            if meta is None:
-                dim = int(result.embeddings.shape[1]) if result.embeddings is not None else 0
-                meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
-                        "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
-                self._write_meta(meta)
-            rows = self._rows(path, digest, result)
-            if "regions" in self._tables():
-                table = db.open_table("regions")
-                table.delete(f"image_hash = {_quote(digest)}")  # leftovers of an interrupted run
-                if rows:
-                    table.add(pa.Table.from_pylist(rows, schema=self._schema(meta["dim"])))
-            elif rows:
-                db.create_table("regions", pa.Table.from_pylist(rows, schema=self._schema(meta["dim"])))
-            image_row = pa.table({"image_hash": [digest], "image_path": [str(path)], "regions": [len(rows)]})
-            if "images" in self._tables():
-                db.open_table("images").add(image_row)
-            else:
-                db.create_table("images", image_row)
-            done.add(digest)
-            counts["added"] += 1
-            counts["regions"] += len(rows)
-            self._report(on_result, path, "added", regions=len(rows))
-        self._maybe_index(meta)
-        return counts
+            db.open_table("images").add(image_row)
+        else:
+            db.create_table("images", image_row)
+        return len(rows)
 
     @staticmethod
     def _report(cb: Callable[[dict[str, Any]], None] | None, path: str, status: str, reason: str = "",
@@ -272,7 +357,8 @@ class RegionIndex:
             return []
         h, w = seg.image_size
         return [{
-            "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": str(path), "image_hash": digest,
+            "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": _store_path(path),
+            "image_hash": digest,
             "region_id": r.id, "parent_id": -1 if r.parent_id is None else r.parent_id, "bbox": list(r.bbox_xywh),
             "height": h, "width": w, "rle_counts": r.rle["counts"], "area": r.area, "label": r.label or "",
             "label_path": "/" + "/".join(r.label_path) + "/" if r.label_path else "/", "score": r.score,
@@ -289,12 +375,15 @@ class RegionIndex:
 
     # -- search ------------------------------------------------------------------------------------------
     def embed_query(self, query: Any, box: Sequence[float] | None = None) -> np.ndarray:
-        """The unit query vector: a text through the labelling text encoder (same templates, same cache), or an
-        example image (or a box of it) cropped like an indexed region."""
+        """The unit query vector: a text (``str``: always text, even when a file of that name exists) through the
+        labelling text encoder (same templates, same cache), or an example image (a ``pathlib.Path``, PIL image or
+        array; optionally a *box* of it) cropped like an indexed region."""
         seg = self.segmenter
-        if isinstance(query, str) and not Path(query).is_file():
+        if isinstance(query, str):
             if box is not None:
-                raise ClipsamError("--box goes with an example image (--like), not with a text query")
+                raise ClipsamError("box= goes with an example image (--like IMAGE), not with a text query")
+            if not query.strip():
+                raise ClipsamError("the text query is empty")
             return seg.text_bank.embed([(query,)])[0]
         image = load_image(query)
         h, w = image.shape[:2]
@@ -312,12 +401,16 @@ class RegionIndex:
 
     def search(self, query: Any, *, k: int = 10, box: Sequence[float] | None = None, label: str | None = None,
                min_area: int | None = None, where: str | None = None) -> list[SearchHit]:
-        """The *k* regions most similar to *query* (text, or an example image path / array with optional *box*).
+        """The *k* regions most similar to *query*: a text (``str``), or an example image (``pathlib.Path``, PIL
+        image or array) with an optional *box* ``(x0, y0, x1, y1)``.
 
         Args:
-            label: keep regions whose label path contains this label (``vehicle`` keeps cars and buses).
+            label: keep regions whose label path contains this label (``vehicle`` keeps cars and buses); matched
+                literally (``%`` and ``_`` are not wildcards).
             min_area: keep regions of at least this many pixels.
-            where: an extra SQL filter over the columns (``score > 0.5``, ``kind = 'object'``).
+            where: an extra condition in LanceDB's SQL over the table's columns (``score > 0.5``,
+                ``kind = 'object'``). It is raw SQL, so pass only trusted text; it is checked to be one
+                self-contained condition (balanced parentheses, no ``;`` or comments) and ANDed with the others.
         """
         if k < 1:
             raise ClipsamError(f"k must be at least 1, got {k}")
@@ -327,17 +420,18 @@ class RegionIndex:
         if meta is None or "regions" not in self._tables() or len(self) == 0:
             raise ClipsamError(f"the region index at {self.path} is empty: add images with `clipsam index SRC "
                                f"--db {self.path}`")
-        self._check_models(meta)
+        self.check_models(meta)
         vec = self.embed_query(query, box)
         if vec.shape[0] != int(meta["dim"]):
             raise ClipsamError(f"query embedding has {vec.shape[0]} dimensions, the index {meta['dim']}")
         filters = []
-        if label:
-            filters.append(f"label_path LIKE {_quote('%/' + label.strip('/') + '/%')}")
+        if label:  # strpos, not LIKE: a label is literal text, never a pattern
+            filters.append(f"strpos(label_path, {_quote('/' + label.strip('/') + '/')}) > 0")
         if min_area:
             filters.append(f"area >= {int(min_area)}")
         if where:
-            filters.append(f"({where})")
+            filters.append(check_where(where))
+        filters = [f"({f})" for f in filters]
         table = self._connect(False).open_table("regions")
         q = table.search(vec.astype(np.float32)).distance_type("cosine").limit(k)
         if int(meta.get("indexed_rows", 0)):
@@ -349,7 +443,7 @@ class RegionIndex:
         except Exception as exc:  # LanceDB reports bad SQL as assorted errors
             raise ClipsamError(f"search failed: {exc}") from exc
         return [SearchHit(
-            similarity=float(1.0 - r["_distance"]), image_path=r["image_path"], image_hash=r["image_hash"],
+            similarity=float(1.0 - r["_distance"]), image_path=_load_path(r["image_path"]), image_hash=r["image_hash"],
             region_id=int(r["region_id"]), parent_id=None if r["parent_id"] < 0 else int(r["parent_id"]),
             bbox_xywh=tuple(float(v) for v in r["bbox"]), area=int(r["area"]),
             rle={"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},

@@ -79,12 +79,15 @@ def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
 
 @pytest.mark.parametrize("kill_after", [2, 7])
 def test_kill_9_and_resume_gives_identical_annotations(tmp_path, photos, kill_after):
-    _label(photos, tmp_path / "ref")
+    _label(photos, tmp_path / "ref", "--unknown")
     reference = (tmp_path / "ref" / "annotations.json").read_bytes()
+    ref = json.loads(reference)
+    assert len(ref["images"]) == 12 and len(ref["annotations"]) >= 12  # a comparison of real annotations
+    assert {a["image_id"] for a in ref["annotations"]} == {im["id"] for im in ref["images"]}
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "clipsam.cli", "label", str(photos), "--taxonomy", "coco", "--out", str(out), *TINY,
-           "--json"]
+           "--json", "--unknown"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -97,10 +100,10 @@ def test_kill_9_and_resume_gives_identical_annotations(tmp_path, photos, kill_af
     finished = len(list((out / "parts").glob("*.json")))
     assert kill_after <= finished < 12 and not (out / "annotations.json").exists()
 
-    resumed = json.loads(_label(photos, out).stdout)
+    resumed = json.loads(_label(photos, out, "--unknown").stdout)
     assert resumed["resumed"] == finished and resumed["processed"] == 12 - finished
     assert (out / "annotations.json").read_bytes() == reference
-    again = json.loads(_label(photos, out).stdout)
+    again = json.loads(_label(photos, out, "--unknown").stdout)
     assert again["processed"] == 0 and (out / "annotations.json").read_bytes() == reference
 
 
@@ -163,9 +166,10 @@ def test_sources_text_file_and_coco_json(tmp_path, photos):
 
 
 def test_worker_pool_matches_single_process(tmp_path, photos):
-    single = _label(photos, tmp_path / "one")
-    pool = _label(photos, tmp_path / "two", "--workers", "2")
+    single = _label(photos, tmp_path / "one", "--unknown")
+    pool = _label(photos, tmp_path / "two", "--workers", "2", "--unknown")
     assert json.loads(pool.stdout)["processed"] == json.loads(single.stdout)["processed"] == 12
+    assert json.loads(single.stdout)["annotations"] >= 12  # every image has annotations to compare
     assert (tmp_path / "one" / "annotations.json").read_bytes() == (tmp_path / "two" / "annotations.json").read_bytes()
 
 
@@ -176,9 +180,10 @@ def test_ray_engine_matches_local(tmp_path, photos):
     for name in ("img_01.jpg", "img_02.png", "img_04.png", "img_05.jpg"):
         (src / name).write_bytes((photos / name).read_bytes())
     (src / "bad.jpg").write_text("x")
-    _label(src, tmp_path / "local")
-    env_proc = _label(src, tmp_path / "ray", "--engine", "ray", "--workers", "2")
+    local_proc = _label(src, tmp_path / "local", "--unknown")
+    env_proc = _label(src, tmp_path / "ray", "--engine", "ray", "--workers", "2", "--unknown")
     assert json.loads(env_proc.stdout)["errors"] == 1
+    assert json.loads(local_proc.stdout)["annotations"] >= 4  # every image has annotations to compare
     local, ray_out = tmp_path / "local", tmp_path / "ray"
     assert (local / "annotations.json").read_bytes() == (ray_out / "annotations.json").read_bytes()
     assert (tmp_path / "local" / "errors.jsonl").read_text() == (tmp_path / "ray" / "errors.jsonl").read_text()
