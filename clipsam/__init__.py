@@ -16,7 +16,9 @@ from ._version import __version__
 from .errors import (
     ChecksumError,
     ClipsamError,
+    ConfigError,
     ImageError,
+    LockError,
     ModelError,
     PromptError,
     TaxonomyError,
@@ -33,7 +35,8 @@ if TYPE_CHECKING:
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
-    "ChecksumError", "ClipsamError", "ImageError", "ModelError", "PromptError", "Region", "Segmentation",
+    "ChecksumError", "ClipsamError", "ConfigError", "ImageError", "LockError", "ModelError",
+    "PromptError", "Region", "Segmentation",
     "Segmenter", "Taxonomy", "TaxonomyError", "TaxonomyNode", "UnsafeCheckpointError", "WeightsError",
     "WeightsMissingError", "__version__", "load_taxonomy", "segment",
 ]

@@ -5,6 +5,7 @@ Every verb has ``--json`` (machine output on stdout); errors are one line on std
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -29,8 +31,9 @@ from rich.tree import Tree
 from . import weights as W
 from ._version import __version__
 from .errors import ClipsamError
+from .image import printable
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
                   help="Text-prompted, open-vocabulary, hierarchical segmentation with Segment Anything + CLIP.")
 weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify model checkpoints.")
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Browse and validate label taxonomies.")
@@ -44,31 +47,115 @@ SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus
             "(random weights, for tests only: output meaningless).")
 CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
 JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
+#: Overlay formats ``--out`` can write (Pillow picks the format from the suffix).
+OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _show(text: Any) -> str:
+    """A user-provided string made safe for rich: undecodable bytes of file names replaced, markup escaped."""
+    return escape(printable(str(text)))
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_show(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
+def _os_error_message(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = exc.filename if exc.filename is not None else ""
+    text = f"{where}: " if where else ""
+    text += f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    if exc.errno == errno.ENOSPC:
+        text += "; finished work is kept: free some space and run the same command again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += "; choose a writable place (CLIPSAM_HOME sets clipsam's cache folder)"
+    return text
+
+
+#: Exceptions typer itself renders (usage errors, exits): typer vendors click in some versions, so find its class.
+_PASS_THROUGH = (typer.Exit, typer.Abort,
+                 *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+
+
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn clipsam errors (and bad files) into one line and exit code 2, never a traceback."""
+    """Turn every error into one line on stderr and a non-zero exit, never a traceback (CLIPSAM_DEBUG=1 shows it)."""
     import functools
+    import os
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
+        except _PASS_THROUGH:
             raise
-        except ClipsamError as exc:
-            _fail(str(exc))
-        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            _fail(f"{getattr(exc, 'filename', '') or ''}: {exc.strerror or exc}")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Exception as exc:
+            if os.environ.get("CLIPSAM_DEBUG"):
+                raise
+            if isinstance(exc, ClipsamError):
+                _fail(str(exc))
+            elif isinstance(exc, OSError):
+                _fail(_os_error_message(exc))
+            elif isinstance(exc, RecursionError):
+                _fail("input nested too deeply to process")
+            elif isinstance(exc, MemoryError):
+                _fail("out of memory; try a smaller --max-side or fewer --workers")
+            else:
+                _fail(f"unexpected {type(exc).__name__}: {exc} (please report it; CLIPSAM_DEBUG=1 shows the traceback)",
+                      1)
 
     return wrapper
+
+
+def _check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output path that cannot be written, before any model runs."""
+    if path is None:
+        return
+    if path.is_dir() or str(path).endswith(("/", "\\")):
+        _fail(f"{option} {path}: is a folder; give a file name" + (f" ending in {', '.join(suffixes)}"
+                                                                 if suffixes else ""))
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        _fail(f"{option} {path}: unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        _fail(f"{option} {path}: folder {parent} does not exist")
+
+
+def _check_device(device: str) -> None:
+    """Fail on an unavailable --device before weights are downloaded or models built."""
+    from .models.build import resolve_device
+    from .segmenter import check_device_name
+
+    check_device_name(device)
+    resolve_device(device)
+
+
+def _check_workers(workers: int) -> None:
+    if workers < 1:
+        _fail(f"--workers must be at least 1, got {workers}")
+
+
+def _check_labels(labels: list[str], taxonomy: Any, option: str) -> None:
+    """Refuse label filters that name nothing in *taxonomy*, suggesting the closest names."""
+    import difflib
+
+    names = sorted({n.name for n in taxonomy} | {p for n in taxonomy for p in n.prompts}
+                   | {n.path_str for n in taxonomy})
+    for lbl in labels:
+        if not taxonomy.find(lbl):
+            close = difflib.get_close_matches(lbl, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                f" (see `clipsam taxonomy show {taxonomy.name}`)"
+            _fail(f"{option} {lbl!r} names no label of taxonomy {taxonomy.name!r}{hint}")
+
+
+def _generator_params(points_per_side: int | None) -> dict[str, Any]:
+    """--points-per-side as generator parameters (a model entry's own defaults come with the Segmenter)."""
+    from .segmenter import check_generator_params
+
+    return check_generator_params({} if points_per_side is None else {"points_per_side": points_per_side})
 
 
 def _emit_json(data: Any) -> None:
@@ -141,21 +228,21 @@ def _parse_box(text: str) -> list[float]:
 
 
 def _regions_table(seg: Any, title: str) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold")
+    table = Table(title=_show(title), title_justify="left", header_style="bold")
     for col, kw in (("id", {"justify": "right"}), ("label", {}), ("score", {"justify": "right"}),
                     ("path", {}), ("kind", {}), ("area", {"justify": "right"}), ("bbox x,y,w,h", {}),
                     ("parent", {"justify": "right"}), ("pred IoU", {"justify": "right"})):
         table.add_column(col, **kw)
     for r in sorted(seg.regions, key=lambda r: (-r.score, r.id)):
-        table.add_row(str(r.id), r.label or "-", f"{r.score:.2f}" if r.label_path else "-", r.label_path_str or "-",
-                      r.kind, f"{r.area:,}", ",".join(f"{v:.0f}" for v in r.bbox_xywh),
+        table.add_row(str(r.id), _show(r.label or "-"), f"{r.score:.2f}" if r.label_path else "-",
+                      _show(r.label_path_str or "-"), r.kind, f"{r.area:,}", ",".join(f"{v:.0f}" for v in r.bbox_xywh),
                       "-" if r.parent_id is None else str(r.parent_id), f"{r.predicted_iou:.2f}")
     return table
 
 
 def _rich_tree(seg: Any) -> Tree:
-    root = Tree(f"[bold]{Path(seg.image_path).name if seg.image_path else 'image'}[/] "
-                f"({seg.image_size[1]}x{seg.image_size[0]}, {len(seg)} regions)")
+    name = Path(seg.image_path).name if seg.image_path else "image"
+    root = Tree(f"[bold]{_show(name)}[/] ({seg.image_size[1]}x{seg.image_size[0]}, {len(seg)} regions)")
     kids = seg.tree
     by_id = {r.id: r for r in seg.regions}
 
@@ -163,7 +250,7 @@ def _rich_tree(seg: Any) -> Tree:
         label = r.label or "(unlabelled)"
         tag = r.kind if r.kind in ("part", "unknown", "unknown part") else (r.label_path_str or r.kind)
         style = "dim" if r.kind.startswith("unknown") else ("cyan" if r.kind == "part" else "bold green")
-        return f"[{style}]{label}[/] {r.score:.2f} [{tag}] [dim]#{r.id}[/]"
+        return f"[{style}]{_show(label)}[/] {r.score:.2f} {_show(f'[{tag}]')} [dim]#{r.id}[/]"
 
     def add(node: Tree, rid: int) -> None:
         child = node.add(text(by_id[rid]))
@@ -205,28 +292,39 @@ def segment(
 ) -> None:
     """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
     from .segmenter import Segmenter
-    from .testing import TINY_GENERATOR_PARAMS
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    terms = [t for q in (query or []) for t in q.split(",") if t.strip()]
+    terms = [t.strip() for q in (query or []) for t in q.split(",") if t.strip()]
+    if query is not None and not terms:
+        _fail("the text query is empty: give one or more labels (e.g. dog or 'dog, cat'), or leave it out to "
+              "segment everything")
     clicks = [_parse_point(p) for p in (points or [])]
     bx = _parse_box(box) if box else None
-    if (clicks or bx) and terms:
+    prompted = bool(clicks or bx)
+    if prompted and terms:
         _fail("give either a text query or --points/--box, not both")
+    if part_points < 0:
+        _fail(f"--part-points must be 0 or more, got {part_points}")
+    if part_points and (prompted or taxonomy is None):
+        _fail("--part-points finds parts inside objects a taxonomy labels: it needs --taxonomy, and no --points/--box")
+    if refine and not terms:
+        _fail("--refine re-predicts the masks a text query matched: give a query")
+    if prompted and points_per_side is not None:
+        _fail("--points-per-side sets the automatic grid; it has no effect with --points/--box")
     if not image.is_file():
         _fail(f"{image}: no such image file")
+    _check_output_file(out_path, "--out", OVERLAY_SUFFIXES)
+    _check_output_file(save_json, "--save-json")
     _check_model(sam, "sam")
     _check_model(clip, "clip")
-    params: dict[str, Any] = dict(TINY_GENERATOR_PARAMS) if sam == "tiny-random" else {}
-    if points_per_side is not None:
-        params["points_per_side"] = points_per_side
+    _check_device(device)
     segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
-                          min_confidence=min_confidence, generator_params=params)
-    needs_clip = bool(terms) or (taxonomy is not None and not (clicks or bx))
+                          min_confidence=min_confidence, generator_params=_generator_params(points_per_side))
+    needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     _ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
     with err.status("segmenting…", spinner="dots") if not as_json else _nullcontext():
-        if clicks or bx:
+        if prompted:
             import numpy as np
 
             pts = np.asarray([c[:2] for c in clicks]) if clicks else None
@@ -252,11 +350,11 @@ def segment(
     else:
         out.print(_regions_table(result, title))
     if not len(result) and terms:
-        out.print(f"[yellow]nothing matched {', '.join(terms)!r}[/] (lower --min-confidence to be less strict)")
+        out.print(f"[yellow]nothing matched {_show(', '.join(terms))!r}[/] (lower --min-confidence to be less strict)")
     if out_path is not None:
-        out.print(f"overlay written to [bold]{out_path}[/]")
+        out.print(f"overlay written to [bold]{_show(out_path)}[/]")
     if save_json is not None:
-        out.print(f"JSON written to [bold]{save_json}[/]")
+        out.print(f"JSON written to [bold]{_show(save_json)}[/]")
 
 
 @contextmanager
@@ -272,7 +370,7 @@ def label(
     taxonomy: str = typer.Option(..., "--taxonomy", "-t", help="Shipped taxonomy name or YAML file."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (reuse it to resume)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Processes (local) or actors (ray)."),
-    engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'clipsam[ray]')."),
+    engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'clipsam\\[ray]')."),
     min_score: float = typer.Option(0.0, "--min-score", help="Drop regions whose label score is lower."),
     min_area: int = typer.Option(0, "--min-area", help="Drop regions smaller than this (pixels)."),
     labels: str | None = typer.Option(None, "--labels", help="Keep only these labels (comma-separated; a label "
@@ -283,6 +381,8 @@ def label(
     force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
     image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
                                               "text file or COCO JSON (default: its own folder)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a COCO JSON's file_name "
+                                            "point outside the image root (../, absolute paths)."),
     sam: str = typer.Option("vit_b", "--sam", help=SAM_HELP),
     clip: str = typer.Option("ViT-B-16/openai", "--clip", help=CLIP_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
@@ -297,23 +397,29 @@ def label(
     from rich.progress import MofNCompleteColumn
 
     from .dataset import Filters, LabelJob, list_images, run_local, run_ray
-    from .testing import TINY_GENERATOR_PARAMS
 
     if engine not in ("local", "ray"):
         _fail(f"--engine must be local or ray, got {engine!r}")
+    _check_workers(workers)
+    for option, value in (("--min-area", min_area), ("--max-regions", max_regions), ("--part-points", part_points)):
+        if value < 0:
+            _fail(f"{option} must be 0 or more, got {value}")
+    if not 0.0 <= min_score <= 1.0:
+        _fail(f"--min-score must be in [0, 1], got {min_score}")
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir}: is a file; give a folder (new, or the one of an earlier run to resume it)")
     _check_model(sam, "sam")
     _check_model(clip, "clip")
-    params: dict[str, Any] = dict(TINY_GENERATOR_PARAMS) if sam == "tiny-random" else {}
-    if points_per_side is not None:
-        params["points_per_side"] = points_per_side
-    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side, "generator_params": params,
-            "text_cache": sam != "tiny-random"}
+    _check_device(device)
+    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side,
+            "generator_params": _generator_params(points_per_side), "text_cache": sam != "tiny-random"}
     filters = Filters(min_score=min_score, min_area=min_area,
                       labels=tuple(t.strip() for t in (labels or "").split(",") if t.strip()),
                       max_regions=max_regions, include_unknown=unknown)
-    items = list_images(source, image_root)
+    items = list_images(source, image_root, allow_outside_root=allow_outside_root)
     job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs,
                    segment_params={"part_points": part_points} if part_points else {})
+    _check_labels(list(filters.labels), job.tax, "--labels")
     record = job.prepare(force=force)
     todo = job.pending(items)
     _ensure_weights([sam, clip], show=not as_json)
@@ -340,14 +446,15 @@ def label(
     if as_json:
         _emit_json(summary)
         return
-    table = Table(title=f"clipsam label -> {out_dir}", title_justify="left", header_style="bold")
+    table = Table(title=_show(f"clipsam label -> {out_dir}"), title_justify="left", header_style="bold")
     table.add_column("")
     table.add_column("", justify="right")
     for key in ("found", "resumed", "processed", "images", "annotations", "errors", "seconds"):
         table.add_row(key, str(summary.get(key)))
     out.print(table)
     if summary["errors"]:
-        out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see {out_dir / 'errors.jsonl'}[/]")
+        out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see "
+                  f"{_show(out_dir / 'errors.jsonl')}[/]")
 
 
 @app.command("eval")
@@ -401,18 +508,17 @@ def index(
     from .dataset import list_images
     from .search import RegionIndex
     from .segmenter import Segmenter
-    from .testing import TINY_GENERATOR_PARAMS
 
+    if db.exists() and not db.is_dir():
+        _fail(f"--db {db}: is a file; a region database is a folder (new, or one made by clipsam index)")
     _check_model(sam, "sam")
     _check_model(clip, "clip")
-    params: dict[str, Any] = dict(TINY_GENERATOR_PARAMS) if sam == "tiny-random" else {}
-    if points_per_side is not None:
-        params["points_per_side"] = points_per_side
-    segmenter = Segmenter(sam=sam, clip=clip, device=device, max_side=max_side, generator_params=params,
-                          text_cache=sam != "tiny-random")
+    _check_device(device)
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, max_side=max_side,
+                          generator_params=_generator_params(points_per_side), text_cache=sam != "tiny-random")
     paths = [i.path for i in list_images(source)]
     store = RegionIndex(db, segmenter, taxonomy=taxonomy)
-    store._check_models(store.meta() if db.exists() else None)
+    store.check_models()
     _ensure_weights([sam, clip], show=not as_json)
     progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[regions]} regions"), console=err, disable=as_json)
@@ -432,9 +538,9 @@ def index(
         _emit_json(summary)
         return
     out.print(f"added {counts['added']} images ({counts['regions']} regions), skipped {counts['skipped']} already "
-              f"indexed, {counts['failed']} failed; {summary['total_regions']} regions in {db}")
+              f"indexed, {counts['failed']} failed; {summary['total_regions']} regions in {_show(db)}")
     for e in errors:
-        out.print(f"[yellow]skipped[/] {e['reason']}", highlight=False)
+        out.print(f"[yellow]skipped[/] {_show(e['reason'])}", highlight=False)
 
 
 @app.command()
@@ -456,18 +562,33 @@ def search(
 
     if (query is None) == (like is None):
         _fail("give a text query or --like IMAGE (one of them)")
+    if query is not None and not query.strip():
+        _fail("the text query is empty")
     if box and like is None:
         _fail("--box goes with --like IMAGE")
+    if like is not None and not like.is_file():
+        _fail(f"--like {like}: no such image file")
+    if k < 1:
+        _fail(f"-k must be at least 1, got {k}")
+    if db.exists() and not db.is_dir():
+        _fail(f"--db {db}: is a file, not a region database (a folder made by clipsam index)")
+    if save_crops is not None and save_crops.exists() and not save_crops.is_dir():
+        _fail(f"--save-crops {save_crops}: is a file; give a folder")
+    meta = RegionIndex(db).meta() if db.exists() else None
     store = RegionIndex(db)
-    meta = store.meta() if db.exists() else None
     if clip is not None or meta is not None:
         from .segmenter import Segmenter
 
         name = clip or meta["clip"]  # type: ignore[index]
         _check_model(name, "clip")
-        store._segmenter = Segmenter(sam=(meta or {}).get("sam", "vit_b"), clip=name, seed=(meta or {}).get("seed", 0),
-                                     text_cache=name != "tiny-random")
-        store._check_models(meta)
+        segmenter = Segmenter(sam=(meta or {}).get("sam", "vit_b"), clip=name, seed=(meta or {}).get("seed", 0),
+                              text_cache=name != "tiny-random")
+        store = RegionIndex(db, segmenter)
+        store.check_models(meta)
+        if label_filter:
+            tax = store.taxonomy_of(meta)
+            if tax is not None:
+                _check_labels([label_filter], tax, "--label")
         _ensure_weights([name], show=not as_json)
     hits = store.search(query if like is None else like, k=k, box=_parse_box(box) if box else None,
                         label=label_filter, min_area=min_area)
@@ -476,15 +597,17 @@ def search(
     if as_json:
         _emit_json([h.to_dict() | {"rle": None} for h in hits])
         return
-    table = Table(title=f"{len(hits)} regions for {query or str(like)!r}", title_justify="left", header_style="bold")
+    table = Table(title=_show(f"{len(hits)} regions for {query or str(like)!r}"), title_justify="left",
+                  header_style="bold")
     for col in ("#", "similarity", "image", "region", "label path", "score", "area", "bbox x,y,w,h"):
         table.add_column(col)
     for n, h in enumerate(hits, 1):
-        table.add_row(str(n), f"{h.similarity:.3f}", h.image_path, str(h.region_id), "/".join(h.label_path) or h.kind,
-                      f"{h.score:.2f}", f"{h.area:,}", ",".join(f"{v:.0f}" for v in h.bbox_xywh))
+        table.add_row(str(n), f"{h.similarity:.3f}", _show(h.image_path), str(h.region_id),
+                      _show("/".join(h.label_path) or h.kind), f"{h.score:.2f}", f"{h.area:,}",
+                      ",".join(f"{v:.0f}" for v in h.bbox_xywh))
     out.print(table)
     if save_crops is not None:
-        out.print(f"crops and overlays written to [bold]{save_crops}[/]")
+        out.print(f"crops and overlays written to [bold]{_show(save_crops)}[/]")
 
 
 def _save_hits(hits: list[Any], folder: Path) -> None:

@@ -41,3 +41,11 @@ class ModelError(ClipsamError, ValueError):
 
 class TaxonomyError(ClipsamError, ValueError):
     """A taxonomy file or label that is malformed or unknown (names the file and the node)."""
+
+
+class ConfigError(ClipsamError, ValueError):
+    """A parameter or option value that is out of range, or options that do not go together."""
+
+
+class LockError(ClipsamError):
+    """An output folder or database is in use by another clipsam run (the message names it)."""

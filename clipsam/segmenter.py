@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ import numpy as np
 
 from . import masks as M
 from . import tree as T
-from .crops import crop_region
-from .errors import ModelError, PromptError
+from .crops import FILL_MODES, crop_region
+from .errors import ConfigError, ModelError, PromptError
 from .image import ImageInput, fit_long_side, load_image, source_name
 from .labels import (
     DEFAULT_NEGATIVES,
@@ -29,7 +30,7 @@ from .labels import (
     label_hierarchical,
     score_flat,
 )
-from .models.base import MaskProposer, RegionEmbedder
+from .models.base import TINY, TINY_GENERATOR_PARAMS, MaskProposer, RegionEmbedder
 from .result import Region, Segmentation
 from .taxonomy import Taxonomy, TaxonomyNode, load_taxonomy
 
@@ -123,13 +124,21 @@ class Segmenter:
         precision: str = "fp32",
         seed: int = 0,
     ) -> None:
-        if max_side is not None and max_side < 16:
-            raise ValueError(f"max_side must be at least 16 pixels or None, got {max_side}")
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                     or max_side < 16):
+            raise ConfigError(f"max_side must be a whole number of pixels, at least 16 (or None), got {max_side!r}")
         for name, value in (("min_confidence", min_confidence), ("descend_confidence", descend_confidence),
                             ("part_confidence", part_confidence), ("containment", containment),
-                            ("duplicate_iou", duplicate_iou)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                            ("duplicate_iou", duplicate_iou), ("part_pred_iou", part_pred_iou),
+                            ("max_part_share", max_part_share), ("crop_margin", crop_margin)):
+            if not (isinstance(value, (int, float, np.floating)) and 0.0 <= float(value) <= 1.0):
+                raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+        if crop_fill not in FILL_MODES:
+            raise ConfigError(f"crop_fill must be one of {', '.join(FILL_MODES)}, got {crop_fill!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+        check_device_name(device)
+        check_generator_params(generator_params or {})
         self.sam_name = sam
         self.clip_name = clip
         self.device_name = device
@@ -146,7 +155,9 @@ class Segmenter:
         self.duplicate_iou = duplicate_iou
         self.part_pred_iou = part_pred_iou
         self.max_part_share = max_part_share
-        self.generator_params = dict(generator_params or {})
+        # the entry's own generator defaults (tiny-random keeps its masks), then the caller's
+        entry_defaults = TINY_GENERATOR_PARAMS if sam == TINY else {}
+        self.generator_params = {**entry_defaults, **(generator_params or {})}
         self.download = download
         self.text_cache = text_cache
         self.precision = precision
@@ -448,7 +459,7 @@ class Segmenter:
         return emb
 
     def _candidates(self, work: _Work, emb: Any, params: dict[str, Any]) -> _Candidates:
-        merged = {**self.generator_params, **params}
+        merged = {**self.generator_params, **check_generator_params(params)}
         props = self.proposer.generate(work.pixels, emb, **merged)
         rles = [p.rle for p in props]
         quality = [p.predicted_iou * p.stability_score for p in props]
@@ -610,6 +621,39 @@ class Segmenter:
         return Segmentation(image_size=work.original_size, regions=tuple(regions), image_path=work.path, query=query,
                             taxonomy=taxonomy.name if taxonomy else None, models=self._model_names(),
                             embeddings=embeddings)
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: Automatic-generator parameters checked here (SAM's own checks are asserts, or divide by zero).
+_POSITIVE_INT_PARAMS = ("points_per_side", "points_per_batch", "crop_n_points_downscale_factor")
+_UNIT_PARAMS = ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "crop_nms_thresh",
+                "crop_overlap_ratio")
+
+
+def check_device_name(device: Any) -> None:
+    """Refuse a device string that is none of ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (availability is
+    checked when the models load, by :func:`clipsam.models.build.resolve_device`)."""
+    if hasattr(device, "type") and not isinstance(device, str):  # a torch.device
+        return
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def check_generator_params(params: dict[str, Any]) -> dict[str, Any]:
+    """*params* itself, after refusing values SAM's generator would crash on (``points_per_side=0`` …)."""
+    for key in _POSITIVE_INT_PARAMS:
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
+    for key in _UNIT_PARAMS:
+        value = params.get(key)
+        if value is not None and not (isinstance(value, (int, float, np.floating)) and 0.0 <= float(value) <= 1.0):
+            raise ConfigError(f"{key} must be a number in [0, 1], got {value!r}")
+    for key in ("crop_n_layers", "min_mask_region_area"):
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}")
+    return params
 
 
 def _points_inside(mask: np.ndarray, n: int) -> list[tuple[float, float]]:

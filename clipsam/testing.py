@@ -20,16 +20,15 @@ import numpy as np
 
 from . import masks as M
 from .crops import CLIP_MEAN_RGB
-from .models.base import PromptMasks, Proposal
+from .models.base import TINY_GENERATOR_PARAMS, PromptMasks, Proposal
 from .taxonomy import Taxonomy
 
 __all__ = [
-    "OracleEmbedder", "OracleProposer", "Scene", "SceneShape", "SCENE_TAXONOMY", "oracle_segmenter",
+    "TINY_GENERATOR_PARAMS", "OracleEmbedder", "OracleProposer",
+    "Scene", "SceneShape", "SCENE_TAXONOMY", "oracle_segmenter",
     "synthetic_scene", "tiny_clip", "tiny_sam", "tiny_segmenter",
 ]
 
-#: Generator settings under which the tiny random SAM keeps masks (its quality scores are meaningless).
-TINY_GENERATOR_PARAMS = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 
 
 def tiny_sam(seed: int = 0):
@@ -89,8 +88,7 @@ def tiny_segmenter(seed: int = 0, **kwargs: Any):
 
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("text_cache", False)
-    params = {**TINY_GENERATOR_PARAMS, **kwargs.pop("generator_params", {})}
-    return Segmenter(sam="tiny-random", clip="tiny-random", seed=seed, generator_params=params, **kwargs)
+    return Segmenter(sam="tiny-random", clip="tiny-random", seed=seed, **kwargs)
 
 
 # -- the synthetic scene ---------------------------------------------------------------------------------

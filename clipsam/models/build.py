@@ -8,13 +8,12 @@ import torch
 
 from .. import weights
 from ..errors import ModelError
+from .base import TINY
 from .clip import ClipEmbedder
 from .sam import SamProposer
 
 log = logging.getLogger(__name__)
 
-#: The name that selects the tiny random-weight architectures (tests only: outputs are meaningless).
-TINY = "tiny-random"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -29,9 +28,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA"
+            raise ModelError(f"device {device!r}: no CUDA GPU is available here (torch {torch.__version__}, {build}); "
+                             "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"device {device!r}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelError(f"device {device!r}: Apple MPS is not available here; use --device cpu or auto")
+    return dev
 
 
 def sam_names() -> list[str]:
