@@ -125,8 +125,8 @@ def _check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...]
 
 def _check_device(device: str) -> None:
     """Fail on an unavailable --device before weights are downloaded or models built."""
+    from .config import check_device_name
     from .models.build import resolve_device
-    from .segmenter import check_device_name
 
     check_device_name(device)
     resolve_device(device)
@@ -153,7 +153,7 @@ def _check_labels(labels: list[str], taxonomy: Any, option: str) -> None:
 
 def _generator_params(points_per_side: int | None) -> dict[str, Any]:
     """--points-per-side as generator parameters (a model entry's own defaults come with the Segmenter)."""
-    from .segmenter import check_generator_params
+    from .config import check_generator_params
 
     return check_generator_params({} if points_per_side is None else {"points_per_side": points_per_side})
 

@@ -27,19 +27,20 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import masks as M
 from ._version import __version__
 from .errors import ClipsamError, ImageError
+from .export import annotations as annotations_of
+from .export import category_key, category_table, paint
 from .image import UNSUPPORTED_SUFFIXES
 from .lock import FolderLock
 from .result import Region, Segmentation
-from .taxonomy import Taxonomy, load_taxonomy
+from .taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +80,8 @@ class Filters:
 
     def apply(self, seg: Segmentation) -> list[Region]:
         """The kept regions, in id order, each re-parented to its nearest kept ancestor."""
-        def wanted(r: Region) -> bool:
-            if r.kind.startswith("unknown"):
-                return self.include_unknown and r.area >= self.min_area and not self.labels
-            return (r.score >= self.min_score and r.area >= self.min_area
-                    and (not self.labels or any(lbl in r.label_path for lbl in self.labels)))
-
-        kept = [r for r in seg.regions if wanted(r)]
-        if self.max_regions and len(kept) > self.max_regions:
-            best = sorted(kept, key=lambda r: (-r.score, -r.area, r.id))[: self.max_regions]
-            kept = sorted(best, key=lambda r: r.id)
-        ids = {r.id for r in kept}
-        by_id = {r.id: r for r in seg.regions}
-        out = []
-        for r in kept:
-            parent = r.parent_id
-            while parent is not None and parent not in ids:
-                parent = by_id[parent].parent_id
-            out.append(replace(r, parent_id=parent))
-        return out
+        return list(seg.regions.select(min_score=self.min_score, min_area=self.min_area, labels=self.labels,
+                                       max_regions=self.max_regions, include_unknown=self.include_unknown))
 
 
 def stable_image_id(relative_path: str) -> int:
@@ -175,18 +159,6 @@ def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageIt
                                    "use --image-root, or --allow-outside-root if that is intended")
         items.append(ImageItem(str(path), image_id, name))
     return items
-
-
-def category_table(taxonomy: Taxonomy, include_unknown: bool = False) -> list[dict[str, Any]]:
-    """COCO categories for every label of *taxonomy* (objects and parts), ids 1.. in taxonomy order."""
-    cats = [{"id": k + 1, "name": n.name, "supercategory": n.path[0] if n.depth > 1 else "",
-             "label_path": n.path_str, "is_part": n.is_part} for k, n in enumerate(taxonomy)]
-    if include_unknown:
-        cats.append({"id": len(cats) + 1, "name": "unknown", "supercategory": "", "label_path": "unknown",
-                     "is_part": False})
-        cats.append({"id": len(cats) + 1, "name": "unknown part", "supercategory": "", "label_path": "unknown part",
-                     "is_part": True})
-    return cats
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -340,12 +312,9 @@ class LabelJob:
         return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
 
     def _write_pngs(self, image_id: int, size: tuple[int, int], regions: list[Region]) -> None:
-        semantic = np.zeros(size, dtype=np.uint16)
-        instances = np.zeros(size, dtype=np.uint16)
-        for k, r in sorted(enumerate(regions, start=1), key=lambda kr: -kr[1].area):  # small ones on top
-            m = M.decode(r.rle)
-            semantic[m] = self.cat_ids.get(_cat_key(r), 0)
-            instances[m] = k
+        rles = [r.rle for r in regions]
+        semantic = paint(rles, [self.cat_ids.get(category_key(r), 0) for r in regions], size)
+        instances = paint(rles, list(range(1, len(regions) + 1)), size)
         _write_png(self.out / "semantic" / f"{image_id}.png", semantic)
         _write_png(self.out / "instances" / f"{image_id}.png", instances)
 
@@ -365,10 +334,6 @@ class LabelJob:
         return record
 
 
-def _cat_key(r: Region) -> str:
-    return r.label_path_str if r.label_path else r.kind
-
-
 def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Build the COCO dict and the error list from ``out/parts`` (deterministic: sorted by image id)."""
     cat_ids = {c["label_path"]: c["id"] for c in categories}
@@ -382,19 +347,9 @@ def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any
                 errors.append({"path": data["path"], "image_id": data["image_id"], "reason": data["reason"]})
             continue
         images.append(data["image"])
-        local = {}
-        for d in data["regions"]:
-            local[d["id"]] = next_id
-            next_id += 1
-        for d in data["regions"]:
-            r = Region.from_dict(d)
-            annotations.append({
-                "id": local[r.id], "image_id": data["image"]["id"], "category_id": cat_ids.get(_cat_key(r), 0),
-                "segmentation": r.rle, "area": r.area, "bbox": list(r.bbox_xywh), "iscrowd": 0,
-                "score": r.score, "label_path": list(r.label_path), "kind": r.kind,
-                "parent_id": local.get(r.parent_id) if r.parent_id is not None else None,
-                "predicted_iou": r.predicted_iou,
-            })
+        regions = [Region.from_dict(d) for d in data["regions"]]
+        annotations += annotations_of(regions, data["image"]["id"], cat_ids, first_id=next_id)
+        next_id += len(regions)
     coco = {"info": {"description": "clipsam pseudo-labels", "version": __version__},
             "images": images, "categories": categories, "annotations": annotations}
     return coco, errors

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import masks as M
 from .errors import ClipsamError
+from .export import paint
 
 __all__ = ["EvalReport", "evaluate"]
 
@@ -215,11 +216,7 @@ def _ann_rle(ann: dict[str, Any], h: int, w: int) -> M.RLE:
 
 
 def _semantic(rles: list[M.RLE], cats: list[int], size: tuple[int, int]) -> np.ndarray:
-    out = np.zeros(size, dtype=np.int64)
-    order = sorted(range(len(rles)), key=lambda i: -M.area(rles[i]))  # small ones on top
-    for i in order:
-        out[M.decode(rles[i])] = cats[i]
-    return out
+    return paint(rles, cats, size, dtype=np.int64)
 
 
 def _evaluate_png(p: dict[str, Any], folder: Path, classes: Any) -> EvalReport:

@@ -63,6 +63,11 @@ class TextBank:
         self._memory: dict[tuple[str, ...], np.ndarray] = {}
         self.encoded_texts = 0  # how many texts went through the text encoder (for tests and benchmarks)
 
+    @property
+    def logit_scale(self) -> float:
+        """The temperature that turns cosine similarities into logits (the embedder's; CLIP: 100)."""
+        return float(self.embedder.logit_scale)
+
     def _file(self, prompts: tuple[str, ...]) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -157,14 +162,15 @@ def score_flat(
     if not candidates:
         return [LabelDecision(None) for _ in range(n)]
     text = bank.embed([c.prompts for c in candidates] + [(neg,) for neg in negatives])
-    p = _probs(embeddings, text, bank.embedder.logit_scale)
+    p = _probs(embeddings, text, bank.logit_scale)
     k = len(candidates)
-    best = p.argmax(axis=1)
     best_cand = p[:, :k].argmax(axis=1)
+    # a candidate must strictly beat every negative: a region like none of them (a tie) is not the first category
+    best_negative = p[:, k:].max(axis=1) if p.shape[1] > k else np.zeros(n)
     out = []
     for i in range(n):
         guess, guess_p = candidates[int(best_cand[i])], float(p[i, best_cand[i]])
-        if best[i] < k and guess_p >= min_confidence:
+        if guess_p > best_negative[i] and guess_p >= min_confidence:
             out.append(LabelDecision(guess, (guess_p,), guess, guess_p))
         else:
             out.append(LabelDecision(None, (), guess, guess_p))
@@ -194,7 +200,7 @@ def descend(
         for key, idx in by_node.items():
             node = nodes[key]
             options = [node, *node.children]
-            p = _probs(embeddings[idx], bank.embed_nodes(options), bank.embedder.logit_scale)
+            p = _probs(embeddings[idx], bank.embed_nodes(options), bank.logit_scale)
             for row, i in enumerate(idx):
                 j = int(p[row].argmax())
                 if j > 0 and p[row, j] >= descend_confidence:

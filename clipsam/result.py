@@ -1,4 +1,5 @@
-"""Result types: :class:`Region` (one mask and its labels) and :class:`Segmentation` (all regions of an image).
+"""The result type :class:`Segmentation`: all regions of one image (a :class:`~clipsam.regions.Regions` container)
+with what produced them, and its exports.
 
 Pure numpy; no torch. Masks are COCO RLE; dense arrays are decoded only on request.
 """
@@ -8,82 +9,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from . import masks as M
 from ._version import __version__
+from .regions import KINDS, Region, Regions
 
-#: ``Region.kind`` values.
-KINDS = ("object", "part", "unknown", "unknown part", "prompt")
-
-__all__ = ["KINDS", "Region", "Segmentation"]
-
-
-@dataclass(frozen=True)
-class Region:
-    """One segmented region.
-
-    Attributes:
-        id: stable id within its :class:`Segmentation` (canonical order: larger regions first).
-        rle: the mask, COCO RLE at the image's original size.
-        bbox_xywh: tight box ``(x, y, w, h)`` in original-image pixels.
-        area: mask area in pixels.
-        label: the deepest accepted label (``dog``), ``unknown`` / ``unknown part``, or ``None`` (not labelled).
-        score: confidence of that label in [0, 1] (0 when not labelled).
-        label_path: labels from the top level down (``("animal", "dog", "puppy")``).
-        path_scores: confidence of each level of *label_path*.
-        kind: ``object``, ``part``, ``unknown``, ``unknown part`` or ``prompt`` (from a click or box, unlabelled).
-        predicted_iou: SAM's estimate of the mask's quality.
-        stability_score: SAM's stability score (1.0 for prompted masks).
-        parent_id: id of the region that contains this one in the part-whole tree, or ``None``.
-    """
-
-    id: int
-    rle: M.RLE = field(repr=False)
-    bbox_xywh: tuple[float, float, float, float]
-    area: int
-    label: str | None = None
-    score: float = 0.0
-    label_path: tuple[str, ...] = ()
-    path_scores: tuple[float, ...] = ()
-    kind: str = "object"
-    predicted_iou: float = 0.0
-    stability_score: float = 0.0
-    parent_id: int | None = None
-
-    @property
-    def bbox_xyxy(self) -> tuple[float, float, float, float]:
-        x, y, w, h = self.bbox_xywh
-        return (x, y, x + w, y + h)
-
-    @property
-    def label_path_str(self) -> str:
-        return "/".join(self.label_path)
-
-    def mask(self) -> np.ndarray:
-        """The dense mask, ``(H, W) bool``."""
-        return M.decode(self.rle)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["bbox_xywh"] = [float(v) for v in self.bbox_xywh]
-        d["label_path"] = list(self.label_path)
-        d["path_scores"] = [float(s) for s in self.path_scores]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Region:
-        return cls(
-            id=int(d["id"]), rle={"size": list(d["rle"]["size"]), "counts": d["rle"]["counts"]},
-            bbox_xywh=tuple(float(v) for v in d["bbox_xywh"]), area=int(d["area"]), label=d.get("label"),
-            score=float(d.get("score", 0.0)), label_path=tuple(d.get("label_path", ())),
-            path_scores=tuple(float(s) for s in d.get("path_scores", ())), kind=d.get("kind", "object"),
-            predicted_iou=float(d.get("predicted_iou", 0.0)), stability_score=float(d.get("stability_score", 0.0)),
-            parent_id=d.get("parent_id"),
-        )
+__all__ = ["KINDS", "Region", "Regions", "Segmentation"]
 
 
 @dataclass(frozen=True)
@@ -92,7 +26,8 @@ class Segmentation:
 
     Attributes:
         image_size: ``(H, W)`` of the original image.
-        regions: the regions, ordered by id.
+        regions: the regions, ordered by id: a :class:`~clipsam.regions.Regions` container (a sequence of
+            :class:`Region` rows; a tuple of rows is accepted too).
         image_path: the image's file path when it came from a file.
         query: the text query, if any.
         taxonomy: name of the taxonomy used for labels, if any.
@@ -104,13 +39,22 @@ class Segmentation:
     """
 
     image_size: tuple[int, int]
-    regions: tuple[Region, ...] = ()
+    regions: Regions = field(default_factory=Regions.empty)
     image_path: str | None = None
     query: tuple[str, ...] = ()
     taxonomy: str | None = None
     models: dict[str, str] = field(default_factory=dict)
     low_res_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
     embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        regions = self.regions
+        if not isinstance(regions, Regions):
+            regions = Regions.from_rows(tuple(regions))
+        if self.embeddings is not None:
+            regions = regions.replace(embeddings=self.embeddings)
+        object.__setattr__(self, "regions", regions)
+        object.__setattr__(self, "embeddings", regions.embeddings)
 
     # -- container protocol ------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -120,34 +64,28 @@ class Segmentation:
         return iter(self.regions)
 
     def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> Any:
-        """``seg[i]`` is a :class:`Region`; a slice, index list or boolean array gives a new Segmentation."""
+        """``seg[i]`` is a :class:`Region`; a slice, index list or boolean array gives a new Segmentation (parents
+        re-linked to the nearest kept ancestor)."""
         if isinstance(key, (int, np.integer)):
             return self.regions[int(key)]
-        if isinstance(key, slice):
-            picked = self.regions[key]
-        else:
-            arr = np.asarray(key)
-            if arr.dtype == bool:
-                if arr.shape != (len(self.regions),):
-                    raise IndexError(f"boolean index of shape {arr.shape} for {len(self.regions)} regions")
-                arr = np.flatnonzero(arr)
-            picked = tuple(self.regions[int(i)] for i in arr)
-        return self._subset(picked)
+        rows = np.arange(len(self.regions))[key] if isinstance(key, slice) else np.asarray(key)
+        if rows.dtype == bool:
+            if rows.shape != (len(self.regions),):
+                raise IndexError(f"boolean index of shape {rows.shape} for {len(self.regions)} regions")
+            rows = np.flatnonzero(rows)
+        return self._take(rows.astype(np.int64).reshape(-1))
 
-    def _subset(self, picked: Sequence[Region]) -> Segmentation:
-        index = {r.id: i for i, r in enumerate(self.regions)}
-        rows = [index[r.id] for r in picked]
-        logits, emb = self.low_res_logits, self.embeddings
-        return replace(self, regions=tuple(picked), low_res_logits=None if logits is None else logits[rows],
-                       embeddings=None if emb is None else emb[rows])
+    def _take(self, rows: np.ndarray) -> Segmentation:
+        logits = self.low_res_logits
+        picked = self.regions.take(rows)
+        return replace(self, regions=picked, low_res_logits=None if logits is None else logits[rows],
+                       embeddings=picked.embeddings)
 
     def filter(self, *, label: str | None = None, min_score: float = 0.0, min_area: int = 0,
                kind: str | None = None) -> Segmentation:
-        """Regions whose label path contains *label*, with score and area at least the given ones."""
-        picked = [r for r in self.regions
-                  if (label is None or label in r.label_path or r.label == label)
-                  and r.score >= min_score and r.area >= min_area and (kind is None or r.kind == kind)]
-        return self._subset(picked)
+        """Regions whose label path contains *label*, with score and area at least the given ones (the same rule
+        as ``clipsam label``'s filters: :meth:`clipsam.regions.Regions.select`)."""
+        return self._take(self.regions.select_rows(label=label, min_score=min_score, min_area=min_area, kind=kind))
 
     @property
     def labels(self) -> list[str | None]:
@@ -155,7 +93,7 @@ class Segmentation:
 
     @property
     def scores(self) -> np.ndarray:
-        return np.asarray([r.score for r in self.regions], dtype=np.float64)
+        return self.regions.score.copy()
 
     @property
     def best(self) -> Region:
@@ -166,11 +104,7 @@ class Segmentation:
 
     def masks(self) -> np.ndarray:
         """All masks as a dense ``(N, H, W) bool`` stack (memory: N*H*W bytes)."""
-        h, w = self.image_size
-        out = np.zeros((len(self.regions), h, w), dtype=bool)
-        for i, r in enumerate(self.regions):
-            out[i] = M.decode(r.rle)
-        return out
+        return self.regions.masks(self.image_size)
 
     # -- tree --------------------------------------------------------------------------------------------
     def children(self, region_id: int | None) -> list[Region]:
@@ -247,17 +181,19 @@ class Segmentation:
                    image_path=d.get("image_path"), query=tuple(d.get("query", ())), taxonomy=d.get("taxonomy"),
                    models=dict(d.get("models", {})))
 
-    def to_coco(self, *, image_id: int = 1, categories: dict[str, int] | None = None, include_unknown: bool = True,
+    def to_coco(self, *, image_id: int = 1, taxonomy: Any = None, include_unknown: bool = True,
                 file_name: str | None = None) -> dict[str, Any]:
-        """A COCO results/dataset dict: ``images``, ``categories``, ``annotations`` (RLE ``segmentation``).
+        """A COCO dataset dict: ``images``, ``categories``, ``annotations`` (RLE ``segmentation``).
 
-        Category ids come from *categories* (``{label path or label: id}``) or are numbered 1.. by label path.
-        Annotations carry ``score``, ``label_path`` and ``parent_id`` (annotation id of the parent) besides the
-        COCO fields. Annotation ids are ``region.id + 1``.
+        Category ids come from *taxonomy* (a :class:`~clipsam.Taxonomy` or name; default the one this result was
+        labelled with, when it can be loaded by name), the same ids ``clipsam label`` writes; without a taxonomy
+        (a free-text query) they are numbered 1.. by label path. Annotations carry ``score``, ``label_path``,
+        ``kind`` and ``parent_id`` (annotation id of the parent) besides the COCO fields; annotation ids are
+        ``region.id + 1``.
         """
         from .export import coco_dict
 
-        return coco_dict(self, image_id=image_id, categories=categories, include_unknown=include_unknown,
+        return coco_dict(self, image_id=image_id, taxonomy=taxonomy, include_unknown=include_unknown,
                          file_name=file_name)
 
     def save_overlay(self, path: str | os.PathLike, image: Any = None, *, alpha: float = 0.5,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
 from .. import weights
 from ..errors import ModelError
-from .base import TINY
+from .base import TINY, MaskProposer, RegionEmbedder
 from .clip import ClipEmbedder
 from .sam import SamProposer
 
@@ -116,3 +117,28 @@ def _checkpoint(name: str, family: str, known: list[str]) -> weights.Checkpoint:
         raise ModelError(f"{name!r} is a {ckpt.family.upper()} checkpoint, not {family.upper()}; choose one of: "
                          f"{', '.join(known)}")
     return ckpt
+
+
+def wrap_proposer(sam: Any, device: str | torch.device = "auto") -> MaskProposer:
+    """A user's ``segment_anything`` ``Sam`` model as a proposer; a :class:`MaskProposer` as it is."""
+    if isinstance(sam, MaskProposer):
+        return sam
+    from segment_anything.modeling import Sam
+
+    if isinstance(sam, Sam):
+        return SamProposer(sam, resolve_device(device), name="custom-sam")
+    raise ModelError(f"sam must be a segment_anything Sam model or a MaskProposer, got {type(sam).__name__}")
+
+
+def wrap_embedder(clip: Any, preprocess: Any = None, tokenizer: Any = None,
+                  device: str | torch.device = "auto") -> RegionEmbedder:
+    """A user's open_clip model (with its preprocess and tokenizer) as an embedder; a :class:`RegionEmbedder` as
+    it is."""
+    if isinstance(clip, RegionEmbedder):
+        return clip
+    if not (hasattr(clip, "encode_image") and hasattr(clip, "encode_text")):
+        raise ModelError(f"clip must be an open_clip model or a RegionEmbedder, got {type(clip).__name__}")
+    if preprocess is None or tokenizer is None:
+        raise ModelError("an open_clip model needs its preprocess and tokenizer: "
+                         "Segmenter.from_models(sam, clip, preprocess=..., tokenizer=...)")
+    return ClipEmbedder(clip, preprocess, tokenizer, resolve_device(device), name="custom-clip")

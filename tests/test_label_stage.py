@@ -1,0 +1,154 @@
+"""The label stage on hand-written similarity matrices: every rule, no models, no images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipsam.stages.label import (
+    LabelPolicy,
+    drop_nested_same_label,
+    label_tree,
+    match_query,
+    parse_query,
+    resolve_query,
+)
+from clipsam.taxonomy import Taxonomy
+
+#: One axis per concept: a region's embedding row *is* its similarity to each concept's text.
+AXES = ["animal", "dog", "puppy", "cat", "furniture", "sofa", "dog head", "dog tail", "background", "zorb"]
+TAX = Taxonomy.from_dict({"name": "t", "nodes": [
+    {"name": "animal", "children": [{"name": "dog", "children": ["puppy"], "parts": ["head", "tail"]}, "cat"]},
+    {"name": "furniture", "children": ["sofa"]},
+]})
+POLICY = LabelPolicy(negatives=("background",), min_confidence=0.3, descend_confidence=0.5, part_confidence=0.3)
+
+
+class FixedBank:
+    """Text vectors: the axis of a prompt set's first prompt (parts' default prompts start with "dog head")."""
+
+    logit_scale = 10.0
+
+    def embed(self, prompt_sets):
+        out = np.zeros((len(prompt_sets), len(AXES)), np.float32)
+        for k, prompts in enumerate(prompt_sets):
+            out[k, AXES.index(prompts[0])] = 1.0
+        return out
+
+    def embed_nodes(self, nodes):
+        return self.embed([n.prompts for n in nodes])
+
+
+def rows(*weights: dict[str, float]) -> np.ndarray:
+    """Region embeddings from ``{concept: similarity}`` (unit length not needed: the scale is fixed)."""
+    out = np.zeros((len(weights), len(AXES)), np.float32)
+    for i, w in enumerate(weights):
+        for name, v in w.items():
+            out[i, AXES.index(name)] = v
+    return out
+
+
+def softmax(x):
+    e = np.exp(10.0 * (np.asarray(x) - np.max(x)))
+    return e / e.sum()
+
+
+def test_top_level_accept_unknown_and_threshold():
+    feats = rows({"animal": 0.9, "dog": 0.6, "cat": 0.6},   # animal, but not clearly dog or cat
+                 {"background": 0.9, "furniture": 0.3},       # a negative wins: unknown
+                 {"animal": 0.5, "furniture": 0.5})           # tied top level: 0.5 each minus the negative's share
+    out = label_tree(feats, np.full(3, -1), TAX, FixedBank(), POLICY)
+    assert out.kinds == ("object", "unknown", "object")
+    d = out.decisions[0]
+    assert d.node.path == ("animal",) and d.path_scores[0] == pytest.approx(softmax([0.9, 0, 0])[0], rel=1e-5)
+    assert out.decisions[1].node is None and out.decisions[1].best_guess.name == "furniture"
+    p_animal = np.exp(5) / (2 * np.exp(5) + 1)  # 0.4983: the tie shares the mass
+    assert out.decisions[2].path_scores[0] == pytest.approx(p_animal, rel=1e-5)
+    for threshold, kind in ((0.49, "object"), (0.499, "unknown")):
+        policy = LabelPolicy(("background",), min_confidence=threshold)
+        assert label_tree(feats[2:], np.full(1, -1), TAX, FixedBank(), policy).kinds == (kind,)
+
+
+def test_descend_needs_a_clear_child():
+    feats = rows({"animal": 0.5, "dog": 0.9, "puppy": 0.2},   # dog clearly; puppy not
+                 {"animal": 0.5, "dog": 0.6, "puppy": 0.95},  # dog -> puppy
+                 {"animal": 0.8, "dog": 0.55, "cat": 0.55})   # animal: neither child wins half
+    out = label_tree(feats, np.full(3, -1), TAX, FixedBank(), POLICY)
+    assert [d.node.path for d in out.decisions] == [("animal", "dog"), ("animal", "dog", "puppy"), ("animal",)]
+    assert len(out.decisions[1].path_scores) == 3
+    p_child = softmax([0.5, 0.9, 0.0])[1]  # options at the animal level: animal itself, dog, cat
+    assert out.decisions[0].path_scores[1] == pytest.approx(p_child, rel=1e-5)
+
+
+def test_inside_an_object_parts_unknown_parts_and_objects_on_top():
+    feats = rows({"animal": 0.5, "dog": 0.9},                 # 0: the dog
+                 {"dog head": 0.9, "dog": 0.4, "background": 0.5},  # 1: its head (part)
+                 {"dog head": 0.3, "dog tail": 0.3, "background": 0.9},  # 2: inside, background wins
+                 {"furniture": 0.5, "sofa": 0.9},              # 3: a sofa
+                 {"animal": 0.6, "cat": 0.95, "sofa": 0.3})    # 4: a cat lying on the sofa: an object on top
+    parents = np.array([-1, 0, 0, -1, 3])
+    out = label_tree(feats, parents, TAX, FixedBank(), POLICY)
+    assert out.kinds == ("object", "part", "unknown part", "object", "object")
+    head = out.decisions[1]
+    assert head.node.path == ("animal", "dog", "head")
+    assert head.path_scores[:2] == out.decisions[0].path_scores  # the whole's levels, then the part's
+    assert out.decisions[4].node.path == ("animal", "cat")
+    without_parts = label_tree(feats, parents, TAX, FixedBank(), POLICY, with_parts=False)
+    assert without_parts.kinds[1] == "unknown part"  # no parts to choose from; no rival wins
+
+
+def test_part_below_part_confidence_is_an_unknown_part():
+    feats = rows({"animal": 0.5, "dog": 0.9}, {"dog head": 0.5, "dog tail": 0.5, "cat": 0.45, "furniture": 0.45})
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), LabelPolicy(("background",), part_confidence=0.45))
+    assert out.kinds[1] == "unknown part" and out.decisions[1].best_guess.name in ("head", "tail")
+
+
+def test_children_listed_before_parents_are_still_labelled_after_them():
+    feats = rows({"dog head": 0.9}, {"animal": 0.5, "dog": 0.9})
+    out = label_tree(feats, np.array([1, -1]), TAX, FixedBank(), POLICY)
+    assert out.kinds == ("part", "object")
+
+
+def test_query_matching_through_the_taxonomy_and_free_text():
+    feats = rows({"animal": 0.5, "dog": 0.6, "puppy": 0.95}, {"dog head": 0.9}, {"animal": 0.6, "cat": 0.95},
+                 {"furniture": 0.5, "sofa": 0.9}, {"zorb": 0.9})
+    parents = np.array([-1, 0, -1, -1, -1])
+    labelled = label_tree(feats, parents, TAX, FixedBank(), POLICY)
+    for query, expected in [("animal", [0, 2]), ("dog", [0]), ("puppy", [0]), ("head", [1]), ("sofa", [3]),
+                            ("cat, sofa", [2, 3])]:
+        resolved, free = resolve_query(parse_query(query), TAX)
+        assert not free
+        assert sorted(match_query(feats, parents, resolved, free, FixedBank(), POLICY, labelled)) == expected, query
+    resolved, free = resolve_query(["zorb"], TAX)
+    assert resolved == [] and free == ["zorb"]
+    matched = match_query(feats, parents, resolved, free, FixedBank(), POLICY)
+    assert sorted(matched) == [4] and matched[4][0].node.name == "zorb" and matched[4][1] == "object"
+
+
+def test_parse_query():
+    assert parse_query(" dog , cat,dog ") == ["dog", "cat"]
+    assert parse_query(["dog", " cat "]) == ["dog", "cat"]
+    from clipsam.errors import PromptError
+
+    for bad in ("", " , ", []):
+        with pytest.raises(PromptError, match="empty"):
+            parse_query(bad)
+
+
+def test_drop_nested_same_label():
+    from clipsam import masks as M
+    from clipsam.labels import LabelDecision
+
+    big = np.zeros((10, 10), bool)
+    big[:, :8] = True
+    small = np.zeros((10, 10), bool)
+    small[2:6, 2:6] = True
+    other = np.zeros((10, 10), bool)
+    other[:, 8:] = True
+    rles = [M.encode(m) for m in (big, small, other)]
+    dog, cat = TAX.get("animal/dog"), TAX.get("animal/cat")
+    same = {0: (LabelDecision(dog, (0.9,)), "object"), 1: (LabelDecision(dog, (0.9,)), "object"),
+            2: (LabelDecision(dog, (0.9,)), "object")}
+    assert drop_nested_same_label(rles, same, 0.9) == [0, 2]
+    different = {0: (LabelDecision(dog, (0.9,)), "object"), 1: (LabelDecision(cat, (0.9,)), "object")}
+    assert drop_nested_same_label(rles, different, 0.9) == [0, 1]
