@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["check_device_name", "check_generator_params", "check_unit"]
+__all__ = ["check_device_name", "check_generator_params", "check_segmenter_args", "check_unit"]
 
 
 def check_unit(name: str, value: Any) -> float:
@@ -50,3 +50,19 @@ def check_generator_params(params: dict[str, Any]) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
             raise ConfigError(f"{key} must be a whole number >= 0, got {value!r}")
     return params
+
+
+def check_segmenter_args(*, max_side: Any, crop_fill: str, precision: str, device: Any, **unit: Any) -> None:
+    """The checks of :class:`~clipsam.Segmenter`'s arguments (*unit*: those that must lie in [0, 1])."""
+    from .crops import FILL_MODES
+
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                 or max_side < 16):
+        raise ConfigError(f"max_side must be a whole number of pixels, at least 16 (or None), got {max_side!r}")
+    for name, value in unit.items():
+        check_unit(name, value)
+    if crop_fill not in FILL_MODES:
+        raise ConfigError(f"crop_fill must be one of {', '.join(FILL_MODES)}, got {crop_fill!r}")
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
+    check_device_name(device)

@@ -159,6 +159,60 @@ def check_where(where: str) -> str:
     return where
 
 
+def _report(cb: Callable[[dict[str, Any]], None] | None, path: str, status: str, reason: str = "",
+            regions: int = 0) -> None:
+    if cb is not None:
+        cb({"path": path, "status": status, "reason": reason, "regions": regions})
+
+def _schema(dim: int) -> Any:
+    _, pa = _require_lancedb()
+    return pa.schema([
+        ("vector", pa.list_(pa.float32(), dim)), ("image_path", pa.string()), ("image_hash", pa.string()),
+        ("region_id", pa.int64()), ("parent_id", pa.int64()), ("bbox", pa.list_(pa.float64(), 4)),
+        ("height", pa.int64()), ("width", pa.int64()), ("rle_counts", pa.string()), ("area", pa.int64()),
+        ("label", pa.string()), ("label_path", pa.string()), ("score", pa.float64()), ("kind", pa.string()),
+    ])
+
+def _rows(path: str, digest: str, seg: Any) -> list[dict[str, Any]]:
+    if seg.embeddings is None or not len(seg):
+        return []
+    h, w = seg.image_size
+    return [{
+        "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": _store_path(path),
+        "image_hash": digest,
+        "region_id": r.id, "parent_id": -1 if r.parent_id is None else r.parent_id, "bbox": list(r.bbox_xywh),
+        "height": h, "width": w, "rle_counts": r.rle["counts"], "area": r.area, "label": r.label or "",
+        "label_path": "/" + "/".join(r.label_path) + "/" if r.label_path else "/", "score": r.score,
+        "kind": r.kind,
+    } for i, r in enumerate(seg.regions)]
+
+
+def _hit(r: dict[str, Any]) -> SearchHit:
+    """A result row of the regions table as a :class:`SearchHit`."""
+    return SearchHit(
+        similarity=float(1.0 - r["_distance"]), image_path=_load_path(r["image_path"]), image_hash=r["image_hash"],
+        region_id=int(r["region_id"]), parent_id=None if r["parent_id"] < 0 else int(r["parent_id"]),
+        bbox_xywh=tuple(float(v) for v in r["bbox"]), area=int(r["area"]),
+        rle={"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},
+        label=r["label"] or None, label_path=tuple(p for p in r["label_path"].split("/") if p),
+        score=float(r["score"]), kind=r["kind"],
+    )
+
+
+def example_crop(image: np.ndarray, box: Sequence[float] | None, *, size: int, margin: float, fill: str) -> np.ndarray:
+    """An example query's crop, made like an indexed region's: the whole image, or its *box* (x0, y0, x1, y1)."""
+    h, w = image.shape[:2]
+    mask = np.zeros((h, w), dtype=bool)
+    if box is None:
+        x0, y0, x1, y1 = 0, 0, w, h
+    else:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ClipsamError(f"box {list(box)} does not fit the {w}x{h} example image")
+    mask[y0:y1, x0:x1] = True
+    return crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=size, margin=margin, fill=fill)
+
+
 class RegionIndex:
     """A searchable table of image regions.
 
@@ -282,11 +336,11 @@ class RegionIndex:
                     digest = file_hash(path)
                 except OSError as exc:
                     counts["failed"] += 1
-                    self._report(on_result, path, "error", f"{printable(path)}: {exc.strerror or exc}")
+                    _report(on_result, path, "error", f"{printable(path)}: {exc.strerror or exc}")
                     continue
                 if digest in done:
                     counts["skipped"] += 1
-                    self._report(on_result, path, "skipped")
+                    _report(on_result, path, "skipped")
                     continue
                 try:
                     result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
@@ -294,7 +348,7 @@ class RegionIndex:
                     counts["failed"] += 1
                     reason = str(exc) if isinstance(exc, ClipsamError) else f"{type(exc).__name__}: {exc}"
                     log.warning("%s: %s", printable(path), reason)
-                    self._report(on_result, path, "error", reason)
+                    _report(on_result, path, "error", reason)
                     continue
                 if meta is None:
                     dim = int(result.embeddings.shape[1]) if result.embeddings is not None else 0
@@ -305,7 +359,7 @@ class RegionIndex:
                 done.add(digest)
                 counts["added"] += 1
                 counts["regions"] += n
-                self._report(on_result, path, "added", regions=n)
+                _report(on_result, path, "added", regions=n)
             self._maybe_index(meta)
         return counts
 
@@ -319,8 +373,8 @@ class RegionIndex:
         """Replace the rows of one image, then mark it done (so a kill in between is redone, never duplicated)."""
         _, pa = _require_lancedb()
         db = self._connect(create=True)
-        rows = self._rows(path, digest, result)
-        schema = self._schema(dim)
+        rows = _rows(path, digest, result)
+        schema = _schema(dim)
         if "regions" in self._tables():
             table = db.open_table("regions")
             table.delete(f"image_hash = {_quote(digest)}")  # leftovers of an interrupted run
@@ -334,36 +388,6 @@ class RegionIndex:
         else:
             db.create_table("images", image_row)
         return len(rows)
-
-    @staticmethod
-    def _report(cb: Callable[[dict[str, Any]], None] | None, path: str, status: str, reason: str = "",
-                regions: int = 0) -> None:
-        if cb is not None:
-            cb({"path": path, "status": status, "reason": reason, "regions": regions})
-
-    @staticmethod
-    def _schema(dim: int) -> Any:
-        _, pa = _require_lancedb()
-        return pa.schema([
-            ("vector", pa.list_(pa.float32(), dim)), ("image_path", pa.string()), ("image_hash", pa.string()),
-            ("region_id", pa.int64()), ("parent_id", pa.int64()), ("bbox", pa.list_(pa.float64(), 4)),
-            ("height", pa.int64()), ("width", pa.int64()), ("rle_counts", pa.string()), ("area", pa.int64()),
-            ("label", pa.string()), ("label_path", pa.string()), ("score", pa.float64()), ("kind", pa.string()),
-        ])
-
-    @staticmethod
-    def _rows(path: str, digest: str, seg: Any) -> list[dict[str, Any]]:
-        if seg.embeddings is None or not len(seg):
-            return []
-        h, w = seg.image_size
-        return [{
-            "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": _store_path(path),
-            "image_hash": digest,
-            "region_id": r.id, "parent_id": -1 if r.parent_id is None else r.parent_id, "bbox": list(r.bbox_xywh),
-            "height": h, "width": w, "rle_counts": r.rle["counts"], "area": r.area, "label": r.label or "",
-            "label_path": "/" + "/".join(r.label_path) + "/" if r.label_path else "/", "score": r.score,
-            "kind": r.kind,
-        } for i, r in enumerate(seg.regions)]
 
     def _maybe_index(self, meta: dict[str, Any] | None) -> None:
         rows = len(self)
@@ -385,18 +409,8 @@ class RegionIndex:
             if not query.strip():
                 raise ClipsamError("the text query is empty")
             return seg.text_bank.embed([(query,)])[0]
-        image = load_image(query)
-        h, w = image.shape[:2]
-        mask = np.zeros((h, w), dtype=bool)
-        if box is None:
-            x0, y0, x1, y1 = 0, 0, w, h
-        else:
-            x0, y0, x1, y1 = (int(round(v)) for v in box)
-            if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-                raise ClipsamError(f"box {list(box)} does not fit the {w}x{h} example image")
-        mask[y0:y1, x0:x1] = True
-        crop = crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=seg.embedder.image_size,
-                           margin=seg.crop_margin, fill=seg.crop_fill)
+        crop = example_crop(load_image(query), box, size=seg.embedder.image_size, margin=seg.crop_margin,
+                            fill=seg.crop_fill)
         return seg.embedder.embed_images([crop])[0]
 
     def search(self, query: Any, *, k: int = 10, box: Sequence[float] | None = None, label: str | None = None,
@@ -442,11 +456,4 @@ class RegionIndex:
             rows = q.to_list()
         except Exception as exc:  # LanceDB reports bad SQL as assorted errors
             raise ClipsamError(f"search failed: {exc}") from exc
-        return [SearchHit(
-            similarity=float(1.0 - r["_distance"]), image_path=_load_path(r["image_path"]), image_hash=r["image_hash"],
-            region_id=int(r["region_id"]), parent_id=None if r["parent_id"] < 0 else int(r["parent_id"]),
-            bbox_xywh=tuple(float(v) for v in r["bbox"]), area=int(r["area"]),
-            rle={"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},
-            label=r["label"] or None, label_path=tuple(p for p in r["label_path"].split("/") if p),
-            score=float(r["score"]), kind=r["kind"],
-        ) for r in rows]
+        return [_hit(r) for r in rows]

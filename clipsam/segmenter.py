@@ -10,16 +10,13 @@ interfaces; every labelling rule lives in :mod:`clipsam.stages.label`.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import tree as T
-from .config import check_device_name, check_generator_params, check_unit
-from .crops import FILL_MODES
-from .errors import ConfigError, PromptError
+from .config import check_device_name, check_generator_params, check_segmenter_args
 from .image import ImageInput
 from .labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank
 from .models.base import TINY, TINY_GENERATOR_PARAMS, MaskProposer, RegionEmbedder
@@ -36,10 +33,10 @@ from .stages.label import (
     parse_query,
     resolve_query,
 )
-from .stages.nest import nest, nest_proposals, propose
-from .stages.parts import part_candidates, refine_masks
-from .stages.prepare import Work, prepare
-from .stages.prompt import validate_prompts
+from .stages.nest import nest_proposals, propose
+from .stages.parts import add_parts, refine_masks
+from .stages.prepare import EmbeddingCache, Work, prepare
+from .stages.prompt import predict_prompt, validate_prompts
 from .taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
@@ -111,17 +108,8 @@ class Segmenter:
         precision: str = "fp32",
         seed: int = 0,
     ) -> None:
-        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
-                                     or max_side < 16):
-            raise ConfigError(f"max_side must be a whole number of pixels, at least 16 (or None), got {max_side!r}")
         args = locals()
-        for name in _UNIT_ARGS:
-            check_unit(name, args[name])
-        if crop_fill not in FILL_MODES:
-            raise ConfigError(f"crop_fill must be one of {', '.join(FILL_MODES)}, got {crop_fill!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {precision!r}")
-        check_device_name(device)
+        check_segmenter_args(**{k: args[k] for k in ("max_side", "crop_fill", "precision", "device", *_UNIT_ARGS)})
         self.sam_name, self.clip_name, self.device_name = sam, clip, device
         self.taxonomy = load_taxonomy(taxonomy) if taxonomy is not None else None
         self.max_side = max_side
@@ -138,7 +126,7 @@ class Segmenter:
         self._proposer: MaskProposer | None = None
         self._embedder: RegionEmbedder | None = None
         self._bank: TextBank | None = None
-        self._embeddings: OrderedDict[str, Any] = OrderedDict()
+        self._cache = EmbeddingCache(_EMBED_CACHE_SIZE)
 
     # -- models ------------------------------------------------------------------------------------------
     @classmethod
@@ -168,19 +156,20 @@ class Segmenter:
     def proposer(self) -> MaskProposer:
         """The mask proposer (SAM), built on first use."""
         if self._proposer is None:
-            build = _build()
-            self._proposer = build.build_proposer(self.sam_name, build.resolve_device(self.device_name),
-                                                  download=self.download, seed=self.seed, precision=self.precision)
+            self._proposer = self._load("build_proposer", self.sam_name)
         return self._proposer
 
     @property
     def embedder(self) -> RegionEmbedder:
         """The region embedder (CLIP), built on first use."""
         if self._embedder is None:
-            build = _build()
-            self._embedder = build.build_embedder(self.clip_name, build.resolve_device(self.device_name),
-                                                  download=self.download, seed=self.seed, precision=self.precision)
+            self._embedder = self._load("build_embedder", self.clip_name)
         return self._embedder
+
+    def _load(self, builder: str, name: str) -> Any:
+        build = _build()
+        return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
+                                       seed=self.seed, precision=self.precision)
 
     @property
     def text_bank(self) -> TextBank:
@@ -237,11 +226,8 @@ class Segmenter:
             regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
         matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled)
         keep = drop_nested_same_label(regions.rles, matched, self.containment)
-        if refine and keep:
-            rles, piou = refine_masks(self.proposer, emb, regions.rles, keep, regions.predicted_iou)
-            regions = regions.replace(rles=tuple(rles), predicted_iou=piou)
-            feats = feats.copy()  # the returned embeddings describe the refined masks (labels stay as chosen)
-            feats[keep] = self._embed(work, [regions.rles[i] for i in keep])
+        if refine and keep:  # the returned embeddings describe the refined masks (labels stay as chosen)
+            regions, feats = refine_masks(self.proposer, emb, regions, keep, feats, lambda r: self._embed(work, r))
         chosen = Labelled.unlabelled(len(regions))
         chosen = Labelled(tuple(matched[i][0] if i in matched else d for i, d in enumerate(chosen.decisions)),
                           tuple(matched[i][1] if i in matched else k for i, k in enumerate(chosen.kinds)))
@@ -294,37 +280,19 @@ class Segmenter:
             and reused by every later prompt on the same image.
         """
         work = prepare(image, self.max_side)
-        pts, lbls, bx = validate_prompts(points, labels, box, work.original_size)
-        if pts is None and bx is None and mask is None:
-            raise PromptError("segment_prompt needs at least one of points=, box= or mask=")
-        if multimask is None:
-            multimask = pts is not None and len(pts) == 1 and bx is None and mask is None
-        sy, sx = work.scale
-        scale = np.asarray([sx, sy], dtype=np.float64)
-        out = self.proposer.predict(self._embedding(work), point_coords=None if pts is None else pts * scale,
-                                    point_labels=lbls, box=None if bx is None else bx * np.concatenate([scale, scale]),
-                                    mask_input=mask, multimask_output=bool(multimask))
+        prompts = validate_prompts(points, labels, box, work.original_size)  # before SAM runs
+        out = predict_prompt(self.proposer, self._cache.get(work, self.proposer), work, *prompts, mask=mask,
+                             multimask=multimask)
         return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self._model_names())
 
     # -- stages --------------------------------------------------------------------------------------------
     def _model_names(self) -> dict[str, str]:
         return {"sam": self.sam_name, "clip": self.clip_name}
 
-    def _embedding(self, work: Work) -> Any:
-        """The proposer's image embedding, computed once per image (small LRU cache)."""
-        if work.key in self._embeddings:
-            self._embeddings.move_to_end(work.key)
-            return self._embeddings[work.key]
-        emb = self.proposer.embed(work.pixels)
-        self._embeddings[work.key] = emb
-        while len(self._embeddings) > _EMBED_CACHE_SIZE:
-            self._embeddings.popitem(last=False)
-        return emb
-
     def _candidates(self, image: ImageInput, params: dict[str, Any]) -> tuple[Work, Any, Regions]:
         """prepare -> propose -> nest."""
         work = prepare(image, self.max_side)
-        emb = self._embedding(work)
+        emb = self._cache.get(work, self.proposer)
         props = propose(self.proposer, work.pixels, emb, {**self.generator_params, **check_generator_params(params)})
         return work, emb, nest_proposals(props, duplicate_iou=self.duplicate_iou, containment=self.containment)
 
@@ -338,21 +306,12 @@ class Segmenter:
         if part_points <= 0:
             return regions, feats, labelled
         objects = [i for i, k in enumerate(labelled.kinds) if k == "object"]
-        new_rles, new_iou = part_candidates(self.proposer, emb, regions, objects, part_points,
-                                            containment=self.containment, max_part_share=self.max_part_share,
-                                            min_pred_iou=self.part_pred_iou)
-        if not new_rles:
+        merged, feats = add_parts(self.proposer, emb, regions, feats, objects, part_points,
+                                  embed=lambda rles: self._embed(work, rles), containment=self.containment,
+                                  duplicate_iou=self.duplicate_iou, max_part_share=self.max_part_share,
+                                  min_pred_iou=self.part_pred_iou)
+        if merged is regions:
             return regions, feats, labelled
-        old = len(regions)
-        merged = nest(list(regions.rles) + new_rles, np.concatenate([regions.predicted_iou, new_iou]),
-                      np.concatenate([regions.stability_score, np.ones(len(new_rles))]),  # prompted: no stability
-                      duplicate_iou=self.duplicate_iou, containment=self.containment)
-        source = [int(k) for k in merged.ids]  # positions in old regions + new masks
-        added = [k for k in source if k >= old]
-        extra = self._embed(work, [new_rles[k - old] for k in added])
-        row = {k: j for j, k in enumerate(added)}
-        feats = np.stack([feats[k] if k < old else extra[row[k]] for k in source]).astype(np.float32)
-        log.info("coarse-to-fine: %d new regions", len(added))
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
                                          with_parts=with_parts)
 

@@ -61,7 +61,7 @@ def build_proposer(
 ) -> SamProposer:
     """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed."""
     if name == TINY:
-        from ..testing import tiny_sam
+        from .tiny import tiny_sam
 
         return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
     ckpt = _checkpoint(name, "sam", sam_names())
@@ -88,7 +88,7 @@ def build_embedder(
 ) -> ClipEmbedder:
     """A :class:`ClipEmbedder` for registry name *name*, its weights fetched and verified as needed."""
     if name == TINY:
-        from ..testing import tiny_clip
+        from .tiny import tiny_clip
 
         model, preprocess, tokenizer = tiny_clip(seed)
         return ClipEmbedder(model, preprocess, tokenizer, device, name=TINY, cache_key=None, precision=precision)

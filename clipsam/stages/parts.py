@@ -7,7 +7,7 @@ refinement re-predicts a mask from its own box.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,10 +15,11 @@ import numpy as np
 from .. import masks as M
 from ..models.base import MaskProposer
 from ..regions import Regions
+from .nest import nest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["part_candidates", "points_inside", "refine_masks"]
+__all__ = ["add_parts", "part_candidates", "points_inside", "refine_masks"]
 
 
 def points_inside(mask: np.ndarray, n: int) -> list[tuple[float, float]]:
@@ -63,15 +64,41 @@ def part_candidates(proposer: MaskProposer, embedding: Any, regions: Regions, ob
     return new_rles, new_iou
 
 
-def refine_masks(proposer: MaskProposer, embedding: Any, rles: Sequence[M.RLE], rows: Sequence[int],
-                 predicted_iou: np.ndarray) -> tuple[list[M.RLE], np.ndarray]:
-    """*rles* with the masks at *rows* re-predicted by SAM from their own boxes (kept when SAM returns nothing)."""
-    out_rles, out_iou = list(rles), np.array(predicted_iou, dtype=np.float64)
+def refine_masks(proposer: MaskProposer, embedding: Any, regions: Regions, rows: Sequence[int], feats: np.ndarray,
+                 embed: Callable[[list[M.RLE]], np.ndarray]) -> tuple[Regions, np.ndarray]:
+    """*regions* with the masks at *rows* re-predicted by SAM from their own boxes (kept when SAM returns nothing),
+    and *feats* with those rows re-embedded."""
+    rles, piou = list(regions.rles), regions.predicted_iou.copy()
     for i in rows:
-        x, y, w, h = M.bbox_xywh(out_rles[i])
+        x, y, w, h = M.bbox_xywh(rles[i])
         out = proposer.predict(embedding, box=np.asarray([x, y, x + w, y + h], dtype=np.float64),
                                multimask_output=False)
         if out.masks[0].any():
-            out_rles[i] = M.encode(out.masks[0])  # type: ignore[assignment]
-            out_iou[i] = float(out.iou_predictions[0])
-    return out_rles, out_iou
+            rles[i] = M.encode(out.masks[0])  # type: ignore[assignment]
+            piou[i] = float(out.iou_predictions[0])
+    feats = feats.copy()
+    feats[list(rows)] = embed([rles[i] for i in rows])
+    return Regions.from_rles(rles, predicted_iou=piou, stability_score=regions.stability_score,
+                             parent=regions.parent, ids=regions.ids), feats
+
+
+def add_parts(proposer: MaskProposer, embedding: Any, regions: Regions, feats: np.ndarray, objects: Sequence[int],
+              points_per_object: int, *, embed: Callable[[list[M.RLE]], np.ndarray], containment: float,
+              duplicate_iou: float, max_part_share: float, min_pred_iou: float) -> tuple[Regions, np.ndarray]:
+    """Coarse-to-fine: :func:`part_candidates` inside the *objects* rows, merged with *regions* and nested again;
+    only the new masks are embedded (with *embed*). Returns *regions* itself when nothing new was found."""
+    new_rles, new_iou = part_candidates(proposer, embedding, regions, objects, points_per_object,
+                                        containment=containment, max_part_share=max_part_share,
+                                        min_pred_iou=min_pred_iou)
+    if not new_rles:
+        return regions, feats
+    old = len(regions)
+    merged = nest(list(regions.rles) + new_rles, np.concatenate([regions.predicted_iou, new_iou]),
+                  np.concatenate([regions.stability_score, np.ones(len(new_rles))]),  # prompted: no stability score
+                  duplicate_iou=duplicate_iou, containment=containment)
+    source = [int(k) for k in merged.ids]  # positions in old regions + new masks
+    added = [k for k in source if k >= old]
+    extra = embed([new_rles[k - old] for k in added])
+    row = {k: j for j, k in enumerate(added)}
+    log.info("coarse-to-fine: %d new regions", len(added))
+    return merged, np.stack([feats[k] if k < old else extra[row[k]] for k in source]).astype(np.float32)

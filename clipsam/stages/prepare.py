@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +14,7 @@ from ..image import ImageInput, fit_long_side, load_image, source_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Work", "prepare"]
+__all__ = ["EmbeddingCache", "Work", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,22 @@ def prepare(image: ImageInput, max_side: int | None) -> Work:
     path = str(image) if isinstance(image, str) or hasattr(image, "__fspath__") else None
     log.debug("image %s: %s -> processing %s", source_name(image), pixels.shape, work.shape)
     return Work(original_size=(int(pixels.shape[0]), int(pixels.shape[1])), pixels=work, key=key, path=path)
+
+
+class EmbeddingCache:
+    """The proposer's image embeddings of the last *size* images, by content: each image is encoded once, and
+    every prompt, query and refinement on it reuses the embedding."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, work: Work, proposer: Any) -> Any:
+        if work.key in self._items:
+            self._items.move_to_end(work.key)
+            return self._items[work.key]
+        emb = proposer.embed(work.pixels)
+        self._items[work.key] = emb
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return emb

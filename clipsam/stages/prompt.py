@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import PromptError
 
-__all__ = ["validate_prompts"]
+__all__ = ["predict_prompt", "validate_prompts"]
 
 
 def validate_prompts(points: Any, labels: Any, box: Any, size_hw: tuple[int, int]):
@@ -45,3 +45,19 @@ def validate_prompts(points: Any, labels: Any, box: Any, size_hw: tuple[int, int
             raise PromptError(f"box {bx.tolist()} lies outside the {w}x{h} image")
         bx = np.clip(bx, 0, [w, h, w, h])
     return pts, lbls, bx
+
+
+def predict_prompt(proposer: Any, embedding: Any, work: Any, points: np.ndarray | None, labels: np.ndarray | None,
+                   box: np.ndarray | None, *, mask: Any = None, multimask: bool | None = None) -> Any:
+    """SAM's masks for validated prompts in original-image pixels (scaled here to the processing size).
+
+    *multimask* ``None``: 3 masks for a single click with nothing else, else 1, as SAM's authors recommend."""
+    if points is None and box is None and mask is None:
+        raise PromptError("segment_prompt needs at least one of points=, box= or mask=")
+    if multimask is None:
+        multimask = points is not None and len(points) == 1 and box is None and mask is None
+    sy, sx = work.scale
+    scale = np.asarray([sx, sy], dtype=np.float64)
+    return proposer.predict(embedding, point_coords=None if points is None else points * scale, point_labels=labels,
+                            box=None if box is None else box * np.concatenate([scale, scale]), mask_input=mask,
+                            multimask_output=bool(multimask))
