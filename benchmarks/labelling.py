@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Timer, clip_model, machine, photo  # noqa: E402
 
-from clipsam import masks as M  # noqa: E402
-from clipsam.crops import crop_region  # noqa: E402
-from clipsam.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank, label_hierarchical, score_flat  # noqa: E402
+from clipsam.core import masks as M  # noqa: E402
+from clipsam.core.crops import crop_region  # noqa: E402
+from clipsam.core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank, label_hierarchical, score_flat  # noqa: E402
+from clipsam.core.taxonomy import Taxonomy  # noqa: E402
 from clipsam.models.clip import ClipEmbedder  # noqa: E402
-from clipsam.taxonomy import Taxonomy  # noqa: E402
 
 
 def random_masks(image: np.ndarray, n: int, seed: int = 0) -> list[dict]:

@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .core.taxonomy import Taxonomy, TaxonomyNode, load_taxonomy
 from .errors import (
     ChecksumError,
     ClipsamError,
@@ -27,7 +28,6 @@ from .errors import (
     WeightsMissingError,
 )
 from .result import Region, Segmentation
-from .taxonomy import Taxonomy, TaxonomyNode, load_taxonomy
 
 if TYPE_CHECKING:
     from .segmenter import Segmenter

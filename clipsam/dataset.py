@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .core.image import UNSUPPORTED_SUFFIXES
+from .core.taxonomy import load_taxonomy
 from .errors import ClipsamError, ImageError
 from .export import annotations as annotations_of
 from .export import category_key, category_table, paint
-from .image import UNSUPPORTED_SUFFIXES
 from .lock import FolderLock
 from .result import Region, Segmentation
-from .taxonomy import load_taxonomy
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import masks as M
+from .core import masks as M
 from .errors import ClipsamError
 from .export import paint
 
@@ -106,7 +106,7 @@ def _pred_category(ann: dict[str, Any], pred_cats: dict[int, dict[str, Any]], na
 def _gt_paths(g: dict[str, Any], taxonomy: Any) -> dict[int, tuple[str, ...]]:
     tax = None
     if taxonomy is not None:
-        from .taxonomy import load_taxonomy
+        from .core.taxonomy import load_taxonomy
 
         tax = load_taxonomy(taxonomy)
     out = {}

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import masks as M
+from .core import masks as M
 
 if TYPE_CHECKING:
-    from .regions import Region
+    from .core.regions import Region
+    from .core.taxonomy import Taxonomy
     from .result import Segmentation
-    from .taxonomy import Taxonomy
 
 __all__ = ["UNKNOWN_KEYS", "annotation", "annotations", "categories_of_paths", "category_key", "category_table",
            "coco_dict", "paint"]
@@ -81,7 +81,7 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
     Categories come from *taxonomy* (or the segmentation's own, when it can be loaded by name), with the same ids
     as ``clipsam label``; without one, from the regions' label paths sorted.
     """
-    from .taxonomy import load_taxonomy
+    from .core.taxonomy import load_taxonomy
 
     regions = [r for r in seg.regions if include_unknown or not r.kind.startswith("unknown")]
     tax = taxonomy if taxonomy is not None else _loadable(seg.taxonomy)
@@ -100,8 +100,8 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
 
 
 def _loadable(name: str | None) -> Any:
+    from .core.taxonomy import load_taxonomy
     from .errors import ClipsamError
-    from .taxonomy import load_taxonomy
 
     if not name:
         return None

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import masks as M
-from .image import load_image
+from .core import masks as M
+from .core.image import load_image
 
 if TYPE_CHECKING:
     from .result import Segmentation

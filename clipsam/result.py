@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .regions import KINDS, Region, Regions
+from .core.regions import KINDS, Region, Regions
 
 __all__ = ["KINDS", "Region", "Regions", "Segmentation"]
 

@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from . import masks as M
 from ._version import __version__
-from .crops import crop_region
+from .core import masks as M
+from .core.crops import crop_region
+from .core.image import load_image, printable
 from .errors import ClipsamError
-from .image import load_image, printable
 from .lock import FolderLock
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class RegionIndex:
     @staticmethod
     def taxonomy_of(meta: dict[str, Any] | None) -> Any:
         """The taxonomy a database was labelled with, when it can be loaded (shipped name or existing file)."""
-        from .taxonomy import load_taxonomy
+        from .core.taxonomy import load_taxonomy
 
         name = (meta or {}).get("taxonomy")
         if not name:

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from . import tree as T
-from .config import check_device_name, check_generator_params, check_segmenter_args
-from .image import ImageInput
-from .labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank
+from .core import tree as T
+from .core.config import check_device_name, check_generator_params, check_segmenter_args
+from .core.image import ImageInput
+from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank
+from .core.regions import Regions
+from .core.taxonomy import Taxonomy, load_taxonomy
 from .models.base import TINY, TINY_GENERATOR_PARAMS, MaskProposer, RegionEmbedder
-from .regions import Regions
 from .result import Segmentation
 from .stages.assemble import assemble, prompt_result
 from .stages.embed import embed_regions
@@ -37,7 +38,6 @@ from .stages.nest import nest_proposals, propose
 from .stages.parts import add_parts, refine_masks
 from .stages.prepare import EmbeddingCache, Work, prepare
 from .stages.prompt import predict_prompt, validate_prompts
-from .taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from . import masks as M
-from .crops import CLIP_MEAN_RGB
+from .core import masks as M
+from .core.crops import CLIP_MEAN_RGB
+from .core.taxonomy import Taxonomy
 from .models.base import TINY_GENERATOR_PARAMS, PromptMasks, Proposal
 from .models.tiny import tiny_clip, tiny_sam
-from .taxonomy import Taxonomy
 
 __all__ = [
     "TINY_GENERATOR_PARAMS", "OracleEmbedder", "OracleProposer",
@@ -194,7 +194,7 @@ class OracleEmbedder:
     logit_scale = 100.0
 
     def __init__(self, scene: Scene, negatives: Sequence[str] = ()) -> None:
-        from .labels import DEFAULT_NEGATIVES
+        from .core.labels import DEFAULT_NEGATIVES
 
         self.scene = scene
         phrases = sorted({p for s in scene.shapes for p in s.phrases}

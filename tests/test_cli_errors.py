@@ -159,7 +159,7 @@ def test_markup_in_names_is_shown_not_interpreted(tmp_path, chelsea):
 def test_tree_shows_label_path_and_part_tags(scene):
     from rich.console import Console
 
-    from clipsam.cli import _rich_tree
+    from clipsam.cli.segment import _rich_tree
     from clipsam.testing import oracle_segmenter
 
     seg = oracle_segmenter(scene).segment_everything(scene.image)

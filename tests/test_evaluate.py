@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsam import masks as M
+from clipsam.core import masks as M
 from clipsam.evaluate import evaluate
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clipsam.core.image import fit_long_side, load_image
 from clipsam.errors import ImageError
-from clipsam.image import fit_long_side, load_image
 
 
 def _save(tmp_path, img, name):

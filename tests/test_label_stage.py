@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clipsam.core.taxonomy import Taxonomy
 from clipsam.stages.label import (
     LabelPolicy,
     drop_nested_same_label,
@@ -13,7 +14,6 @@ from clipsam.stages.label import (
     parse_query,
     resolve_query,
 )
-from clipsam.taxonomy import Taxonomy
 
 #: One axis per concept: a region's embedding row *is* its similarity to each concept's text.
 AXES = ["animal", "dog", "puppy", "cat", "furniture", "sofa", "dog head", "dog tail", "background", "zorb"]
@@ -136,8 +136,8 @@ def test_parse_query():
 
 
 def test_drop_nested_same_label():
-    from clipsam import masks as M
-    from clipsam.labels import LabelDecision
+    from clipsam.core import masks as M
+    from clipsam.core.labels import LabelDecision
 
     big = np.zeros((10, 10), bool)
     big[:, :8] = True

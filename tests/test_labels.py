@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from clipsam.labels import TextBank, label_hierarchical, score_flat, softmax
-from clipsam.taxonomy import Taxonomy
+from clipsam.core.labels import TextBank, label_hierarchical, score_flat, softmax
+from clipsam.core.taxonomy import Taxonomy
 
 
 class AxisEmbedder:

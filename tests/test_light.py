@@ -1,8 +1,10 @@
 import subprocess
 import sys
 
-PURE = ["clipsam", "clipsam.masks", "clipsam.image", "clipsam.taxonomy", "clipsam.tree", "clipsam.result",
-        "clipsam.export", "clipsam.labels", "clipsam.crops", "clipsam.overlay", "clipsam.errors"]
+PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsam.overlay", "clipsam.lock",
+        *(f"clipsam.core.{m}" for m in ("masks", "image", "taxonomy", "tree", "regions", "labels", "crops", "config")),
+        *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "parts", "prompt", "assemble")),
+        "clipsam.models.base"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -20,7 +22,7 @@ def test_pure_core_works_with_torch_blocked():
         "import sys; sys.modules['torch'] = None\n"
         + "".join(f"import {m}\n" for m in PURE)
         + "import numpy as np\n"
-        "from clipsam import masks, tree\n"
+        "from clipsam.core import masks, tree\n"
         "m = np.zeros((8, 8), bool); m[2:6, 2:6] = True\n"
         "print(masks.area(masks.encode(m)), tree.build_parents([masks.encode(m)]).tolist())\n"
     )

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from clipsam import masks as M
+from clipsam.core import masks as M
 
 small_masks = arrays(dtype=bool, shape=st.tuples(st.integers(1, 24), st.integers(1, 24)))
 

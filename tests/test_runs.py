@@ -345,8 +345,8 @@ def test_coco_sources_are_confined_to_their_root(tmp_path, chelsea):
 
 
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    from clipsam.core.taxonomy import load_taxonomy
     from clipsam.errors import TaxonomyError
-    from clipsam.taxonomy import load_taxonomy
 
     lines = ["l0: &l0 [leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf]"]
     lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
@@ -366,7 +366,7 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
 def test_text_cache_writers_never_share_a_temporary_file(tmp_path, monkeypatch):
     """Workers that embed the same label at once used to write one ``.tmp.npy`` name, and could publish a file
     another writer was still writing."""
-    import clipsam.labels as L
+    import clipsam.core.labels as L
 
     class Embedder:
         cache_key = "test-model"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsam import masks as M
-from clipsam import tree as T
+from clipsam.core import masks as M
+from clipsam.core import tree as T
 from clipsam.models.base import PromptMasks, Proposal
 from clipsam.testing import tiny_segmenter
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from clipsam import masks as M
+from clipsam.core import masks as M
 from clipsam.result import Segmentation
 from clipsam.testing import OracleEmbedder, OracleProposer, oracle_segmenter, synthetic_scene
 

@@ -13,7 +13,7 @@ from PIL import Image
 pytest.importorskip("lancedb")
 
 from clipsam import Segmenter  # noqa: E402
-from clipsam import masks as M  # noqa: E402
+from clipsam.core import masks as M  # noqa: E402
 from clipsam.errors import ClipsamError  # noqa: E402
 from clipsam.search import RegionIndex, build_ann_index  # noqa: E402
 from clipsam.testing import OracleEmbedder, OracleProposer  # noqa: E402

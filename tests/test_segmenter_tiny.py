@@ -6,7 +6,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 
 from clipsam import Segmenter
-from clipsam import masks as M
+from clipsam.core import masks as M
 from clipsam.errors import ModelError, PromptError, WeightsMissingError
 from clipsam.testing import TINY_GENERATOR_PARAMS, tiny_clip, tiny_sam, tiny_segmenter
 
@@ -103,7 +103,7 @@ def test_text_query_and_refinement(chelsea):
     assert len(result) >= 1 and {r.label for r in result} == {"cat"}
     assert all(r.label_path == ("cat",) and r.kind == "object" for r in result)
     assert result.embeddings.shape == (len(result), 16)
-    from clipsam.crops import crop_region
+    from clipsam.core.crops import crop_region
 
     first = result[0]  # the embedding is that of the refined mask's crop (at the processing size = original here)
     crop = crop_region(chelsea, first.mask(), first.bbox_xywh, size=seg.embedder.image_size)

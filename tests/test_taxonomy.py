@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
+from clipsam.core.taxonomy import Taxonomy, load_taxonomy, shipped_taxonomies
 from clipsam.errors import TaxonomyError
-from clipsam.taxonomy import Taxonomy, load_taxonomy, shipped_taxonomies
 
 COCO_80 = {
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",

@@ -2,8 +2,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipsam import masks as M
-from clipsam import tree as T
+from clipsam.core import masks as M
+from clipsam.core import tree as T
 
 
 @st.composite

@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..masks import RLE
+from ..core.masks import RLE
 
 #: Name of the tiny random-weight architectures (tests only: outputs are meaningless).
 TINY = "tiny-random"

@@ -61,7 +61,7 @@ def pad_for_sam(image: np.ndarray, target: int) -> np.ndarray:
 
 def _crop_proposals(proposals: list[Proposal], size: tuple[int, int]) -> list[Proposal]:
     """Proposals made on a padded image, cut back to the caller's *size* (masks wholly in the padding dropped)."""
-    from .. import masks as M
+    from ..core import masks as M
 
     h, w = size
     out = []

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import masks as M
-from ..regions import Regions
+from ..core import masks as M
+from ..core.regions import Regions
+from ..core.taxonomy import Taxonomy
 from ..result import Segmentation
-from ..taxonomy import Taxonomy
 from .label import Labelled
 from .prepare import Work
 

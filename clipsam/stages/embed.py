@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .. import masks as M
-from ..crops import crop_region
+from ..core import masks as M
+from ..core.crops import crop_region
 from ..models.base import RegionEmbedder
 
 __all__ = ["embed_regions"]

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import masks as M
+from ..core import masks as M
+from ..core.labels import DEFAULT_NEGATIVES, LabelDecision, descend, label_hierarchical, score_flat
+from ..core.taxonomy import Taxonomy, TaxonomyNode
+from ..core.tree import depths
 from ..errors import PromptError
-from ..labels import DEFAULT_NEGATIVES, LabelDecision, descend, label_hierarchical, score_flat
-from ..taxonomy import Taxonomy, TaxonomyNode
-from ..tree import depths
 
 __all__ = ["LabelPolicy", "Labelled", "drop_nested_same_label", "label_tree", "match_query", "parse_query",
            "resolve_query"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import masks as M
-from .. import tree as T
+from ..core import masks as M
+from ..core import tree as T
+from ..core.regions import Regions
 from ..models.base import MaskProposer, Proposal
-from ..regions import Regions
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import masks as M
+from ..core import masks as M
+from ..core.regions import Regions
 from ..models.base import MaskProposer
-from ..regions import Regions
 from .nest import nest
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..image import ImageInput, fit_long_side, load_image, source_name
+from ..core.image import ImageInput, fit_long_side, load_image, source_name
 
 log = logging.getLogger(__name__)
 

@@ -33,12 +33,12 @@ from typing import Any
 
 import yaml
 
-from .errors import TaxonomyError
+from ..errors import TaxonomyError
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "load_taxonomy",
            "shipped_taxonomies"]
 
-_SHIPPED_DIR = Path(__file__).resolve().parent / "prompts"
+_SHIPPED_DIR = Path(__file__).resolve().parent.parent / "prompts"
 _NODE_KEYS = {"name", "prompts", "children", "parts", "description"}
 
 #: Largest taxonomy file read (bytes): WordNet's whole noun hierarchy fits in a few MB.

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["check_device_name", "check_generator_params", "check_segmenter_args", "check_unit"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.base import RegionEmbedder
+from ..models.base import RegionEmbedder
 from .taxonomy import Taxonomy, TaxonomyNode
 
 log = logging.getLogger(__name__)

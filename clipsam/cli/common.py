@@ -1,0 +1,230 @@
+"""What every verb shares: consoles, one-line errors (never a traceback), escaping of user strings for rich, option
+checks, model and weight checks, progress bars, JSON output, and shared option definitions."""
+
+from __future__ import annotations
+
+import errno
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from .. import weights as W
+from ..core.image import printable
+from ..errors import ClipsamError
+
+out = Console()
+err = Console(stderr=True)
+
+SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, or tiny-random "
+            "(random weights, for tests only: output meaningless).")
+CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
+JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
+#: Overlay formats ``--out`` can write (Pillow picks the format from the suffix).
+OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def show(text: Any) -> str:
+    """A user-provided string made safe for rich: undecodable bytes of file names replaced, markup escaped."""
+    return escape(printable(str(text)))
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {show(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def os_error_message(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    where = exc.filename if exc.filename is not None else ""
+    text = f"{where}: " if where else ""
+    text += f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    if exc.errno == errno.ENOSPC:
+        text += "; finished work is kept: free some space and run the same command again"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        text += "; choose a writable place (CLIPSAM_HOME sets clipsam's cache folder)"
+    return text
+
+
+#: Exceptions typer itself renders (usage errors, exits): typer vendors click in some versions, so find its class.
+PASS_THROUGH = (typer.Exit, typer.Abort,
+                 *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+
+
+def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every error into one line on stderr and a non-zero exit, never a traceback (CLIPSAM_DEBUG=1 shows it)."""
+    import functools
+    import os
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PASS_THROUGH:
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except Exception as exc:
+            if os.environ.get("CLIPSAM_DEBUG"):
+                raise
+            if isinstance(exc, ClipsamError):
+                fail(str(exc))
+            elif isinstance(exc, OSError):
+                fail(os_error_message(exc))
+            elif isinstance(exc, RecursionError):
+                fail("input nested too deeply to process")
+            elif isinstance(exc, MemoryError):
+                fail("out of memory; try a smaller --max-side or fewer --workers")
+            else:
+                fail(f"unexpected {type(exc).__name__}: {exc} (please report it; CLIPSAM_DEBUG=1 shows the traceback)",
+                      1)
+
+    return wrapper
+
+
+def check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output path that cannot be written, before any model runs."""
+    if path is None:
+        return
+    if path.is_dir() or str(path).endswith(("/", "\\")):
+        fail(f"{option} {path}: is a folder; give a file name" + (f" ending in {', '.join(suffixes)}"
+                                                                 if suffixes else ""))
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        fail(f"{option} {path}: unsupported file type {path.suffix or '(none)'!r}; use one of {', '.join(suffixes)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        fail(f"{option} {path}: folder {parent} does not exist")
+
+
+def check_device(device: str) -> None:
+    """Fail on an unavailable --device before weights are downloaded or models built."""
+    from ..core.config import check_device_name
+    from ..models.build import resolve_device
+
+    check_device_name(device)
+    resolve_device(device)
+
+
+def check_workers(workers: int) -> None:
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
+
+
+def check_labels(labels: list[str], taxonomy: Any, option: str) -> None:
+    """Refuse label filters that name nothing in *taxonomy*, suggesting the closest names."""
+    import difflib
+
+    names = sorted({n.name for n in taxonomy} | {p for n in taxonomy for p in n.prompts}
+                   | {n.path_str for n in taxonomy})
+    for lbl in labels:
+        if not taxonomy.find(lbl):
+            close = difflib.get_close_matches(lbl, names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                f" (see `clipsam taxonomy show {taxonomy.name}`)"
+            fail(f"{option} {lbl!r} names no label of taxonomy {taxonomy.name!r}{hint}")
+
+
+def generator_params(points_per_side: int | None) -> dict[str, Any]:
+    """--points-per-side as generator parameters (a model entry's own defaults come with the Segmenter)."""
+    from ..core.config import check_generator_params
+
+    return check_generator_params({} if points_per_side is None else {"points_per_side": points_per_side})
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def download_progress(enabled: bool) -> Iterator[Callable[[str], Callable[[int, int | None], None]]]:
+    """Yields ``make(name) -> progress callback`` drawing one rich bar per download (on stderr)."""
+    if not enabled:
+        yield lambda name: (lambda done, total: None)
+        return
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def make(name: str) -> Callable[[int, int | None], None]:
+        def update(done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done, total=total)
+        return update
+
+    with progress:
+        yield make
+
+
+def check_model(name: str, family: str) -> None:
+    """Refuse an unknown or wrong-family model name before anything is downloaded or built."""
+    if name == "tiny-random":
+        return
+    known = sorted(n for n, c in W.REGISTRY.items() if c.family == family) + ["tiny-random"]
+    try:
+        ckpt = W.get(name)
+    except ClipsamError:
+        fail(f"unknown {family.upper()} model {name!r}; choose one of: {', '.join(known)}")
+    if ckpt.family != family:
+        fail(f"{name!r} is a {ckpt.family.upper()} checkpoint, not {family.upper()}; "
+              f"choose one of: {', '.join(known)}")
+
+
+def ensure_weights(names: list[str], show: bool) -> None:
+    """Fetch missing registry weights up front, with progress bars (tiny-random needs none)."""
+    wanted = [W.get(n).name for n in names if n != "tiny-random"]
+    with download_progress(show) as make:
+        for name in wanted:
+            W.ensure(name, progress=make(name))
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) == 2:
+            return float(parts[0]), float(parts[1]), 1
+        if len(parts) == 3 and parts[2] in ("0", "1"):
+            return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        pass
+    raise typer.BadParameter(f"{text!r}: expected x,y or x,y,label with label 1 (foreground) or 0 (background)")
+
+
+def parse_box(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) != 4:
+        raise typer.BadParameter(f"{text!r}: expected x0,y0,x1,y1 in pixels")
+    return vals
+
+
+@contextmanager
+def nullcontext() -> Iterator[None]:
+    yield
+
+
+# -- shared option definitions -------------------------------------------------------------------------------
+def sam_option() -> Any:
+    return typer.Option("vit_b", "--sam", help=SAM_HELP)
+
+
+def clip_option() -> Any:
+    return typer.Option("ViT-B-16/openai", "--clip", help=CLIP_HELP)
+
+
+def device_option() -> Any:
+    return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+
+
+def json_option() -> Any:
+    return typer.Option(False, "--json", help=JSON_HELP)
+

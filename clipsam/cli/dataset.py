@@ -1,0 +1,157 @@
+"""``clipsam label`` (COCO pseudo-labels for a collection, resumable) and ``clipsam eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import (
+    check_device,
+    check_labels,
+    check_model,
+    check_workers,
+    clip_option,
+    device_option,
+    emit_json,
+    ensure_weights,
+    err,
+    fail,
+    generator_params,
+    guard,
+    json_option,
+    out,
+    sam_option,
+    show,
+)
+
+
+def _check_label_options(engine: str, workers: int, min_area: int, max_regions: int, part_points: int,
+                         min_score: float, out_dir: Path) -> None:
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, got {engine!r}")
+    check_workers(workers)
+    for option, value in (("--min-area", min_area), ("--max-regions", max_regions), ("--part-points", part_points)):
+        if value < 0:
+            fail(f"{option} must be 0 or more, got {value}")
+    if not 0.0 <= min_score <= 1.0:
+        fail(f"--min-score must be in [0, 1], got {min_score}")
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir}: is a file; give a folder (new, or the one of an earlier run to resume it)")
+
+
+@guard
+def label(
+    source: Path = typer.Argument(..., help="A folder of images (recursive), a text file of paths, or a COCO JSON."),
+    taxonomy: str = typer.Option(..., "--taxonomy", "-t", help="Shipped taxonomy name or YAML file."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (reuse it to resume)."),
+    workers: int = typer.Option(1, "--workers", "-w", help="Processes (local) or actors (ray)."),
+    engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'clipsam\\[ray]')."),
+    min_score: float = typer.Option(0.0, "--min-score", help="Drop regions whose label score is lower."),
+    min_area: int = typer.Option(0, "--min-area", help="Drop regions smaller than this (pixels)."),
+    labels: str | None = typer.Option(None, "--labels", help="Keep only these labels (comma-separated; a label "
+                                         "keeps everything below it)."),
+    max_regions: int = typer.Option(0, "--max-regions", help="Keep at most N regions per image (best first)."),
+    unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched."),
+    pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs."),
+    force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
+                                              "text file or COCO JSON (default: its own folder)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a COCO JSON's file_name "
+                                            "point outside the image root (../, absolute paths)."),
+    sam: str = sam_option(),
+    clip: str = clip_option(),
+    device: str = device_option(),
+    max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
+    points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
+    part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine part prompts per object."),
+    as_json: bool = json_option(),
+) -> None:
+    """Pseudo-label a collection into COCO (RLE masks, label paths, part-whole parents); resumable."""
+    import time as _time
+
+    from rich.progress import MofNCompleteColumn
+
+    from ..dataset import Filters, LabelJob, list_images, run_local, run_ray
+
+    _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir)
+    check_model(sam, "sam")
+    check_model(clip, "clip")
+    check_device(device)
+    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side,
+            "generator_params": generator_params(points_per_side), "text_cache": sam != "tiny-random"}
+    filters = Filters(min_score=min_score, min_area=min_area,
+                      labels=tuple(t.strip() for t in (labels or "").split(",") if t.strip()),
+                      max_regions=max_regions, include_unknown=unknown)
+    items = list_images(source, image_root, allow_outside_root=allow_outside_root)
+    job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs,
+                   segment_params={"part_points": part_points} if part_points else {})
+    check_labels(list(filters.labels), job.tax, "--labels")
+    record = job.prepare(force=force)
+    todo = job.pending(items)
+    ensure_weights([sam, clip], show=not as_json)
+    counts = {"found": len(items), "resumed": len(items) - len(todo), "processed": 0, "failed": 0}
+    start = _time.time()
+    progress = Progress(TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
+                        TextColumn("[red]{task.fields[errors]} errors"), console=err, disable=as_json)
+    with progress:
+        task = progress.add_task("labelling", total=len(todo), rate="-", errors=0)
+
+        def on_result(res: dict[str, Any]) -> None:
+            counts["processed"] += 1
+            counts["failed"] += res["status"] == "error"
+            rate = counts["processed"] / max(_time.time() - start, 1e-9)
+            progress.update(task, advance=1, rate=f"{rate:.2f}", errors=counts["failed"])
+
+        if engine == "ray":
+            run_ray(job, todo, workers=workers, on_result=on_result)
+        else:
+            run_local(job, todo, workers=workers, on_result=on_result)
+    record = job.finish(record, counts)
+    summary = {"out": str(out_dir), **record["counts"], "seconds": round(_time.time() - start, 2)}
+    if as_json:
+        emit_json(summary)
+        return
+    table = Table(title=show(f"clipsam label -> {out_dir}"), title_justify="left", header_style="bold")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for key in ("found", "resumed", "processed", "images", "annotations", "errors", "seconds"):
+        table.add_row(key, str(summary.get(key)))
+    out.print(table)
+    if summary["errors"]:
+        out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see "
+                  f"{show(out_dir / 'errors.jsonl')}[/]")
+
+
+@guard
+def eval_cmd(
+    pred: Path = typer.Argument(..., help="annotations.json written by clipsam label."),
+    gt: Path = typer.Argument(..., help="Ground truth: a COCO JSON, or a folder of PNG index masks."),
+    classes: Path | None = typer.Option(None, "--classes", help="For PNG ground truth: class names, one per "
+                                           "line (line i = index i)."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help="Gives GT categories label paths "
+                                           "for the per-level accuracy."),
+    as_json: bool = json_option(),
+) -> None:
+    """Mask AP (COCOeval), semantic mIoU per class, and accuracy per taxonomy level."""
+    from ..evaluate import evaluate
+
+    report = evaluate(pred, gt, classes=classes, taxonomy=taxonomy)
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    if report.mask_ap is not None:
+        out.print("mask AP " + "  ".join(f"{k} {v:.3f}" for k, v in report.mask_ap.items()))
+    out.print(f"mIoU {report.miou:.3f} over {len(report.class_iou)} classes")
+    table = Table(header_style="bold")
+    table.add_column("class")
+    table.add_column("IoU", justify="right")
+    for name, v in sorted(report.class_iou.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{v:.3f}")
+    out.print(table)
+    for level, acc in report.level_accuracy.items():
+        out.print(f"level {level} accuracy {acc:.3f} ({report.level_counts[level]} instances)")

@@ -1,0 +1,170 @@
+"""``clipsam index`` and ``clipsam search``: region search over a collection (LanceDB)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .common import (
+    check_device,
+    check_labels,
+    check_model,
+    clip_option,
+    device_option,
+    emit_json,
+    ensure_weights,
+    err,
+    fail,
+    generator_params,
+    guard,
+    json_option,
+    out,
+    parse_box,
+    sam_option,
+    show,
+)
+
+
+@guard
+def index(
+    source: Path = typer.Argument(..., help="A folder of images (recursive), a text file of paths, or a COCO JSON."),
+    db: Path = typer.Option(..., "--db", help="The region database folder (created; reused to add more)."),
+    taxonomy: str | None = typer.Option("everyday", "--taxonomy", "-t", help="Labels for the regions."),
+    sam: str = sam_option(),
+    clip: str = clip_option(),
+    device: str = device_option(),
+    max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
+    points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
+    as_json: bool = json_option(),
+) -> None:
+    """Segment, label and embed every region of a collection into a searchable database (incremental)."""
+    from rich.progress import MofNCompleteColumn
+
+    from ..dataset import list_images
+    from ..search import RegionIndex
+    from ..segmenter import Segmenter
+
+    if db.exists() and not db.is_dir():
+        fail(f"--db {db}: is a file; a region database is a folder (new, or one made by clipsam index)")
+    check_model(sam, "sam")
+    check_model(clip, "clip")
+    check_device(device)
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, max_side=max_side,
+                          generator_params=generator_params(points_per_side), text_cache=sam != "tiny-random")
+    paths = [i.path for i in list_images(source)]
+    store = RegionIndex(db, segmenter, taxonomy=taxonomy)
+    store.check_models()
+    ensure_weights([sam, clip], show=not as_json)
+    progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[regions]} regions"), console=err, disable=as_json)
+    errors: list[dict[str, Any]] = []
+    with progress:
+        task = progress.add_task("indexing", total=len(paths), regions=len(store))
+
+        def on_result(res: dict[str, Any]) -> None:
+            if res["status"] == "error":
+                errors.append(res)
+            progress.update(task, advance=1, regions=len(store))
+
+        counts = store.add(paths, on_result=on_result)
+    summary = {"db": str(db), **counts, "total_regions": len(store), "total_images": store.image_count(),
+               "errors": [{"path": e["path"], "reason": e["reason"]} for e in errors]}
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(f"added {counts['added']} images ({counts['regions']} regions), skipped {counts['skipped']} already "
+              f"indexed, {counts['failed']} failed; {summary['total_regions']} regions in {show(db)}")
+    for e in errors:
+        out.print(f"[yellow]skipped[/] {show(e['reason'])}", highlight=False)
+
+
+@guard
+def search(
+    query: str | None = typer.Argument(None, help="What to find, e.g. 'red car'."),
+    db: Path = typer.Option(..., "--db", help="The region database made by clipsam index."),
+    k: int = typer.Option(10, "-k", "--k", help="How many regions."),
+    like: Path | None = typer.Option(None, "--like", help="Query by example: an image (see --box)."),
+    box: str | None = typer.Option(None, "--box", help="With --like: the example region x0,y0,x1,y1."),
+    label_filter: str | None = typer.Option(None, "--label", help="Only regions under this label (e.g. vehicle)."),
+    min_area: int | None = typer.Option(None, "--min-area", help="Only regions of at least this many pixels."),
+    save_crops: Path | None = typer.Option(None, "--save-crops", help="Write a masked crop and an overlay per hit."),
+    clip: str | None = typer.Option(None, "--clip", help="CLIP model (default: the one the database was built with)."),
+    as_json: bool = json_option(),
+) -> None:
+    """Find regions by text or by example across an indexed collection."""
+    from ..search import RegionIndex
+
+    if (query is None) == (like is None):
+        fail("give a text query or --like IMAGE (one of them)")
+    if query is not None and not query.strip():
+        fail("the text query is empty")
+    if box and like is None:
+        fail("--box goes with --like IMAGE")
+    if like is not None and not like.is_file():
+        fail(f"--like {like}: no such image file")
+    if k < 1:
+        fail(f"-k must be at least 1, got {k}")
+    if db.exists() and not db.is_dir():
+        fail(f"--db {db}: is a file, not a region database (a folder made by clipsam index)")
+    if save_crops is not None and save_crops.exists() and not save_crops.is_dir():
+        fail(f"--save-crops {save_crops}: is a file; give a folder")
+    meta = RegionIndex(db).meta() if db.exists() else None
+    store = RegionIndex(db)
+    if clip is not None or meta is not None:
+        from ..segmenter import Segmenter
+
+        name = clip or meta["clip"]  # type: ignore[index]
+        check_model(name, "clip")
+        segmenter = Segmenter(sam=(meta or {}).get("sam", "vit_b"), clip=name, seed=(meta or {}).get("seed", 0),
+                              text_cache=name != "tiny-random")
+        store = RegionIndex(db, segmenter)
+        store.check_models(meta)
+        if label_filter:
+            tax = store.taxonomy_of(meta)
+            if tax is not None:
+                check_labels([label_filter], tax, "--label")
+        ensure_weights([name], show=not as_json)
+    hits = store.search(query if like is None else like, k=k, box=parse_box(box) if box else None,
+                        label=label_filter, min_area=min_area)
+    if save_crops is not None:
+        _save_hits(hits, save_crops)
+    if as_json:
+        emit_json([h.to_dict() | {"rle": None} for h in hits])
+        return
+    table = Table(title=show(f"{len(hits)} regions for {query or str(like)!r}"), title_justify="left",
+                  header_style="bold")
+    for col in ("#", "similarity", "image", "region", "label path", "score", "area", "bbox x,y,w,h"):
+        table.add_column(col)
+    for n, h in enumerate(hits, 1):
+        table.add_row(str(n), f"{h.similarity:.3f}", show(h.image_path), str(h.region_id),
+                      show("/".join(h.label_path) or h.kind), f"{h.score:.2f}", f"{h.area:,}",
+                      ",".join(f"{v:.0f}" for v in h.bbox_xywh))
+    out.print(table)
+    if save_crops is not None:
+        out.print(f"crops and overlays written to [bold]{show(save_crops)}[/]")
+
+
+def _save_hits(hits: list[Any], folder: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ..core.crops import crop_region
+    from ..core.image import load_image
+    from ..overlay import render_overlay
+    from ..result import Region, Segmentation
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, h in enumerate(hits, 1):
+        image = load_image(h.image_path)
+        mask = h.mask()
+        side = int(max(h.bbox_xywh[2], h.bbox_xywh[3], 1))
+        crop = crop_region(image, mask, h.bbox_xywh, size=min(max(side, 64), 512), margin=0.1, fill="grey")
+        Image.fromarray(crop).save(folder / f"{n:03d}_crop.png")
+        region = Region(id=h.region_id, rle=h.rle, bbox_xywh=h.bbox_xywh, area=h.area, label=h.label or h.kind,
+                        score=h.score, label_path=h.label_path, kind=h.kind)
+        seg = Segmentation(image_size=mask.shape, regions=(region,))
+        render_overlay(seg, np.asarray(image)).save(folder / f"{n:03d}_overlay.png")

@@ -1,0 +1,168 @@
+"""``clipsam segment``: one image, by text query, clicks / box, or everything; tables and the tree."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.tree import Tree
+
+from .common import (
+    OVERLAY_SUFFIXES,
+    check_device,
+    check_model,
+    check_output_file,
+    clip_option,
+    device_option,
+    emit_json,
+    ensure_weights,
+    err,
+    fail,
+    generator_params,
+    guard,
+    json_option,
+    nullcontext,
+    out,
+    parse_box,
+    parse_point,
+    sam_option,
+    show,
+)
+
+
+def _regions_table(seg: Any, title: str) -> Table:
+    table = Table(title=show(title), title_justify="left", header_style="bold")
+    for col, kw in (("id", {"justify": "right"}), ("label", {}), ("score", {"justify": "right"}),
+                    ("path", {}), ("kind", {}), ("area", {"justify": "right"}), ("bbox x,y,w,h", {}),
+                    ("parent", {"justify": "right"}), ("pred IoU", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r in sorted(seg.regions, key=lambda r: (-r.score, r.id)):
+        table.add_row(str(r.id), show(r.label or "-"), f"{r.score:.2f}" if r.label_path else "-",
+                      show(r.label_path_str or "-"), r.kind, f"{r.area:,}", ",".join(f"{v:.0f}" for v in r.bbox_xywh),
+                      "-" if r.parent_id is None else str(r.parent_id), f"{r.predicted_iou:.2f}")
+    return table
+
+
+def _rich_tree(seg: Any) -> Tree:
+    name = Path(seg.image_path).name if seg.image_path else "image"
+    root = Tree(f"[bold]{show(name)}[/] ({seg.image_size[1]}x{seg.image_size[0]}, {len(seg)} regions)")
+    kids = seg.tree
+    by_id = {r.id: r for r in seg.regions}
+
+    def text(r: Any) -> str:
+        label = r.label or "(unlabelled)"
+        tag = r.kind if r.kind in ("part", "unknown", "unknown part") else (r.label_path_str or r.kind)
+        style = "dim" if r.kind.startswith("unknown") else ("cyan" if r.kind == "part" else "bold green")
+        return f"[{style}]{show(label)}[/] {r.score:.2f} {show(f'[{tag}]')} [dim]#{r.id}[/]"
+
+    def add(node: Tree, rid: int) -> None:
+        child = node.add(text(by_id[rid]))
+        for cid in kids.get(rid, []):
+            add(child, cid)
+
+    for rid in kids.get(None, []):
+        add(root, rid)
+    return root
+
+
+def _check_combination(query_given: bool, terms: list[str], prompted: bool, taxonomy: str | None, refine: bool,
+                       part_points: int, points_per_side: int | None) -> None:
+    """Refuse empty queries and options that have no effect together, before anything runs."""
+    if query_given and not terms:
+        fail("the text query is empty: give one or more labels (e.g. dog or 'dog, cat'), or leave it out to "
+             "segment everything")
+    if prompted and terms:
+        fail("give either a text query or --points/--box, not both")
+    if part_points < 0:
+        fail(f"--part-points must be 0 or more, got {part_points}")
+    if part_points and (prompted or taxonomy is None):
+        fail("--part-points finds parts inside objects a taxonomy labels: it needs --taxonomy, and no --points/--box")
+    if refine and not terms:
+        fail("--refine re-predicts the masks a text query matched: give a query")
+    if prompted and points_per_side is not None:
+        fail("--points-per-side sets the automatic grid; it has no effect with --points/--box")
+
+
+@guard
+def segment(
+    image: Path = typer.Argument(..., help="Image file (JPEG, PNG, TIFF, WebP, …)."),
+    query: list[str] | None = typer.Argument(None, help="Labels to find, e.g. dog or 'dog, cat'. "
+                                                "Leave out to segment everything."),
+    points: list[str] | None = typer.Option(None, "--points", "-p", help="Click x,y[,label] in pixels; label 1 = "
+                                               "foreground (default), 0 = background. Repeat for more clicks."),
+    box: str | None = typer.Option(None, "--box", "-b", help="Box x0,y0,x1,y1 in pixels."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help="Taxonomy: a shipped name "
+                                           "(everyday, coco, parts) or a YAML file."),
+    tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree."),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
+    save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
+    refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
+    part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine: prompt SAM with up to N points inside "
+                                    "each labelled object to find its parts (needs --taxonomy)."),
+    sam: str = sam_option(),
+    clip: str = clip_option(),
+    device: str = device_option(),
+    max_side: int = typer.Option(1024, "--max-side", help="Process at this long side (pixels); masks come back "
+                                 "at full resolution."),
+    points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
+                                                  "(default 32; 8 for tiny-random)."),
+    min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
+    as_json: bool = json_option(),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
+) -> None:
+    """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
+    from ..segmenter import Segmenter
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    terms = [t.strip() for q in (query or []) for t in q.split(",") if t.strip()]
+    clicks = [parse_point(p) for p in (points or [])]
+    bx = parse_box(box) if box else None
+    prompted = bool(clicks or bx)
+    _check_combination(query is not None, terms, prompted, taxonomy, refine, part_points, points_per_side)
+    if not image.is_file():
+        fail(f"{image}: no such image file")
+    check_output_file(out_path, "--out", OVERLAY_SUFFIXES)
+    check_output_file(save_json, "--save-json")
+    check_model(sam, "sam")
+    check_model(clip, "clip")
+    check_device(device)
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
+                          min_confidence=min_confidence, generator_params=generator_params(points_per_side))
+    needs_clip = bool(terms) or (taxonomy is not None and not prompted)
+    ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
+    with err.status("segmenting…", spinner="dots") if not as_json else nullcontext():
+        if prompted:
+            import numpy as np
+
+            pts = np.asarray([c[:2] for c in clicks]) if clicks else None
+            lbl = np.asarray([c[2] for c in clicks]) if clicks else None
+            result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
+            title = f"{len(result)} masks for the prompt (best first)"
+        elif terms:
+            result = segmenter.segment(image, terms, refine=refine, part_points=part_points)
+            title = f"{len(result)} regions match {', '.join(terms)!r}"
+        else:
+            result = segmenter.segment_everything(image, part_points=part_points)
+            title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
+                                                " (unlabelled: give a query or --taxonomy to label them)")
+    if out_path is not None:
+        result.save_overlay(out_path, image)
+    if save_json is not None:
+        result.to_json(save_json, indent=2)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if tree:
+        out.print(_rich_tree(result))
+    else:
+        out.print(_regions_table(result, title))
+    if not len(result) and terms:
+        out.print(f"[yellow]nothing matched {show(', '.join(terms))!r}[/] (lower --min-confidence to be less strict)")
+    if out_path is not None:
+        out.print(f"overlay written to [bold]{show(out_path)}[/]")
+    if save_json is not None:
+        out.print(f"JSON written to [bold]{show(save_json)}[/]")
