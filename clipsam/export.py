@@ -81,10 +81,10 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
     Categories come from *taxonomy* (or the segmentation's own, when it can be loaded by name), with the same ids
     as ``clipsam label``; without one, from the regions' label paths sorted.
     """
-    from .core.taxonomy import load_taxonomy
+    from .core.taxonomy import find_taxonomy, load_taxonomy
 
     regions = [r for r in seg.regions if include_unknown or not r.kind.startswith("unknown")]
-    tax = taxonomy if taxonomy is not None else _loadable(seg.taxonomy)
+    tax = taxonomy if taxonomy is not None else find_taxonomy(seg.taxonomy)
     if tax is not None:
         cats = category_table(load_taxonomy(tax), include_unknown)
         known = {c["label_path"] for c in cats}
@@ -97,18 +97,6 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
     name = file_name or (os.path.basename(seg.image_path) if seg.image_path else f"image_{image_id}")
     return {"images": [{"id": image_id, "file_name": name, "height": int(h), "width": int(w)}],
             "categories": cats, "annotations": annotations(regions, image_id, cat_ids)}
-
-
-def _loadable(name: str | None) -> Any:
-    from .core.taxonomy import load_taxonomy
-    from .errors import ClipsamError
-
-    if not name:
-        return None
-    try:
-        return load_taxonomy(name)
-    except ClipsamError:
-        return None
 
 
 def paint(rles: Sequence[M.RLE], values: Sequence[int], size: tuple[int, int], dtype: Any = np.uint16) -> np.ndarray:

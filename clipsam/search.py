@@ -290,15 +290,9 @@ class RegionIndex:
     @staticmethod
     def taxonomy_of(meta: dict[str, Any] | None) -> Any:
         """The taxonomy a database was labelled with, when it can be loaded (shipped name or existing file)."""
-        from .core.taxonomy import load_taxonomy
+        from .core.taxonomy import find_taxonomy
 
-        name = (meta or {}).get("taxonomy")
-        if not name:
-            return None
-        try:
-            return load_taxonomy(name)
-        except ClipsamError:
-            return None
+        return find_taxonomy((meta or {}).get("taxonomy"))
 
     def __len__(self) -> int:
         if not self._exists() or "regions" not in self._tables():

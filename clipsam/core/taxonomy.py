@@ -35,7 +35,7 @@ import yaml
 
 from ..errors import TaxonomyError
 
-__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "load_taxonomy",
+__all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "find_taxonomy", "load_taxonomy",
            "shipped_taxonomies"]
 
 _SHIPPED_DIR = Path(__file__).resolve().parent.parent / "prompts"
@@ -241,6 +241,17 @@ class Taxonomy:
 def shipped_taxonomies() -> dict[str, Path]:
     """The taxonomies that come with clipsam: ``{name: path}``."""
     return {p.stem: p for p in sorted(_SHIPPED_DIR.glob("*.yaml"))}
+
+
+def find_taxonomy(name: str | None) -> Taxonomy | None:
+    """The taxonomy a stored result names (a shipped name or a file that still exists), or ``None`` when it cannot
+    be loaded (made in memory, moved, or malformed)."""
+    if not name:
+        return None
+    try:
+        return load_taxonomy(name)
+    except TaxonomyError:
+        return None
 
 
 def load_taxonomy(source: str | os.PathLike | Taxonomy) -> Taxonomy:
