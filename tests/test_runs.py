@@ -440,6 +440,9 @@ def test_search_paths_work_from_another_directory(tmp_path, chelsea):
     assert hits and all(os.path.isabs(h["image_path"]) and os.path.isfile(h["image_path"]) for h in hits)
     crops = _cli("search", "cat", "--db", work / "regions", "-k", "2", "--save-crops", "hits", cwd=elsewhere)
     assert "Traceback" not in crops.stderr and len(list((elsewhere / "hits").glob("*_crop.png"))) == 2
+    typo = _cli("search", "cat", "--db", work / "regions", "--label", "anmal", check=False, cwd=elsewhere)
+    text = " ".join(typo.stderr.split())
+    assert typo.returncode == 2 and "'anmal' names no label of taxonomy 'everyday'" in text and "'animal'" in text
 
 
 def test_search_filters_are_literal_and_contained(tmp_path, scene, scene_folder, monkeypatch):
