@@ -4,8 +4,14 @@ Pure numpy + pycocotools; no torch. Predictions are a COCO dataset/results JSON 
 (annotations with ``segmentation`` RLE, ``score`` and ``label_path``). Ground truth is a COCO JSON, or a folder of
 VOC-style PNG index masks with a class list.
 
-Categories are matched by name: a prediction counts as the deepest element of its label path that names a ground
-truth category (a "puppy" with path animal/dog/puppy counts as "dog" when the ground truth has no puppies).
+Categories are matched by label path when the ground truth has paths (``label_path`` in its categories, or a
+``taxonomy`` that names them): a prediction counts as the deepest prefix of its path that is a ground-truth category
+(animal/dog/puppy counts as animal/dog when the ground truth has no puppies). Without paths they are matched by name,
+with a warning when ground-truth names repeat. A part (``animal/dog/head``) only ever counts as a ground-truth *part*
+category; where the ground truth has none it is ignored (reported as ``parts_ignored``), never counted as a second
+dog. Regions no label matched count as the ground truth's ``unknown`` / ``unknown part`` categories when it has them.
+Images are matched by relative path (``file_name``), by file stem only where that is unambiguous on both sides. Crowd
+regions (``iscrowd: 1``) are ignored: by COCOeval for AP, and as ignored pixels for the semantic IoU.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,8 @@ import numpy as np
 from .core import masks as M
 from .errors import ClipsamError
 from .export import paint
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EvalReport", "evaluate"]
 
@@ -40,7 +49,9 @@ class EvalReport:
         level_accuracy: ``{level: accuracy}`` over ground-truth instances whose label path reaches that level; an
             instance is right at level k when its best-matching prediction (IoU >= ``match_iou``) has the same
             first k labels.
-        counts: images, ground-truth instances, predictions used, predictions dropped (no matching category).
+        counts: images, ground-truth instances (crowd excluded), predictions used, predictions dropped (no
+            matching image or category), parts ignored (no part category in the ground truth).
+        warnings: what made the matching uncertain (repeated names without label paths).
     """
 
     mask_ap: dict[str, float] | None
@@ -49,11 +60,13 @@ class EvalReport:
     level_accuracy: dict[int, float] = field(default_factory=dict)
     level_counts: dict[int, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"mask_ap": self.mask_ap, "miou": self.miou, "class_iou": self.class_iou,
                 "level_accuracy": {str(k): v for k, v in self.level_accuracy.items()},
-                "level_counts": {str(k): v for k, v in self.level_counts.items()}, "counts": self.counts}
+                "level_counts": {str(k): v for k, v in self.level_counts.items()}, "counts": self.counts,
+                "warnings": list(self.warnings)}
 
 
 def _load_json(obj: Any, what: str) -> dict[str, Any]:
@@ -68,8 +81,22 @@ def _load_json(obj: Any, what: str) -> dict[str, Any]:
         raise ClipsamError(f"{path}: {what} is not valid JSON ({exc})") from None
 
 
-def _image_key(file_name: str) -> str:
-    return Path(file_name).stem
+def _image_matcher(gt_images: list[dict[str, Any]]) -> Any:
+    """``file_name -> ground-truth image``: by relative path, else by stem where the stem is unique in the ground
+    truth (``a/001.jpg`` and ``b/001.jpg`` never collide)."""
+    by_path = {Path(im["file_name"]).as_posix(): im for im in gt_images}
+    stems: dict[str, list[dict[str, Any]]] = {}
+    for im in gt_images:
+        stems.setdefault(Path(im["file_name"]).stem, []).append(im)
+
+    def match(file_name: str) -> dict[str, Any] | None:
+        exact = by_path.get(Path(file_name).as_posix())
+        if exact is not None:
+            return exact
+        same = stems.get(Path(file_name).stem, [])
+        return same[0] if len(same) == 1 else None
+
+    return match
 
 
 def evaluate(pred: Any, gt: Any, *, classes: Any = None, match_iou: float = 0.5,
@@ -92,114 +119,167 @@ def evaluate(pred: Any, gt: Any, *, classes: Any = None, match_iou: float = 0.5,
     return _evaluate_coco(p, _load_json(gt, "ground truth"), match_iou, taxonomy)
 
 
-def _pred_category(ann: dict[str, Any], pred_cats: dict[int, dict[str, Any]], names: dict[str, int]) -> int | None:
-    path = list(ann.get("label_path") or [])
-    if not path:
-        cat = pred_cats.get(ann.get("category_id"))
-        path = [cat["name"]] if cat else []
-    for label in reversed(path):
-        if label in names:
-            return names[label]
-    return None
+@dataclass(frozen=True)
+class _Categories:
+    """Ground-truth categories and how a prediction finds its one."""
+
+    paths: dict[int, tuple[str, ...]]  # id -> label path (from the file, a taxonomy, or supercategory/name)
+    parts: frozenset[int]  # ids of part categories
+    by_path: dict[tuple[str, ...], int] | None  # None: match by name
+    by_name: dict[str, int]
+    display: dict[int, str]  # the name when unique, else the path
+    warnings: tuple[str, ...] = ()
+
+    def match(self, ann: dict[str, Any], pred_cats: dict[Any, dict[str, Any]]) -> tuple[int | None, bool]:
+        """(ground-truth category id or None, is the prediction a part)."""
+        path = tuple(ann.get("label_path") or ())
+        kind = ann.get("kind") or ""
+        if not path:
+            cat = pred_cats.get(ann.get("category_id"))
+            path = tuple(str(cat.get("label_path") or cat["name"]).split("/")) if cat else ()
+        if not path and kind:
+            path = (kind,)  # unknown / unknown part
+        is_part = kind in ("part", "unknown part") or bool((pred_cats.get(ann.get("category_id")) or {}).get("is_part"))
+        for k in range(len(path), 0, -1):
+            prefix = path[:k]
+            cid = self.by_path.get(prefix) if self.by_path is not None else self.by_name.get(prefix[-1])
+            if cid is None:
+                continue
+            if k == len(path):
+                return cid, is_part  # the very category
+            if is_part and cid not in self.parts:
+                break  # a part never counts as its whole (a dog's head is not a second dog)
+            if not is_part and cid in self.parts:
+                continue
+            return cid, is_part
+        return None, is_part
 
 
-def _gt_paths(g: dict[str, Any], taxonomy: Any) -> dict[int, tuple[str, ...]]:
+def _categories(g: dict[str, Any], taxonomy: Any) -> _Categories:
     tax = None
     if taxonomy is not None:
         from .core.taxonomy import load_taxonomy
 
         tax = load_taxonomy(taxonomy)
-    out = {}
+    paths, parts, explicit = {}, set(), True
     for c in g["categories"]:
         if c.get("label_path"):
-            out[c["id"]] = tuple(str(c["label_path"]).split("/"))
+            paths[c["id"]] = tuple(str(c["label_path"]).split("/"))
         elif tax is not None and tax.find(c["name"]):
-            out[c["id"]] = tax.find(c["name"])[0].path
-        elif c.get("supercategory") and c["supercategory"] != c["name"]:
-            out[c["id"]] = (c["supercategory"], c["name"])
+            paths[c["id"]] = tax.find(c["name"])[0].path
         else:
-            out[c["id"]] = (c["name"],)
-    return out
+            explicit = False
+            sup = c.get("supercategory")
+            paths[c["id"]] = (sup, c["name"]) if sup and sup != c["name"] else (c["name"],)
+        node = tax.find("/".join(paths[c["id"]])) if tax is not None else []
+        if c.get("is_part") or c.get("label_path") == "unknown part" or (node and node[0].is_part):
+            parts.add(c["id"])
+    names: dict[str, list[int]] = {}
+    for c in g["categories"]:
+        names.setdefault(c["name"], []).append(c["id"])
+    repeated = sorted(n for n, ids in names.items() if len(ids) > 1)
+    warnings = ()
+    if not explicit and repeated:
+        warnings = (f"ground-truth category names repeat ({', '.join(repeated[:5])}) and it has no label paths: "
+                    "categories are matched by name, the first of each wins; give --taxonomy or label_path",)
+    display = {c["id"]: c["name"] if len(names[c["name"]]) == 1 else "/".join(paths[c["id"]]) for c in g["categories"]}
+    return _Categories(paths=paths, parts=frozenset(parts), by_path={v: k for k, v in paths.items()} if explicit
+                       else None, by_name={n: ids[0] for n, ids in names.items()}, display=display, warnings=warnings)
 
 
 def _evaluate_coco(p: dict[str, Any], g: dict[str, Any], match_iou: float, taxonomy: Any) -> EvalReport:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     for key in ("images", "annotations", "categories"):
         if key not in g:
             raise ClipsamError(f"ground truth lacks '{key}': give a COCO instances JSON")
-    names = {c["name"]: c["id"] for c in g["categories"]}
-    cat_name = {c["id"]: c["name"] for c in g["categories"]}
-    gt_images = {_image_key(im["file_name"]): im for im in g["images"]}
+    cats = _categories(g, taxonomy)
+    for warning in cats.warnings:
+        log.warning("%s", warning)
+    dts, counts = _matched_predictions(p, g, cats)
+    ap = _coco_ap(g, dts)
+    inter: dict[int, int] = {}
+    union: dict[int, int] = {}
+    right: dict[int, int] = {}
+    total: dict[int, int] = {}
+    for im in g["images"]:
+        h, w = int(im["height"]), int(im["width"])
+        anns = [a for a in g["annotations"] if a["image_id"] == im["id"]]
+        gts = [a for a in anns if not a.get("iscrowd", 0)]
+        mine = [d for d in dts if d["image_id"] == im["id"]]
+        gt_rles = [_ann_rle(a, h, w) for a in gts]
+        dt_rles = [d["segmentation"] for d in mine]
+        crowd = paint([_ann_rle(a, h, w) for a in anns if a.get("iscrowd", 0)],
+                      [1] * sum(1 for a in anns if a.get("iscrowd", 0)), (h, w), dtype=np.uint8) > 0
+        _accumulate_iou(_semantic(gt_rles, [a["category_id"] for a in gts], (h, w)),
+                        _semantic(dt_rles, [d["category_id"] for d in mine], (h, w)), ~crowd, inter, union)
+        iou = M.iou_matrix(gt_rles, dt_rles) if dt_rles else np.zeros((len(gts), 0))
+        for k, a in enumerate(gts):
+            path = cats.paths[a["category_id"]]
+            best = int(iou[k].argmax()) if iou.shape[1] else -1
+            pred_path = mine[best]["path"] if best >= 0 and iou[k, best] >= match_iou else ()
+            for level in range(1, len(path) + 1):
+                total[level] = total.get(level, 0) + 1
+                right[level] = right.get(level, 0) + (pred_path[:level] == path[:level])
+    present = {a["category_id"] for a in g["annotations"] if not a.get("iscrowd", 0)}
+    class_iou = {cats.display[c]: inter.get(c, 0) / union[c] for c in sorted(present) if union.get(c)}
+    return EvalReport(
+        mask_ap=ap, miou=float(np.mean(list(class_iou.values()))) if class_iou else 0.0, class_iou=class_iou,
+        level_accuracy={lv: right.get(lv, 0) / total[lv] for lv in sorted(total)},
+        level_counts=dict(sorted(total.items())),
+        counts={"images": len(g["images"]), "gt_instances": sum(not a.get("iscrowd", 0) for a in g["annotations"]),
+                **counts},
+        warnings=cats.warnings,
+    )
+
+
+def _matched_predictions(p: dict[str, Any], g: dict[str, Any], cats: _Categories
+                         ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Predictions with their ground-truth image and category; counts of those used, dropped and ignored."""
+    match_image = _image_matcher(g["images"])
     pred_images = {im["id"]: im for im in p["images"]}
     pred_cats = {c["id"]: c for c in p.get("categories", [])}
-
-    dts, dropped = [], 0
+    dts, dropped, ignored = [], 0, 0
     for ann in p["annotations"]:
         im = pred_images.get(ann["image_id"])
-        gim = gt_images.get(_image_key(im["file_name"])) if im else None
-        cid = _pred_category(ann, pred_cats, names)
+        gim = match_image(im["file_name"]) if im else None
+        cid, is_part = cats.match(ann, pred_cats)
         if gim is None or cid is None:
-            dropped += 1
+            if gim is not None and is_part:
+                ignored += 1  # a part the ground truth has no category for: not a false positive
+            else:
+                dropped += 1
             continue
+        path = cats.paths[cid] if cats.by_path is None else tuple(ann.get("label_path") or ()) or cats.paths[cid]
         dts.append({"image_id": gim["id"], "category_id": cid, "segmentation": ann["segmentation"],
-                    "score": float(ann.get("score", 1.0)), "label_path": ann.get("label_path") or []})
+                    "score": float(ann.get("score", 1.0)), "path": path})
+    return dts, {"predictions": len(dts), "dropped": dropped, "parts_ignored": ignored}
 
+
+def _coco_ap(g: dict[str, Any], dts: list[dict[str, Any]]) -> dict[str, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not dts:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     gt_coco = COCO()
     gt_coco.dataset = json.loads(json.dumps(g))
     with contextlib.redirect_stdout(io.StringIO()):
         gt_coco.createIndex()
-        if dts:
-            dt_coco = gt_coco.loadRes(json.loads(json.dumps(dts)))
-            ev = COCOeval(gt_coco, dt_coco, "segm")
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-            ap = {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
-        else:
-            ap = {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        results = [{k: d[k] for k in ("image_id", "category_id", "segmentation", "score")} for d in dts]
+        ev = COCOeval(gt_coco, gt_coco.loadRes(json.loads(json.dumps(results))), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1]), "AP75": float(ev.stats[2])}
 
-    # semantic maps per image + level accuracy
-    inter: dict[int, int] = {}
-    union: dict[int, int] = {}
-    gt_paths = _gt_paths(g, taxonomy)
-    right: dict[int, int] = {}
-    total: dict[int, int] = {}
-    n_gt = 0
-    for im in g["images"]:
-        h, w = int(im["height"]), int(im["width"])
-        gts = [a for a in g["annotations"] if a["image_id"] == im["id"] and not a.get("iscrowd", 0)]
-        mine = [d for d in dts if d["image_id"] == im["id"]]
-        gt_rles = [_ann_rle(a, h, w) for a in gts]
-        dt_rles = [d["segmentation"] for d in mine]
-        gt_map = _semantic(gt_rles, [a["category_id"] for a in gts], (h, w))
-        dt_map = _semantic(dt_rles, [d["category_id"] for d in mine], (h, w))
-        for c in set(np.unique(gt_map)) | set(np.unique(dt_map)):
-            if c == 0:
-                continue
-            a, b = gt_map == c, dt_map == c
-            inter[c] = inter.get(c, 0) + int((a & b).sum())
-            union[c] = union.get(c, 0) + int((a | b).sum())
-        iou = M.iou_matrix(gt_rles, dt_rles) if dt_rles else np.zeros((len(gts), 0))
-        for k, a in enumerate(gts):
-            n_gt += 1
-            path = gt_paths[a["category_id"]]
-            best = int(iou[k].argmax()) if iou.shape[1] else -1
-            pred_path = tuple(mine[best]["label_path"]) if best >= 0 and iou[k, best] >= match_iou else ()
-            for level in range(1, len(path) + 1):
-                total[level] = total.get(level, 0) + 1
-                if pred_path[:level] == path[:level]:
-                    right[level] = right.get(level, 0) + 1
-    present = {a["category_id"] for a in g["annotations"]}
-    class_iou = {cat_name[c]: inter.get(c, 0) / union[c] for c in sorted(present) if union.get(c)}
-    miou = float(np.mean(list(class_iou.values()))) if class_iou else 0.0
-    return EvalReport(
-        mask_ap=ap, miou=miou, class_iou=class_iou,
-        level_accuracy={lv: right.get(lv, 0) / total[lv] for lv in sorted(total)},
-        level_counts=dict(sorted(total.items())),
-        counts={"images": len(g["images"]), "gt_instances": n_gt, "predictions": len(dts), "dropped": dropped},
-    )
+
+def _accumulate_iou(gt_map: np.ndarray, dt_map: np.ndarray, valid: np.ndarray, inter: dict[int, int],
+                    union: dict[int, int]) -> None:
+    for c in set(np.unique(gt_map[valid])) | set(np.unique(dt_map[valid])):
+        if c == 0:
+            continue
+        a, b = (gt_map == c) & valid, (dt_map == c) & valid
+        inter[int(c)] = inter.get(int(c), 0) + int((a & b).sum())
+        union[int(c)] = union.get(int(c), 0) + int((a | b).sum())
 
 
 def _ann_rle(ann: dict[str, Any], h: int, w: int) -> M.RLE:
@@ -230,16 +310,19 @@ def _evaluate_png(p: dict[str, Any], folder: Path, classes: Any) -> EvalReport:
         names = [str(c) for c in classes]
     index = {n: i for i, n in enumerate(names)}
     background = index.get("background", -1)
+    cats = _Categories(paths={i: (n,) for i, n in enumerate(names)}, parts=frozenset(), by_path=None,
+                       by_name=index, display=dict(enumerate(names)))
     pred_cats = {c["id"]: c for c in p.get("categories", [])}
     by_image: dict[str, list[dict[str, Any]]] = {}
     images = {im["id"]: im for im in p["images"]}
-    dropped = 0
+    dropped = ignored = 0
     for ann in p["annotations"]:
-        cls = _pred_category(ann, pred_cats, index)
+        cls, is_part = cats.match(ann, pred_cats)
         if cls is None:
-            dropped += 1
+            ignored += is_part
+            dropped += not is_part
             continue
-        by_image.setdefault(_image_key(images[ann["image_id"]]["file_name"]), []).append({**ann, "cls": cls})
+        by_image.setdefault(Path(images[ann["image_id"]]["file_name"]).stem, []).append({**ann, "cls": cls})
     inter = np.zeros(len(names), dtype=np.int64)
     union = np.zeros(len(names), dtype=np.int64)
     present = np.zeros(len(names), dtype=bool)
@@ -261,4 +344,4 @@ def _evaluate_png(p: dict[str, Any], folder: Path, classes: Any) -> EvalReport:
     return EvalReport(mask_ap=None, miou=float(np.mean(list(class_iou.values()))) if class_iou else 0.0,
                       class_iou=class_iou,
                       counts={"images": len(pngs), "predictions": sum(len(v) for v in by_image.values()),
-                              "dropped": dropped})
+                              "dropped": dropped, "parts_ignored": ignored})

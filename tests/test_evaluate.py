@@ -60,7 +60,7 @@ def test_coco_ground_truth_hand_computed(tmp_path):
     # levels: all three right at levels 1 and 2; the puppy (only GT instance with a level 3) wrong at level 3
     assert report.level_accuracy == {1: 1.0, 2: 1.0, 3: 0.0}
     assert report.level_counts == {1: 3, 2: 3, 3: 1}
-    assert report.counts == {"images": 1, "gt_instances": 3, "predictions": 3, "dropped": 1}
+    assert report.counts == {"images": 1, "gt_instances": 3, "predictions": 3, "dropped": 1, "parts_ignored": 0}
 
 
 def test_png_ground_truth_hand_computed(tmp_path):
@@ -90,3 +90,113 @@ def test_errors(tmp_path):
         evaluate(_pred(), tmp_path)
     with pytest.raises(ClipsamError, match="lack 'annotations'"):
         evaluate({"images": []}, _gt())
+
+
+def _ann(aid, image_id, cid, rle, **extra):
+    return {"id": aid, "image_id": image_id, "category_id": cid, "segmentation": rle, "area": int(M.area(rle)),
+            "bbox": list(M.bbox_xywh(rle)), "iscrowd": 0, **extra}
+
+
+def test_a_part_is_never_a_second_whole():
+    """A dog's head used to count as a second dog: AP 1.0 -> 0.5 on this two-region case."""
+    gt = {"images": [{"id": 1, "file_name": "d.png", "height": 10, "width": 10}],
+          "categories": [{"id": 1, "name": "dog", "supercategory": "animal", "label_path": "animal/dog"}],
+          "annotations": [_ann(1, 1, 1, _rle((0, 10), (0, 6)))]}
+    pred = {"images": [{"id": 5, "file_name": "d.png", "height": 10, "width": 10}], "categories": [],
+            "annotations": [
+                {"id": 1, "image_id": 5, "segmentation": _rle((0, 10), (0, 6)), "score": 0.6,
+                 "label_path": ["animal", "dog"], "kind": "object"},
+                {"id": 2, "image_id": 5, "segmentation": _rle((0, 3), (0, 3)), "score": 0.9,
+                 "label_path": ["animal", "dog", "head"], "kind": "part", "parent_id": 1}]}
+    report = evaluate(pred, gt)
+    assert report.mask_ap["AP"] == pytest.approx(1.0)
+    assert report.counts["parts_ignored"] == 1 and report.counts["predictions"] == 1
+    assert report.class_iou == {"dog": 1.0}
+
+
+def test_images_match_by_relative_path_not_stem():
+    a, b = _rle((0, 5), (0, 5)), _rle((5, 10), (5, 10))
+    gt = {"images": [{"id": 1, "file_name": "a/001.jpg", "height": 10, "width": 10},
+                     {"id": 2, "file_name": "b/001.jpg", "height": 10, "width": 10}],
+          "categories": [{"id": 1, "name": "dog", "supercategory": "animal", "label_path": "animal/dog"}],
+          "annotations": [_ann(1, 1, 1, a), _ann(2, 2, 1, b)]}
+    pred = {"images": [{"id": 10, "file_name": "a/001.jpg", "height": 10, "width": 10},
+                       {"id": 20, "file_name": "b/001.jpg", "height": 10, "width": 10}], "categories": [],
+            "annotations": [{"id": k + 1, "image_id": i, "segmentation": m, "score": 0.9,
+                             "label_path": ["animal", "dog"]} for k, (i, m) in enumerate([(10, a), (20, b)])]}
+    report = evaluate(pred, gt)
+    assert report.mask_ap["AP"] == pytest.approx(1.0) and report.miou == pytest.approx(1.0)
+    ambiguous = {**pred, "images": [{"id": 10, "file_name": "001.png", "height": 10, "width": 10},
+                                    {"id": 20, "file_name": "x/001.png", "height": 10, "width": 10}]}
+    assert evaluate(ambiguous, gt).counts["dropped"] == 2  # two GT images share the stem: no guessing
+
+
+def test_crowd_regions_are_ignored():
+    dog, crowd = _rle((0, 5), (0, 5)), _rle((5, 10), (0, 10))
+    gt = {"images": [{"id": 1, "file_name": "c.png", "height": 10, "width": 10}],
+          "categories": [{"id": 1, "name": "person", "supercategory": "person", "label_path": "person"}],
+          "annotations": [_ann(1, 1, 1, dog), {**_ann(2, 1, 1, crowd), "iscrowd": 1}]}
+    pred = {"images": [{"id": 1, "file_name": "c.png", "height": 10, "width": 10}], "categories": [],
+            "annotations": [{"id": 1, "image_id": 1, "segmentation": dog, "score": 0.5, "label_path": ["person"]},
+                            {"id": 2, "image_id": 1, "segmentation": crowd, "score": 0.9, "label_path": ["person"]}]}
+    report = evaluate(pred, gt)
+    assert report.mask_ap["AP"] == pytest.approx(1.0)  # the detection on the crowd is not a false positive
+    assert report.class_iou == {"person": 1.0}  # crowd pixels are ignored in the semantic IoU
+    assert report.counts["gt_instances"] == 1
+
+
+def _labelled_scene(tmp_path, scene, include_unknown=True, embedder=None):
+    from clipsam.dataset import Filters, LabelJob, list_images, run_local
+    from clipsam.segmenter import Segmenter
+    from clipsam.testing import OracleEmbedder, OracleProposer
+
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    Image.fromarray(scene.image).save(folder / "a" / "001.png")
+    Image.fromarray(np.ascontiguousarray(scene.image[:, ::-1])).save(folder / "b" / "001.png")  # same stem
+    seg = Segmenter.from_models(OracleProposer(scene), embedder or OracleEmbedder(scene), taxonomy=scene.taxonomy,
+                                text_cache=False)
+    job = LabelJob(tmp_path / "out", scene.taxonomy, filters=Filters(include_unknown=include_unknown),
+                   segmenter_spec={"sam": "x", "clip": "y"})
+    record = job.prepare()
+    run_local(job, list_images(folder), segmenter=seg)
+    job.finish(record, {})
+    return json.loads((tmp_path / "out" / "annotations.json").read_text())
+
+
+def test_a_labelled_file_against_itself_scores_one_everywhere(tmp_path, scene):
+    """Objects, parts with repeated names (head, wheel), unknown regions, two images with one stem: AP 0.889 and
+    'level 1 accuracy 0.000' for unknowns before."""
+    coco = _labelled_scene(tmp_path, scene)
+    kinds = {a["kind"] for a in coco["annotations"]}
+    assert {"object", "part", "unknown"} <= kinds and len(coco["images"]) == 2
+    report = evaluate(coco, coco)
+    assert report.mask_ap == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0})
+    assert report.miou == pytest.approx(1.0) and set(report.class_iou.values()) == {1.0}
+    assert report.level_accuracy and set(report.level_accuracy.values()) == {1.0}
+    assert report.counts["dropped"] == 0 and report.counts["parts_ignored"] == 0
+
+
+def test_all_unknown_against_itself_is_right(tmp_path, scene):
+    from clipsam.testing import OracleEmbedder
+
+    class Blind(OracleEmbedder):  # sees nothing it can name: every region unknown
+        def embed_images(self, crops):
+            out = np.zeros((len(crops), self.dim), np.float32)
+            out[:, self.axes["background"]] = 1.0
+            return out
+
+    coco = _labelled_scene(tmp_path, scene, embedder=Blind(scene))
+    assert {a["kind"] for a in coco["annotations"]} == {"unknown"}
+    report = evaluate(coco, coco)
+    assert report.level_accuracy == {1: 1.0} and report.mask_ap["AP"] == pytest.approx(1.0)
+
+
+def test_repeated_names_without_paths_warn():
+    gt = {"images": [{"id": 1, "file_name": "x.png", "height": 10, "width": 10}],
+          "categories": [{"id": 1, "name": "head", "supercategory": "dog"}, {"id": 2, "name": "head",
+                                                                             "supercategory": "cat"}],
+          "annotations": [_ann(1, 1, 1, _rle((0, 5), (0, 5)))]}
+    report = evaluate({"images": gt["images"], "annotations": [], "categories": []}, gt)
+    assert report.warnings and "repeat (head)" in report.warnings[0]

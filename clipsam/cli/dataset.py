@@ -151,7 +151,12 @@ def eval_cmd(
     table.add_column("class")
     table.add_column("IoU", justify="right")
     for name, v in sorted(report.class_iou.items(), key=lambda kv: -kv[1]):
-        table.add_row(name, f"{v:.3f}")
+        table.add_row(show(name), f"{v:.3f}")
     out.print(table)
     for level, acc in report.level_accuracy.items():
         out.print(f"level {level} accuracy {acc:.3f} ({report.level_counts[level]} instances)")
+    if report.counts.get("parts_ignored"):
+        out.print(f"{report.counts['parts_ignored']} part prediction(s) ignored: the ground truth has no part "
+                  "categories for them")
+    for warning in report.warnings:
+        out.print(f"[yellow]warning:[/] {show(warning)}")
