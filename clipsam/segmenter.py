@@ -18,10 +18,11 @@ import numpy as np
 from .core import tree as T
 from .core.config import check_device_name, check_generator_params, check_segmenter_args
 from .core.image import ImageInput
-from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank
+from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES
 from .core.regions import Regions
 from .core.taxonomy import Taxonomy, load_taxonomy
-from .models.base import TINY, TINY_GENERATOR_PARAMS, MaskProposer, RegionEmbedder
+from .models.base import TINY, TINY_GENERATOR_PARAMS
+from .models.owner import ModelOwner
 from .result import Segmentation
 from .stages.assemble import assemble, prompt_result
 from .stages.embed import embed_regions
@@ -34,7 +35,7 @@ from .stages.label import (
     parse_query,
     resolve_query,
 )
-from .stages.nest import nest_proposals, propose
+from .stages.nest import nest, nest_proposals, propose
 from .stages.parts import add_parts, refine_masks
 from .stages.prepare import EmbeddingCache, Work, prepare
 from .stages.prompt import predict_prompt, validate_prompts
@@ -55,7 +56,7 @@ __all__ = ["DEFAULT_CLIP", "DEFAULT_MAX_SIDE", "DEFAULT_SAM", "Segmenter", "chec
            "check_generator_params"]
 
 
-class Segmenter:
+class Segmenter(ModelOwner):
     """Text-prompted, hierarchical segmentation with SAM proposals and CLIP labels.
 
     Args:
@@ -123,9 +124,7 @@ class Segmenter:
         entry_defaults = TINY_GENERATOR_PARAMS if sam == TINY else {}
         self.generator_params = {**entry_defaults, **check_generator_params(dict(generator_params or {}))}
         self.download, self.text_cache, self.precision, self.seed = download, text_cache, precision, seed
-        self._proposer: MaskProposer | None = None
-        self._embedder: RegionEmbedder | None = None
-        self._bank: TextBank | None = None
+        self._proposer = self._embedder = self._bank = None
         self._cache = EmbeddingCache(_EMBED_CACHE_SIZE)
 
     # -- models ------------------------------------------------------------------------------------------
@@ -143,42 +142,8 @@ class Segmenter:
             **kwargs: any other :class:`Segmenter` argument.
         """
         seg = cls(sam="<custom>", clip="<custom>", device=device, **kwargs)
-        if sam is not None:
-            seg._proposer = sam if isinstance(sam, MaskProposer) else _build().wrap_proposer(sam, device)
-            seg.sam_name = getattr(seg._proposer, "name", "<custom>")
-        if clip is not None:
-            seg._embedder = clip if isinstance(clip, RegionEmbedder) else \
-                _build().wrap_embedder(clip, preprocess, tokenizer, device)
-            seg.clip_name = getattr(seg._embedder, "name", "<custom>")
+        seg.adopt(sam, clip, preprocess=preprocess, tokenizer=tokenizer)
         return seg
-
-    @property
-    def proposer(self) -> MaskProposer:
-        """The mask proposer (SAM), built on first use."""
-        if self._proposer is None:
-            self._proposer = self._load("build_proposer", self.sam_name)
-        return self._proposer
-
-    @property
-    def embedder(self) -> RegionEmbedder:
-        """The region embedder (CLIP), built on first use."""
-        if self._embedder is None:
-            self._embedder = self._load("build_embedder", self.clip_name)
-        return self._embedder
-
-    def _load(self, builder: str, name: str) -> Any:
-        build = _build()
-        return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
-                                       seed=self.seed, precision=self.precision)
-
-    @property
-    def text_bank(self) -> TextBank:
-        if self._bank is None:
-            from .weights import home
-
-            self._bank = TextBank(self.embedder, self.templates,
-                                  cache_dir=home() / "text-embeddings" if self.text_cache else None)
-        return self._bank
 
     @property
     def policy(self) -> LabelPolicy:
@@ -208,7 +173,8 @@ class Segmenter:
             image: path, ``PIL.Image`` or array (see :func:`clipsam.image.load_image`).
             query: comma-separated labels or a list of labels.
             taxonomy: overrides the segmenter's taxonomy for this call.
-            refine: re-predict each returned mask with SAM from its own box (sharper edges, same labels).
+            refine: re-predict each returned mask with SAM from its own box (sharper edges); the refined masks are
+                nested and labelled again, so labels, parents and ids describe the masks returned.
             include_parts: with a taxonomy, also label parts inside objects (the part-whole tree).
             part_points: with a taxonomy, find parts coarse-to-fine (see :meth:`segment_everything`).
             **generator_params: SAM automatic-generator parameters for this call.
@@ -221,13 +187,13 @@ class Segmenter:
         resolved, free = resolve_query(terms, tax)
         work, emb, regions = self._candidates(image, generator_params)
         feats = self._embed(work, regions.rles)
-        labelled = None
-        if resolved and tax is not None:
-            regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
-        matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled)
-        keep = drop_nested_same_label(regions.rles, matched, self.containment)
-        if refine and keep:  # the returned embeddings describe the refined masks (labels stay as chosen)
+        query_args = (work, emb, tax if resolved else None, resolved, free, include_parts)
+        regions, feats, matched, keep = self._match(*query_args, regions, feats, part_points)
+        if refine and keep:  # refined masks are nested, embedded and labelled anew: labels describe the new masks
             regions, feats = refine_masks(self.proposer, emb, regions, keep, feats, lambda r: self._embed(work, r))
+            regions = nest(regions.rles, regions.predicted_iou, regions.stability_score,
+                           duplicate_iou=self.duplicate_iou, containment=self.containment)
+            regions, feats, matched, keep = self._match(*query_args, regions, feats[regions.ids], 0)
         chosen = Labelled.unlabelled(len(regions))
         chosen = Labelled(tuple(matched[i][0] if i in matched else d for i, d in enumerate(chosen.decisions)),
                           tuple(matched[i][1] if i in matched else k for i, k in enumerate(chosen.kinds)))
@@ -299,6 +265,15 @@ class Segmenter:
     def _embed(self, work: Work, rles: Sequence[Any]) -> np.ndarray:
         return embed_regions(work.pixels, rles, self.embedder, margin=self.crop_margin, fill=self.crop_fill)
 
+    def _match(self, work: Work, emb: Any, tax: Taxonomy | None, resolved: list[Any], free: list[str],
+               include_parts: bool, regions: Regions, feats: np.ndarray, part_points: int) -> tuple[Any, ...]:
+        """label -> match the query -> drop matches nested in a same-label match: (regions, feats, matched, keep)."""
+        labelled = None
+        if tax is not None:
+            regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
+        matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled)
+        return regions, feats, matched, drop_nested_same_label(regions.rles, matched, self.containment)
+
     def _label(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, tax: Taxonomy, with_parts: bool,
                part_points: int) -> tuple[Regions, np.ndarray, Labelled]:
         """label, then (with *part_points*) prompt for parts inside labelled objects, re-nest and label again."""
@@ -314,10 +289,3 @@ class Segmenter:
             return regions, feats, labelled
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
                                          with_parts=with_parts)
-
-
-def _build() -> Any:
-    """:mod:`clipsam.models.build`, imported on first use (it imports torch)."""
-    from .models import build
-
-    return build

@@ -4,7 +4,7 @@ import sys
 PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsam.overlay", "clipsam.lock",
         *(f"clipsam.core.{m}" for m in ("masks", "image", "taxonomy", "tree", "regions", "labels", "crops", "config")),
         *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "parts", "prompt", "assemble")),
-        "clipsam.models.base"]
+        "clipsam.models.base", "clipsam.models.owner"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

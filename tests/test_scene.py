@@ -192,3 +192,36 @@ def test_coarse_to_fine_finds_parts_the_generator_missed(scene):
     assert [(r.label_path, r.kind, r.parent_id) for r in fine] == [(r.label_path, r.kind, r.parent_id)
                                                                     for r in reference]
     assert seg.proposer.embed_calls == 1  # parts were prompted on the cached embedding
+
+
+def test_refinement_relabels_and_renests_the_refined_masks(scene):
+    """refine=True used to swap masks but keep the labels chosen for the old ones: here SAM's box refinement of the
+    puppy returns the dog, so a 'puppy' with the dog's mask came back."""
+    import numpy as np
+
+    from clipsam.core import masks as M
+    from clipsam.models.base import PromptMasks
+    from clipsam.segmenter import Segmenter
+    from clipsam.testing import OracleEmbedder, OracleProposer
+
+    dog = scene.shape("dog")
+
+    class BoxToDog(OracleProposer):
+        def predict(self, embedding, *, box=None, **kwargs):
+            if box is not None:
+                m = M.decode(dog.rle)
+                return PromptMasks(m[None], np.ones(1, np.float32), np.zeros((1, 16, 16), np.float32))
+            return super().predict(embedding, box=box, **kwargs)
+
+    seg = Segmenter.from_models(BoxToDog(scene), OracleEmbedder(scene), taxonomy=scene.taxonomy, text_cache=False)
+    plain = seg.segment(scene.image, "puppy")
+    assert [r.label for r in plain] == ["puppy"]
+    refined = seg.segment(scene.image, "puppy", refine=True)
+    for r in refined:  # whatever comes back is labelled for the mask it has
+        truth = max(scene.shapes, key=lambda s: M.iou_matrix([r.rle], [s.rle])[0, 0])
+        assert r.label == truth.name, (r.label, truth.name)
+    assert "puppy" not in [r.label for r in refined]
+    both = seg.segment(scene.image, "dog, puppy", refine=True)
+    assert [r.label for r in both] == ["dog"]  # the refined puppy is the dog: one region, labelled dog
+    ids = {r.id for r in both}
+    assert all(r.parent_id is None or r.parent_id in ids for r in both)

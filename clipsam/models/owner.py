@@ -1,0 +1,76 @@
+"""Model ownership for :class:`~clipsam.Segmenter`: models and the text bank built lazily from registry names, or
+adopted from objects the user built. Importing this module imports no torch (the builders load on first use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.labels import TextBank
+from .base import MaskProposer, RegionEmbedder
+
+__all__ = ["ModelOwner"]
+
+
+class ModelOwner:
+    """Holds a proposer (SAM), an embedder (CLIP) and their text bank. Subclasses set ``sam_name``, ``clip_name``,
+    ``device_name``, ``download``, ``seed``, ``precision``, ``templates`` and ``text_cache``, and ``_proposer``,
+    ``_embedder``, ``_bank`` to ``None``."""
+
+    sam_name: str
+    clip_name: str
+    device_name: Any
+    download: bool
+    seed: int
+    precision: str
+    templates: tuple[str, ...]
+    text_cache: bool
+    _proposer: MaskProposer | None
+    _embedder: RegionEmbedder | None
+    _bank: TextBank | None
+
+    @property
+    def proposer(self) -> MaskProposer:
+        """The mask proposer (SAM), built on first use."""
+        if self._proposer is None:
+            self._proposer = self._load("build_proposer", self.sam_name)
+        return self._proposer
+
+    @property
+    def embedder(self) -> RegionEmbedder:
+        """The region embedder (CLIP), built on first use."""
+        if self._embedder is None:
+            self._embedder = self._load("build_embedder", self.clip_name)
+        return self._embedder
+
+    def _load(self, builder: str, name: str) -> Any:
+        build = _build()
+        return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
+                                       seed=self.seed, precision=self.precision)
+
+    @property
+    def text_bank(self) -> TextBank:
+        if self._bank is None:
+            from ..weights import home
+
+            self._bank = TextBank(self.embedder, self.templates,
+                                  cache_dir=home() / "text-embeddings" if self.text_cache else None)
+        return self._bank
+
+    def adopt(self, sam: Any = None, clip: Any = None, *, preprocess: Any = None, tokenizer: Any = None) -> None:
+        """Use models built elsewhere: a ``segment_anything`` ``Sam`` or any :class:`MaskProposer`; an open_clip
+        model (with its *preprocess* and *tokenizer*) or any :class:`RegionEmbedder`."""
+        if sam is not None:
+            self._proposer = sam if isinstance(sam, MaskProposer) else _build().wrap_proposer(sam, self.device_name)
+            self.sam_name = getattr(self._proposer, "name", "<custom>")
+        if clip is not None:
+            self._embedder = clip if isinstance(clip, RegionEmbedder) else \
+                _build().wrap_embedder(clip, preprocess, tokenizer, self.device_name)
+            self.clip_name = getattr(self._embedder, "name", "<custom>")
+        self._bank = None
+
+
+def _build() -> Any:
+    """:mod:`clipsam.models.build`, imported on first use (it imports torch)."""
+    from . import build
+
+    return build
