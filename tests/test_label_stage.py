@@ -76,8 +76,11 @@ def test_descend_needs_a_clear_child():
     out = label_tree(feats, np.full(3, -1), TAX, FixedBank(), POLICY)
     assert [d.node.path for d in out.decisions] == [("animal", "dog"), ("animal", "dog", "puppy"), ("animal",)]
     assert len(out.decisions[1].path_scores) == 3
+    p_root = softmax([0.5, 0.0, 0.0])[0]  # top level: animal, furniture, background
     p_child = softmax([0.5, 0.9, 0.0])[1]  # options at the animal level: animal itself, dog, cat
-    assert out.decisions[0].path_scores[1] == pytest.approx(p_child, rel=1e-5)
+    # path_scores hold the probability of the path so far: P(animal) * P(dog | animal)
+    assert out.decisions[0].path_scores == pytest.approx((p_root, p_root * p_child), rel=1e-5)
+    assert out.decisions[0].score == out.decisions[0].path_scores[-1]
 
 
 def test_inside_an_object_parts_unknown_parts_and_objects_on_top():
@@ -152,3 +155,48 @@ def test_drop_nested_same_label():
     assert drop_nested_same_label(rles, same, 0.9) == [0, 2]
     different = {0: (LabelDecision(dog, (0.9,)), "object"), 1: (LabelDecision(cat, (0.9,)), "object")}
     assert drop_nested_same_label(rles, different, 0.9) == [0, 1]
+
+
+def test_scores_are_path_probabilities_that_never_increase_with_depth():
+    """``score`` is the probability of the whole path: a puppy at depth 3 cannot outrank a dog at depth 2 on weaker
+    evidence, and part levels that were not scored on their own are not copied from the part below."""
+    tax = Taxonomy.from_dict({"name": "t", "nodes": [
+        {"name": "animal", "children": [{"name": "dog", "children": ["puppy"],
+                                         "parts": [{"name": "head", "parts": ["ear"]}, "tail"]}, "cat"]},
+        {"name": "furniture", "children": ["sofa"]}]})
+    axes = AXES + ["dog ear"]
+
+    class Bank(FixedBank):
+        def embed(self, prompt_sets):
+            out = np.zeros((len(prompt_sets), len(axes)), np.float32)
+            for k, prompts in enumerate(prompt_sets):
+                out[k, axes.index(prompts[0])] = 1.0
+            return out
+
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300):
+        n = 6
+        feats = rng.random((n, len(axes))).astype(np.float32) * rng.random((n, 1)).astype(np.float32)
+        parents = np.array([-1, 0, 1, -1, 3, 0])
+        out = label_tree(feats, parents, tax, Bank(), LabelPolicy(("background",), 0.2, 0.3, 0.2))
+        for d in out.decisions:
+            if d.node is None:
+                continue
+            checked += 1
+            scores = np.asarray(d.path_scores)
+            assert len(scores) == len(d.node.path)
+            assert (np.diff(scores) <= 1e-9).all(), (d.node.path, scores)
+            assert d.score == scores[-1] and 0.0 < d.score <= 1.0
+    assert checked > 500
+    # an ear chosen directly among the parts: the head level holds P(head or its sub-parts), not a copy of the ear's
+    feats = rows({"animal": 0.5, "dog": 0.9}, {"dog head": 0.6})
+    feats = np.concatenate([feats, np.zeros((2, 1), np.float32)], axis=1)
+    feats[1, axes.index("dog ear")] = 0.7
+    out = label_tree(feats, np.array([-1, 0]), tax, Bank(), POLICY)
+    ear = out.decisions[1]
+    assert ear.node.path == ("animal", "dog", "head", "ear")
+    dog_p = out.decisions[0].score
+    p = softmax([0.6, 0.7, 0.0, 0.0, 0.0])  # head, ear, tail, furniture (rival), background
+    assert ear.path_scores[2] == pytest.approx(dog_p * (p[0] + p[1]), rel=1e-5)
+    assert ear.path_scores[3] == pytest.approx(dog_p * p[1], rel=1e-5)

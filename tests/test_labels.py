@@ -93,3 +93,26 @@ def test_hierarchical_descends_while_confident():
     out = label_hierarchical(feats, tax, bank, negatives=("background",))
     assert [d.node.path_str for d in out] == ["animal/dog/puppy", "animal/dog", "animal", "vehicle/car"]
     assert all(len(d.path_scores) == len(d.node.path) for d in out)
+
+
+def test_templates_get_the_right_article():
+    from clipsam.core.labels import fill_template
+
+    cases = {"animal": "a photo of an animal.", "dog": "a photo of a dog.", "unicycle": "a photo of a unicycle.",
+             "hourglass": "a photo of an hourglass.", "elephant": "a photo of an elephant.",
+             "European car": "a photo of a European car.", "umbrella": "a photo of an umbrella."}
+    for label, text in cases.items():
+        assert fill_template("a photo of a {}.", label) == text
+    assert fill_template("a photo of a small {}.", "animal") == "a photo of a small animal."
+    assert fill_template("a photo of the {}.", "animal") == "a photo of the animal."
+    assert fill_template("a {}", "owl") == "an owl"
+
+
+def test_text_bank_sends_the_corrected_sentences(scene):
+    from clipsam.core.labels import TextBank
+    from clipsam.testing import OracleEmbedder
+
+    emb = OracleEmbedder(scene)
+    TextBank(emb).embed([("animal",), ("dog",)])
+    assert "a photo of an animal." in emb.texts_seen and "a photo of a animal." not in emb.texts_seen
+    assert "a photo of a dog." in emb.texts_seen

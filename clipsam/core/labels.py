@@ -35,8 +35,27 @@ DEFAULT_NEGATIVES: tuple[str, ...] = (
     "background", "wall", "floor", "ground", "sky", "texture", "pattern", "surface",
 )
 
-__all__ = ["DEFAULT_NEGATIVES", "DEFAULT_TEMPLATES", "LabelDecision", "TextBank", "label_hierarchical",
+__all__ = ["DEFAULT_NEGATIVES", "DEFAULT_TEMPLATES", "LabelDecision", "TextBank", "fill_template", "label_hierarchical",
            "score_flat", "softmax"]
+
+
+#: Part of every text-cache key: changes whenever the texts made from a template and a label change.
+_TEXT_FORMAT = "articles-v1"
+_AN_EXCEPTIONS = ("uni", "use", "usu", "uti", "eu", "ewe", "one", "once", "ur")
+_AN_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
+
+
+def fill_template(template: str, label: str) -> str:
+    """*template* with *label* in its ``{}``, the article before it made right: "a photo of an animal.",
+    "a photo of a unicycle.", "a photo of an hourglass." (prompt ensembles average over such sentences)."""
+    text = template.format(label)
+    word = label.strip().lower()
+    an = (word[:1] in "aeiou" and not word.startswith(_AN_EXCEPTIONS)) or word.startswith(_AN_SILENT_H)
+    if an and word:
+        head, sep, _ = template.partition("{}")
+        if sep and (head.endswith(" a ") or head == "a "):
+            text = head[:-2] + "an " + label + template[len(head) + 2:]
+    return text
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -71,7 +90,7 @@ class TextBank:
     def _file(self, prompts: tuple[str, ...]) -> Path | None:
         if self.cache_dir is None:
             return None
-        digest = hashlib.sha1("\x1f".join(self.templates + ("\x1e",) + prompts).encode()).hexdigest()
+        digest = hashlib.sha1("\x1f".join((_TEXT_FORMAT,) + self.templates + ("\x1e",) + prompts).encode()).hexdigest()
         return self.cache_dir / f"{digest}.npy"
 
     def embed(self, prompt_sets: Sequence[Sequence[str]]) -> np.ndarray:
@@ -90,7 +109,7 @@ class TextBank:
                     log.warning("ignoring unreadable text cache file %s", path)
             missing.append(key)
         if missing:
-            texts = [t.format(p) for key in missing for p in key for t in self.templates]
+            texts = [fill_template(t, p) for key in missing for p in key for t in self.templates]
             vecs = self.embedder.embed_texts(texts)
             self.encoded_texts += len(texts)
             start = 0
@@ -127,7 +146,8 @@ class LabelDecision:
 
     Attributes:
         node: the deepest accepted taxonomy node, or ``None`` when nothing matched (open set: unknown).
-        path_scores: probability of each accepted level, top-down (same length as ``node.path``).
+        path_scores: probability of the path down to each accepted level, top-down (same length as
+            ``node.path``): the product of the level-by-level probabilities, so it never increases with depth.
         best_guess: for an unknown region, the most likely top-level node anyway (for inspection).
         best_guess_score: its probability.
     """
@@ -139,6 +159,8 @@ class LabelDecision:
 
     @property
     def score(self) -> float:
+        """The probability of the whole path (its last entry): what ``.best``, ``--min-score`` and AP rank by, so a
+        deep label never outranks a shallow one on weaker evidence."""
         return self.path_scores[-1] if self.path_scores else 0.0
 
 
@@ -206,7 +228,8 @@ def descend(
                 if j > 0 and p[row, j] >= descend_confidence:
                     child = options[j]
                     prev = out[i]
-                    out[i] = LabelDecision(child, (*prev.path_scores, float(p[row, j])), prev.best_guess,
+                    path_p = prev.score * float(p[row, j])  # P(path to child) = P(path to node) * P(child | node)
+                    out[i] = LabelDecision(child, (*prev.path_scores, path_p), prev.best_guess,
                                            prev.best_guess_score)
                     if child.children:
                         frontier.add(i)

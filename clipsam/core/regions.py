@@ -33,9 +33,9 @@ class Region:
         bbox_xywh: tight box ``(x, y, w, h)`` in original-image pixels.
         area: mask area in pixels.
         label: the deepest accepted label (``dog``), ``unknown`` / ``unknown part``, or ``None`` (not labelled).
-        score: confidence of that label in [0, 1] (0 when not labelled).
+        score: probability of the whole label path in [0, 1] (0 when not labelled).
         label_path: labels from the top level down (``("animal", "dog", "puppy")``).
-        path_scores: confidence of each level of *label_path*.
+        path_scores: probability of the path down to each level of *label_path* (non-increasing).
         kind: ``object``, ``part``, ``unknown``, ``unknown part`` or ``prompt`` (from a click or box, unlabelled).
         predicted_iou: SAM's estimate of the mask's quality.
         stability_score: SAM's stability score (1.0 for prompted masks).

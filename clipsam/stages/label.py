@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import masks as M
-from ..core.labels import DEFAULT_NEGATIVES, LabelDecision, descend, label_hierarchical, score_flat
+from ..core.labels import DEFAULT_NEGATIVES, LabelDecision, descend, label_hierarchical, score_flat, softmax
 from ..core.taxonomy import Taxonomy, TaxonomyNode
 from ..core.tree import depths
 from ..errors import PromptError
@@ -92,17 +92,25 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
     candidates = parts + rivals
     if not candidates:
         return LabelDecision(None), "unknown part"
-    d = score_flat(feat, candidates, bank, negatives=policy.negatives, min_confidence=0.0)[0]
-    node = d.node
-    if node is None:
-        return LabelDecision(None, (), d.best_guess, d.best_guess_score), "unknown part"
+    text = bank.embed([c.prompts for c in candidates] + [(neg,) for neg in policy.negatives])
+    p = softmax(bank.logit_scale * (feat @ text.T))[0]
+    k = len(candidates)
+    best = int(p[:k].argmax())
+    node, node_p = candidates[best], float(p[best])
+    if k < len(p) and node_p <= float(p[k:].max()):  # a negative wins (or ties)
+        return LabelDecision(None, (), node, node_p), "unknown part"
     if node.is_part:
-        if d.score < policy.part_confidence:
-            return LabelDecision(None, (), node, d.score), "unknown part"
+        if node_p < policy.part_confidence:
+            return LabelDecision(None, (), node, node_p), "unknown part"
         owner = node.object_node()
         scores = list(whole_decision.path_scores[:len(owner.path)])
-        scores += [d.score] * (len(node.path) - len(scores))
-        return LabelDecision(node, tuple(scores), node, d.score), "part"
+        base = scores[-1] if scores else 1.0
+        for depth in range(len(owner.path) + 1, len(node.path)):  # part levels above the chosen one: their subtree
+            prefix = node.path[:depth]
+            scores.append(base * float(sum(p[j] for j, c in enumerate(candidates) if c.path[:depth] == prefix)))
+        scores.append(base * node_p)  # P(whole's path) * P(this part | inside the whole)
+        return LabelDecision(node, tuple(scores), node, node_p), "part"
+    d = LabelDecision(node, (node_p,), node, node_p)
     if d.score < policy.min_confidence:
         return LabelDecision(None, (), node, d.score), "unknown part"
     return descend(feat, [d], bank, descend_confidence=policy.descend_confidence)[0], "object"
