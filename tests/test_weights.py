@@ -53,7 +53,7 @@ def server():
                         self.wfile.write(b"\0" * 65536)
                         route.sent += 65536
                 elif route.drip:
-                    for k in range(min(len(route.body), 400)):
+                    for k in range(min(len(route.body), 150)):
                         self.wfile.write(route.body[k:k + 1])
                         self.wfile.flush()
                         route.sent += 1
@@ -308,7 +308,7 @@ def test_a_server_that_drips_is_abandoned(server, registry):
     body = _sam_checkpoint_bytes()
     server.routes["/drip.pth"] = _Route(body, drip=0.02)  # ~50 bytes/s: every read answers, none times out
     _register(server, registry, "/drip.pth", body, size=len(body))
-    with pytest.raises(WeightsError, match="too slow"):  # the server would drip for 8 s, then stop early
+    with pytest.raises(WeightsError, match="too slow"):  # the server would drip for 3 s, then stop early
         W.fetch("test-sam", min_rate=5_000, rate_grace=0.5)
     with pytest.raises(WeightsError, match="took longer than"):
         W.fetch("test-sam", deadline=0.5, min_rate=0, rate_grace=0)
