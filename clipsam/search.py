@@ -277,7 +277,7 @@ class RegionIndex:
     def check_models(self, meta: dict[str, Any] | None = None) -> None:
         """Refuse a segmenter whose CLIP model differs from the one the database was built with."""
         if meta is None:
-            meta = self.meta() if self._exists() and Path(self.path).is_dir() or "://" in self.path else None
+            meta = self.meta() if self._exists() else None
         if meta is None:
             return
         seg = self.segmenter

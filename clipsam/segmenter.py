@@ -194,9 +194,7 @@ class Segmenter(ModelOwner):
             regions = nest(regions.rles, regions.predicted_iou, regions.stability_score,
                            duplicate_iou=self.duplicate_iou, containment=self.containment)
             regions, feats, matched, keep = self._match(*query_args, regions, feats[regions.ids], 0)
-        chosen = Labelled.unlabelled(len(regions))
-        chosen = Labelled(tuple(matched[i][0] if i in matched else d for i, d in enumerate(chosen.decisions)),
-                          tuple(matched[i][1] if i in matched else k for i, k in enumerate(chosen.kinds)))
+        chosen = Labelled.from_matches(matched, len(regions))
         return assemble(work, regions, chosen, keep, query=tuple(terms), taxonomy=tax, feats=feats,
                         models=self._model_names())
 

@@ -43,6 +43,13 @@ class Labelled:
     def unlabelled(cls, n: int) -> Labelled:
         return cls((LabelDecision(None),) * n, ("unknown",) * n)
 
+    @classmethod
+    def from_matches(cls, matched: dict[int, tuple[LabelDecision, str]], n: int) -> Labelled:
+        """*n* regions: the matched ones with their decision and kind, the rest unlabelled."""
+        none = (LabelDecision(None), "unknown")
+        rows = [matched.get(i, none) for i in range(n)]
+        return cls(tuple(d for d, _ in rows), tuple(k for _, k in rows))
+
 
 def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank, policy: LabelPolicy, *,
                with_parts: bool = True) -> Labelled:
