@@ -27,6 +27,7 @@ from .result import Segmentation
 from .stages.assemble import assemble, prompt_result
 from .stages.embed import embed_regions
 from .stages.label import (
+    UNION_MARGIN,
     Labelled,
     LabelPolicy,
     drop_nested_same_label,
@@ -70,6 +71,12 @@ class Segmenter(ModelOwner):
         min_confidence: softmax probability a top-level label needs to be accepted (else ``unknown``).
         descend_confidence: probability a child label needs to replace its parent ("dog" -> "puppy").
         part_confidence: probability a part label needs inside a labelled object (else ``unknown part``).
+        scoring: ``subtree`` (default: every label in one softmax, a label's probability summed over its subtree,
+            after CHiLS) or ``top-down`` (level by level from the top-level names).
+        vocabulary: let free text and taxonomy labels compete against clipsam's vocabulary of ~330 object and
+            stuff nouns (``everyday`` + ``stuff``), not only the negatives, so a sofa is not the nearest query word.
+        union_margin: log-odds by which a region must beat a region containing it on their shared label for the
+            container to lose that label (a sofa+cat mask is not "the cat"); ``None`` turns the rule off.
         crop_margin: context around each mask's box in its CLIP crop, as a share of the box's long side.
         crop_fill: how pixels outside the mask are neutralised in crops: ``grey``, ``blur`` or ``none``.
         containment: share of a mask that must lie inside another for it to be its child in the tree.
@@ -97,6 +104,9 @@ class Segmenter(ModelOwner):
         min_confidence: float = 0.3,
         descend_confidence: float = 0.5,
         part_confidence: float = 0.3,
+        scoring: str = "subtree",
+        vocabulary: bool = True,
+        union_margin: float | None = UNION_MARGIN,
         crop_margin: float = 0.1,
         crop_fill: str = "grey",
         containment: float = T.DEFAULT_CONTAINMENT,
@@ -110,13 +120,15 @@ class Segmenter(ModelOwner):
         seed: int = 0,
     ) -> None:
         args = locals()
-        check_segmenter_args(**{k: args[k] for k in ("max_side", "crop_fill", "precision", "device", *_UNIT_ARGS)})
+        checked = ("max_side", "crop_fill", "precision", "device", "scoring", "union_margin", *_UNIT_ARGS)
+        check_segmenter_args(**{k: args[k] for k in checked})
         self.sam_name, self.clip_name, self.device_name = sam, clip, device
         self.taxonomy = load_taxonomy(taxonomy) if taxonomy is not None else None
         self.max_side = max_side
         self.templates, self.negatives = tuple(templates), tuple(negatives)
         self.min_confidence, self.descend_confidence = min_confidence, descend_confidence
         self.part_confidence = part_confidence
+        self.scoring, self.vocabulary, self.union_margin = scoring, bool(vocabulary), union_margin
         self.crop_margin, self.crop_fill = crop_margin, crop_fill
         self.containment, self.duplicate_iou = containment, duplicate_iou
         self.part_pred_iou, self.max_part_share = part_pred_iou, max_part_share
@@ -147,11 +159,13 @@ class Segmenter(ModelOwner):
 
     @property
     def policy(self) -> LabelPolicy:
-        return LabelPolicy(self.negatives, self.min_confidence, self.descend_confidence, self.part_confidence)
+        return LabelPolicy(self.negatives, self.min_confidence, self.descend_confidence, self.part_confidence,
+                           self.scoring, self.vocabulary, self.union_margin)
 
     def config(self) -> dict[str, Any]:
         """Every parameter that changes results (for provenance files)."""
-        keys = ("max_side", "min_confidence", "descend_confidence", "part_confidence", "crop_margin", "crop_fill",
+        keys = ("max_side", "min_confidence", "descend_confidence", "part_confidence", "scoring", "vocabulary",
+                "union_margin", "crop_margin", "crop_fill",
                 "containment", "duplicate_iou", "part_pred_iou", "max_part_share", "precision")
         return {"sam": self.sam_name, "clip": self.clip_name, **{k: getattr(self, k) for k in keys},
                 "templates": list(self.templates), "negatives": list(self.negatives),
@@ -166,8 +180,10 @@ class Segmenter(ModelOwner):
 
         With a taxonomy, query words that name a taxonomy node match that node and everything below it
         (``"animal"`` returns dogs, cats, puppies; ``"puppy"`` only puppies; ``"head"`` the parts called head);
-        other words are scored as free text against the background labels. Without a taxonomy, all words are
-        free text. A region inside another match with the same label is not returned twice.
+        other words are free text, scored against the background labels, clipsam's vocabulary of object and stuff
+        nouns and the taxonomy's labels (the word's own synonyms, hypernyms and hyponyms excepted). Without a
+        taxonomy, all words are free text. A region inside another match with the same label is not returned
+        twice: the whole represents the object.
 
         Args:
             image: path, ``PIL.Image`` or array (see :func:`clipsam.image.load_image`).
@@ -187,7 +203,7 @@ class Segmenter(ModelOwner):
         resolved, free = resolve_query(terms, tax)
         work, emb, regions = self._candidates(image, generator_params)
         feats = self._embed(work, regions.rles)
-        query_args = (work, emb, tax if resolved else None, resolved, free, include_parts)
+        query_args = (work, emb, tax, bool(resolved), resolved, free, include_parts)
         regions, feats, matched, keep = self._match(*query_args, regions, feats, part_points)
         if refine and keep:  # refined masks are nested, embedded and labelled anew: labels describe the new masks
             regions, feats = refine_masks(self.proposer, emb, regions, keep, feats, lambda r: self._embed(work, r))
@@ -263,19 +279,22 @@ class Segmenter(ModelOwner):
     def _embed(self, work: Work, rles: Sequence[Any]) -> np.ndarray:
         return embed_regions(work.pixels, rles, self.embedder, margin=self.crop_margin, fill=self.crop_fill)
 
-    def _match(self, work: Work, emb: Any, tax: Taxonomy | None, resolved: list[Any], free: list[str],
+    def _match(self, work: Work, emb: Any, tax: Taxonomy | None, label: bool, resolved: list[Any], free: list[str],
                include_parts: bool, regions: Regions, feats: np.ndarray, part_points: int) -> tuple[Any, ...]:
-        """label -> match the query -> drop matches nested in a same-label match: (regions, feats, matched, keep)."""
+        """label (when the query names taxonomy nodes) -> match the query -> drop matches nested in a same-label
+        match: (regions, feats, matched, keep). Free text competes against *tax*'s labels either way."""
         labelled = None
-        if tax is not None:
+        if label and tax is not None:
             regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
-        matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled)
+        matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled, tax,
+                              rles=regions.rles)
         return regions, feats, matched, drop_nested_same_label(regions.rles, matched, self.containment)
 
     def _label(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, tax: Taxonomy, with_parts: bool,
                part_points: int) -> tuple[Regions, np.ndarray, Labelled]:
         """label, then (with *part_points*) prompt for parts inside labelled objects, re-nest and label again."""
-        labelled = label_tree(feats, regions.parent, tax, self.text_bank, self.policy, with_parts=with_parts)
+        labelled = label_tree(feats, regions.parent, tax, self.text_bank, self.policy, with_parts=with_parts,
+                              rles=regions.rles)
         if part_points <= 0:
             return regions, feats, labelled
         objects = [i for i, k in enumerate(labelled.kinds) if k == "object"]
@@ -286,4 +305,4 @@ class Segmenter(ModelOwner):
         if merged is regions:
             return regions, feats, labelled
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
-                                         with_parts=with_parts)
+                                         with_parts=with_parts, rles=merged.rles)

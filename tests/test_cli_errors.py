@@ -53,6 +53,8 @@ CASES = [
     (["segment", "{d}/photo.png", "cat", *TINY, "--min-confidence", "1.5"], r"min_confidence must be .*\[0, 1\]",
      None),
     (["segment", "{d}/photo.png", "cat", *TINY, "--points-per-side", "0"], r"points_per_side must be .* >= 1", None),
+    (["segment", "{d}/photo.png", "cat", *TINY, "--scoring", "sideways"], r"--scoring must be one of subtree, top-down",
+     None),
     (["segment", "{d}/photo.png", "cat", *TINY, "--out", "{d}/x.txt"], r"unsupported file type '.txt'", None),
     (["segment", "{d}/photo.png", "cat", *TINY, "--out", "{d}/folder/"], r"is a folder", None),
     (["segment", "{d}/photo.png", "cat", *TINY, "--out", "{d}/nowhere/o.png"], r"does not exist", None),

@@ -21,7 +21,10 @@ TAX = Taxonomy.from_dict({"name": "t", "nodes": [
     {"name": "animal", "children": [{"name": "dog", "children": ["puppy"], "parts": ["head", "tail"]}, "cat"]},
     {"name": "furniture", "children": ["sofa"]},
 ]})
-POLICY = LabelPolicy(negatives=("background",), min_confidence=0.3, descend_confidence=0.5, part_confidence=0.3)
+#: The top-down rules (kept as an option) with negatives only: these tests pin its semantics exactly.
+TOP_DOWN = {"scoring": "top-down", "vocabulary": False, "union_margin": None}
+POLICY = LabelPolicy(negatives=("background",), min_confidence=0.3, descend_confidence=0.5, part_confidence=0.3,
+                     **TOP_DOWN)
 
 
 class FixedBank:
@@ -65,7 +68,7 @@ def test_top_level_accept_unknown_and_threshold():
     p_animal = np.exp(5) / (2 * np.exp(5) + 1)  # 0.4983: the tie shares the mass
     assert out.decisions[2].path_scores[0] == pytest.approx(p_animal, rel=1e-5)
     for threshold, kind in ((0.49, "object"), (0.499, "unknown")):
-        policy = LabelPolicy(("background",), min_confidence=threshold)
+        policy = LabelPolicy(("background",), min_confidence=threshold, **TOP_DOWN)
         assert label_tree(feats[2:], np.full(1, -1), TAX, FixedBank(), policy).kinds == (kind,)
 
 
@@ -102,7 +105,8 @@ def test_inside_an_object_parts_unknown_parts_and_objects_on_top():
 
 def test_part_below_part_confidence_is_an_unknown_part():
     feats = rows({"animal": 0.5, "dog": 0.9}, {"dog head": 0.5, "dog tail": 0.5, "cat": 0.45, "furniture": 0.45})
-    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), LabelPolicy(("background",), part_confidence=0.45))
+    policy = LabelPolicy(("background",), part_confidence=0.45, **TOP_DOWN)
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), policy)
     assert out.kinds[1] == "unknown part" and out.decisions[1].best_guess.name in ("head", "tail")
 
 
@@ -179,7 +183,7 @@ def test_scores_are_path_probabilities_that_never_increase_with_depth():
         n = 6
         feats = rng.random((n, len(axes))).astype(np.float32) * rng.random((n, 1)).astype(np.float32)
         parents = np.array([-1, 0, 1, -1, 3, 0])
-        out = label_tree(feats, parents, tax, Bank(), LabelPolicy(("background",), 0.2, 0.3, 0.2))
+        out = label_tree(feats, parents, tax, Bank(), LabelPolicy(("background",), 0.2, 0.3, 0.2, **TOP_DOWN))
         for d in out.decisions:
             if d.node is None:
                 continue
@@ -200,3 +204,88 @@ def test_scores_are_path_probabilities_that_never_increase_with_depth():
     p = softmax([0.6, 0.7, 0.0, 0.0, 0.0])  # head, ear, tail, furniture (rival), background
     assert ear.path_scores[2] == pytest.approx(dog_p * (p[0] + p[1]), rel=1e-5)
     assert ear.path_scores[3] == pytest.approx(dog_p * p[1], rel=1e-5)
+
+
+# -- the default rules: subtree scoring, the union and group rules ----------------------------------------------
+
+SUBTREE = LabelPolicy(negatives=("background",), vocabulary=False)
+
+
+def test_subtree_scoring_sums_a_label_with_everything_below_it():
+    """CHiLS: a crop that matches "dog" and "puppy" but hardly "animal" is an animal through its subtree, which
+    the top-down rules (asking "animal" first) miss."""
+    feats = rows({"animal": 0.1, "dog": 0.6, "puppy": 0.7, "furniture": 0.1, "background": 0.3})
+    out = label_tree(feats, np.full(1, -1), TAX, FixedBank(), SUBTREE)
+    d = out.decisions[0]
+    # one softmax over animal, dog, puppy, cat, furniture, sofa and background
+    p = softmax([0.1, 0.6, 0.7, 0.0, 0.1, 0.0, 0.3])
+    assert d.node.path == ("animal", "dog", "puppy")
+    assert d.path_scores == pytest.approx((p[0] + p[1] + p[2] + p[3], p[1] + p[2], p[2]), rel=1e-5)
+    assert label_tree(feats, np.full(1, -1), TAX, FixedBank(), POLICY).kinds == ("unknown",)  # top-down: background
+    # the descent stops where no child holds descend_confidence of its parent's mass
+    feats = rows({"dog": 0.6, "puppy": 0.55})
+    assert label_tree(feats, np.full(1, -1), TAX, FixedBank(), SUBTREE).decisions[0].node.path == ("animal", "dog")
+
+
+def test_a_container_that_merely_contains_a_label_loses_it():
+    """A sofa+cat union that scores "cat" (on its own) but far less than the cat inside it is labelled without cat;
+    a half that scores a little more than its whole does not take the label from it."""
+    feats = rows({"cat": 0.55, "sofa": 0.5},   # 0: union, slightly more cat than sofa
+                 {"cat": 0.95},                # 1: the cat, inside 0 (0.4 higher: 4 logits at this bank's scale 10)
+                 {"dog": 0.9},                 # 2: a dog
+                 {"dog": 0.95})                # 3: half of the dog, inside 2 (0.05 higher: 0.5 logits)
+    parents = np.array([-1, 0, -1, 2])
+    policy = LabelPolicy(negatives=("background",), vocabulary=False, union_margin=2.0)
+    out = label_tree(feats, parents, TAX, FixedBank(), policy)
+    assert out.decisions[0].node.path == ("furniture", "sofa") and out.kinds[:2] == ("object", "object")
+    assert out.decisions[1].node.path == ("animal", "cat")
+    assert out.decisions[2].node.path == ("animal", "dog") and out.kinds[3] != "object"
+    off = label_tree(feats, parents, TAX, FixedBank(), LabelPolicy(("background",), vocabulary=False,
+                                                                     union_margin=None))
+    assert off.decisions[0].node.path == ("animal", "cat") and off.kinds[1] != "object"  # the bug: union is "cat"
+
+
+def test_a_region_covered_by_two_objects_is_a_group_not_an_object():
+    from clipsam.core import masks as M
+
+    union = np.zeros((10, 20), bool)
+    union[:, :20] = True
+    cat, sofa, half = np.zeros_like(union), np.zeros_like(union), np.zeros_like(union)
+    cat[:, :8] = True
+    sofa[:, 8:] = True
+    half[:, :10] = True
+    rles = [M.encode(m) for m in (union, cat, sofa)]
+    feats = rows({"cat": 0.8, "sofa": 0.7}, {"cat": 0.9}, {"sofa": 0.9})
+    parents = np.array([-1, 0, 0])
+    out = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.kinds == ("unknown", "object", "object")
+    assert [d.node.name if d.node else None for d in out.decisions] == [None, "cat", "sofa"]
+    # two members of the same category (two halves of a dog) do not make a group
+    rles = [M.encode(m) for m in (union, half, ~half)]
+    feats = rows({"dog": 0.9}, {"dog": 0.9}, {"dog": 0.85})
+    out = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.kinds[0] == "object" and out.decisions[0].node.name == "dog"
+
+
+def test_free_text_competes_against_the_vocabulary():
+    """``"cat"`` with no taxonomy: a sofa closer to "cat" than to the negatives is still a sofa."""
+    axes = ["cat", "couch", "animal", "kitten", "background", "elsewhere"]
+
+    class Bank:
+        logit_scale = 100.0
+
+        def embed(self, prompt_sets):
+            out = np.zeros((len(prompt_sets), len(axes)), np.float32)
+            for k, prompts in enumerate(prompt_sets):
+                out[k, axes.index(prompts[0]) if prompts[0] in axes else -1] = 1.0
+            return out
+
+    feats = np.zeros((3, len(axes)), np.float32)
+    feats[0, [0, 1, 4]] = (0.22, 0.30, 0.18)  # a sofa, a little like a cat
+    feats[1, [0, 1, 4]] = (0.30, 0.20, 0.18)  # a cat
+    feats[2, [3, 0, 4]] = (0.30, 0.26, 0.18)  # a kitten: counts for the query "cat"
+    parents = np.full(3, -1)
+    policy = LabelPolicy(negatives=("background",))
+    assert sorted(match_query(feats, parents, [], ["cat"], Bank(), policy)) == [1, 2]
+    today = LabelPolicy(negatives=("background",), **TOP_DOWN)
+    assert sorted(match_query(feats, parents, [], ["cat"], Bank(), today)) == [0, 1, 2]  # the sofa was a cat

@@ -98,7 +98,7 @@ def test_bad_prompts_are_refused_clearly(tiny, chelsea, kwargs, pattern):
 
 
 def test_text_query_and_refinement(chelsea):
-    seg = tiny_segmenter(negatives=(), min_confidence=0.0)
+    seg = tiny_segmenter(negatives=(), vocabulary=False, min_confidence=0.0)
     result = seg.segment(chelsea, "cat", refine=True)
     assert len(result) >= 1 and {r.label for r in result} == {"cat"}
     assert all(r.label_path == ("cat",) and r.kind == "object" for r in result)
@@ -121,7 +121,7 @@ def test_from_models_wraps_user_built_models(chelsea):
     model, preprocess, tokenizer = tiny_clip(seed=5)
     seg = Segmenter.from_models(tiny_sam(seed=5), model, preprocess=preprocess, tokenizer=tokenizer, device="cpu",
                                 generator_params=TINY_GENERATOR_PARAMS, text_cache=False, negatives=(),
-                                min_confidence=0.0)
+                                vocabulary=False, min_confidence=0.0)
     assert len(seg.segment(chelsea, "cat")) >= 1
     feats = seg.embedder.embed_images([chelsea[:32, :32]] * 3)
     assert feats.shape == (3, 16)

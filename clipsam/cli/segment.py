@@ -110,10 +110,13 @@ def segment(
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
                                                   "(default 32; 8 for tiny-random)."),
     min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
+    scoring: str = typer.Option("subtree", "--scoring", help="How taxonomy labels are scored: subtree (every label "
+                                "in one softmax, summed up the tree) or top-down (level by level)."),
     as_json: bool = json_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
     """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
+    from ..core.labels import SCORINGS
     from ..segmenter import Segmenter
 
     if verbose:
@@ -130,8 +133,11 @@ def segment(
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
+    if scoring not in SCORINGS:
+        fail(f"--scoring must be one of {', '.join(SCORINGS)}, got {show(scoring)!r}")
     segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
-                          min_confidence=min_confidence, generator_params=generator_params(points_per_side))
+                          min_confidence=min_confidence, scoring=scoring,
+                          generator_params=generator_params(points_per_side))
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
     with err.status("segmenting…", spinner="dots") if not as_json else nullcontext():

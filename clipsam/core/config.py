@@ -52,9 +52,17 @@ def check_generator_params(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def check_segmenter_args(*, max_side: Any, crop_fill: str, precision: str, device: Any, **unit: Any) -> None:
+def check_segmenter_args(*, max_side: Any, crop_fill: str, precision: str, device: Any, scoring: Any = "subtree",
+                         union_margin: Any = None, **unit: Any) -> None:
     """The checks of :class:`~clipsam.Segmenter`'s arguments (*unit*: those that must lie in [0, 1])."""
     from .crops import FILL_MODES
+    from .labels import SCORINGS
+
+    if scoring not in SCORINGS:
+        raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    if union_margin is not None and (isinstance(union_margin, bool) or not isinstance(union_margin, (int, float))
+                                     or not np.isfinite(union_margin) or union_margin < 0):
+        raise ConfigError(f"union_margin must be a number of nats >= 0 (or None), got {union_margin!r}")
 
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
                                  or max_side < 16):

@@ -1,4 +1,5 @@
-"""Labels from embeddings: prompt ensembles, the text-embedding cache, and top-down hierarchical scoring.
+"""Labels from embeddings: prompt ensembles, the text-embedding cache, and hierarchical scoring -- through subtrees
+(CHiLS-style, the default) or top-down.
 
 Pure numpy; the text encoder is any :class:`~clipsam.models.base.RegionEmbedder`.
 """
@@ -35,8 +36,13 @@ DEFAULT_NEGATIVES: tuple[str, ...] = (
     "background", "wall", "floor", "ground", "sky", "texture", "pattern", "surface",
 )
 
-__all__ = ["DEFAULT_NEGATIVES", "DEFAULT_TEMPLATES", "LabelDecision", "TextBank", "fill_template", "label_hierarchical",
-           "score_flat", "softmax"]
+#: How taxonomy labels are scored: ``subtree`` (one softmax over every label, a label's probability the sum over its
+#: subtree: CHiLS) or ``top-down`` (level by level, from the top-level names).
+SCORINGS = ("subtree", "top-down")
+
+__all__ = ["DEFAULT_NEGATIVES", "DEFAULT_TEMPLATES", "SCORINGS", "LabelDecision", "SubtreeScores", "TextBank",
+           "choose", "fill_template", "label_hierarchical", "label_objects", "score_flat", "softmax",
+           "subtree_scores"]
 
 
 #: Part of every text-cache key: changes whenever the texts made from a template and a label change.
@@ -168,22 +174,27 @@ def _probs(embeddings: np.ndarray, text: np.ndarray, scale: float) -> np.ndarray
     return softmax(scale * (embeddings @ text.T))
 
 
+def prompt_sets(negatives: Sequence[str | Sequence[str]]) -> list[tuple[str, ...]]:
+    """Competitors as prompt sets: a word is its own set, a tuple a set of synonyms."""
+    return [(n,) if isinstance(n, str) else tuple(n) for n in negatives]
+
+
 def score_flat(
     embeddings: np.ndarray,
     candidates: Sequence[TaxonomyNode],
     bank: TextBank,
     *,
-    negatives: Sequence[str] = DEFAULT_NEGATIVES,
+    negatives: Sequence[str | Sequence[str]] = DEFAULT_NEGATIVES,
     min_confidence: float = 0.3,
 ) -> list[LabelDecision]:
-    """One level: softmax over *candidates* + *negatives*; accept the best candidate if it beats every negative
-    and reaches *min_confidence*."""
+    """One level: softmax over *candidates* + *negatives* (background words and other competitors); accept the best
+    candidate if it beats every negative and reaches *min_confidence*."""
     n = len(embeddings)
     if n == 0:
         return []
     if not candidates:
         return [LabelDecision(None) for _ in range(n)]
-    text = bank.embed([c.prompts for c in candidates] + [(neg,) for neg in negatives])
+    text = bank.embed([c.prompts for c in candidates] + prompt_sets(negatives))
     p = _probs(embeddings, text, bank.logit_scale)
     k = len(candidates)
     best_cand = p[:, :k].argmax(axis=1)
@@ -241,7 +252,7 @@ def label_hierarchical(
     taxonomy: Taxonomy,
     bank: TextBank,
     *,
-    negatives: Sequence[str] = DEFAULT_NEGATIVES,
+    negatives: Sequence[str | Sequence[str]] = DEFAULT_NEGATIVES,
     min_confidence: float = 0.3,
     descend_confidence: float = 0.5,
 ) -> list[LabelDecision]:
@@ -254,5 +265,96 @@ def label_hierarchical(
     return descend(embeddings, top, bank, descend_confidence=descend_confidence)
 
 
+@dataclass(frozen=True)
+class SubtreeScores:
+    """One softmax over object labels, extra candidates and competitors, for ``N`` regions.
+
+    Attributes:
+        nodes: the object labels scored (every non-part node under the given tops, pre-order).
+        prob: ``(N, len(nodes))`` each label's own probability.
+        mass: ``(N, len(nodes))`` each label's probability plus its subtree's (CHiLS): P(the region is this label or
+            something below it).
+        extra: ``(N, len(extra))`` probabilities of the extra candidates (parts).
+        rival: ``(N,)`` the largest probability of a single competitor.
+    """
+
+    nodes: tuple[TaxonomyNode, ...]
+    prob: np.ndarray
+    mass: np.ndarray
+    extra: np.ndarray
+    rival: np.ndarray
+
+    def column(self, node: TaxonomyNode) -> int:
+        return next(j for j, n in enumerate(self.nodes) if n is node)
+
+    def subtree(self, node: TaxonomyNode) -> list[int]:
+        """Columns of *node* and every label below it."""
+        return [j for j, n in enumerate(self.nodes) if n.is_a(node)]
+
+
+def subtree_scores(embeddings: np.ndarray, tops: Sequence[TaxonomyNode], bank: TextBank,
+                   competitors: Sequence[str | Sequence[str]], extra: Sequence[TaxonomyNode] = ()) -> SubtreeScores:
+    """Score every object label under *tops*, the *extra* nodes and the *competitors* in one softmax; sum each
+    label's probability up its is-a ancestors."""
+    nodes = tuple(n for top in tops for n in top.walk() if not n.is_part)
+    comps = prompt_sets(competitors)
+    n, k, e = len(embeddings), len(nodes), len(extra)
+    if n == 0 or k + e == 0:
+        return SubtreeScores(nodes, np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, e)), np.zeros(n))
+    text = bank.embed([c.prompts for c in nodes] + [c.prompts for c in extra] + comps)
+    p = _probs(embeddings, text, bank.logit_scale).astype(np.float64)
+    mass = p[:, :k].copy()
+    col = {id(c): j for j, c in enumerate(nodes)}
+    for j in range(k - 1, -1, -1):  # reversed pre-order: every node after all of its descendants
+        parent = nodes[j].parent
+        if parent is not None and id(parent) in col:
+            mass[:, col[id(parent)]] += mass[:, j]
+    rival = p[:, k + e:].max(axis=1) if p.shape[1] > k + e else np.zeros(n)
+    return SubtreeScores(nodes, p[:, :k], mass, p[:, k:k + e], rival)
+
+
+def choose(scores: SubtreeScores, row: int, tops: Sequence[TaxonomyNode], *, min_confidence: float,
+           descend_confidence: float, deep: bool = True) -> LabelDecision:
+    """Region *row*'s label among *tops*: the top with the most mass, accepted if it reaches *min_confidence* and a
+    label in its subtree beats every competitor (label against word: a subtree of many labels gathers mass even
+    from a crop that matches none of them); then down into the child with the most mass while that child holds at least
+    *descend_confidence* of its parent's mass. ``path_scores`` are the masses along the path (non-increasing)."""
+    if not tops:
+        return LabelDecision(None)
+    m = scores.mass[row]
+    cols = [scores.column(t) for t in tops]
+    j = max(cols, key=lambda c: m[c])
+    top, top_p = scores.nodes[j], float(m[j])
+    if not (scores.prob[row, scores.subtree(top)].max() > scores.rival[row] and top_p >= min_confidence):
+        return LabelDecision(None, (), top, top_p)
+    node, path = top, [top_p]
+    while deep and node.children:
+        kids = [scores.column(c) for c in node.children]
+        c = max(kids, key=lambda x: m[x])
+        if m[c] <= 0 or m[c] < descend_confidence * path[-1]:
+            break
+        node = scores.nodes[c]
+        path.append(min(float(m[c]), path[-1]))
+    return LabelDecision(node, tuple(path), top, top_p)
+
+
+def label_objects(embeddings: np.ndarray, tops: Sequence[TaxonomyNode], bank: TextBank, *,
+                  competitors: Sequence[str | Sequence[str]] = DEFAULT_NEGATIVES, scoring: str = "subtree",
+                  min_confidence: float = 0.3, descend_confidence: float = 0.5, deep: bool = True
+                  ) -> list[LabelDecision]:
+    """Object labels of ``(N, D)`` region embeddings among the labels under *tops*, by *scoring* (``subtree`` or
+    ``top-down``), to the deepest confident level (*deep*) or the top level only; a region closer to a competitor,
+    or below *min_confidence*, is unknown (open set)."""
+    if scoring == "top-down":
+        top = score_flat(embeddings, tops, bank, negatives=competitors, min_confidence=min_confidence)
+        return descend(embeddings, top, bank, descend_confidence=descend_confidence) if deep else top
+    if scoring != "subtree":
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    scores = subtree_scores(embeddings, tops, bank, competitors)
+    return [choose(scores, i, tops, min_confidence=min_confidence, descend_confidence=descend_confidence,
+                   deep=deep) for i in range(len(embeddings))]
+
+
 def _safe(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in key)
+

@@ -1,13 +1,5 @@
-"""Test helpers: the real SAM and open_clip architectures at tiny sizes, and a synthetic scene with oracles.
-
-* :func:`tiny_sam`, :func:`tiny_clip` and :func:`tiny_segmenter` build the *real* networks (``Sam`` with an
-  ``ImageEncoderViT``, ``PromptEncoder``, ``MaskDecoder``, ``TwoWayTransformer``; an open_clip ``CLIP``) with
-  random weights in well under a second. Real code paths, meaningless outputs: use them to test shapes,
-  wiring, determinism and error handling, in clipsam's tests and in yours.
-* :func:`synthetic_scene` paints known shapes with known labels and parts; :class:`OracleProposer` and
-  :class:`OracleEmbedder` sit behind the same interfaces as SAM and CLIP and know the truth, so labels, label
-  paths, the tree and ``unknown`` handling can be asserted exactly.
-"""
+"""The exact oracle world: a synthetic scene with known shapes, labels and parts, and a proposer and an embedder
+that know the truth, so labels, label paths, the tree and ``unknown`` handling can be asserted exactly."""
 
 from __future__ import annotations
 
@@ -18,27 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from .core import masks as M
-from .core.crops import CLIP_MEAN_RGB
-from .core.taxonomy import Taxonomy
-from .models.base import TINY_GENERATOR_PARAMS, PromptMasks, Proposal
-from .models.tiny import tiny_clip, tiny_sam
+from ..core import masks as M
+from ..core.crops import CLIP_MEAN_RGB
+from ..core.taxonomy import Taxonomy
+from ..models.base import PromptMasks, Proposal
 
-__all__ = [
-    "TINY_GENERATOR_PARAMS", "OracleEmbedder", "OracleProposer",
-    "Scene", "SceneShape", "SCENE_TAXONOMY", "oracle_segmenter",
-    "synthetic_scene", "tiny_clip", "tiny_sam", "tiny_segmenter",
-]
+__all__ = ["SCENE_TAXONOMY", "OracleEmbedder", "OracleProposer", "Scene", "SceneShape", "oracle_segmenter",
+           "synthetic_scene"]
 
-
-
-def tiny_segmenter(seed: int = 0, **kwargs: Any):
-    """A :class:`~clipsam.Segmenter` on :func:`tiny_sam` and :func:`tiny_clip` (CPU, no text cache on disk)."""
-    from .segmenter import Segmenter
-
-    kwargs.setdefault("device", "cpu")
-    kwargs.setdefault("text_cache", False)
-    return Segmenter(sam="tiny-random", clip="tiny-random", seed=seed, **kwargs)
 
 
 # -- the synthetic scene ---------------------------------------------------------------------------------
@@ -184,8 +163,9 @@ class OracleEmbedder:
     """Embeds crops by the scene colour that dominates them and texts by the scene phrase they contain.
 
     Each scene phrase (``dog``, ``dog head``, ``animal`` …) and each negative label is one axis. A crop maps to
-    its dominant shape's weighted phrases (a puppy is mostly "puppy", partly "dog" and "animal"); a text maps to
-    the longest phrase it contains. CLIP's behaviour, made exact.
+    its dominant shape's weighted phrases (a puppy is mostly "puppy", partly "dog" and "animal"); a prompt made
+    from a template maps to the label it names (any other text to the longest phrase it contains), and a label
+    that names nothing in the scene to one shared "elsewhere" axis. CLIP's behaviour, made exact.
     """
 
     name = "oracle-embedder"
@@ -194,7 +174,7 @@ class OracleEmbedder:
     logit_scale = 100.0
 
     def __init__(self, scene: Scene, negatives: Sequence[str] = ()) -> None:
-        from .core.labels import DEFAULT_NEGATIVES
+        from ..core.labels import DEFAULT_NEGATIVES
 
         self.scene = scene
         phrases = sorted({p for s in scene.shapes for p in s.phrases}
@@ -234,18 +214,24 @@ class OracleEmbedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
             self.texts_seen.append(text)
-            words = text.lower()
-            found = [p for p in self.axes if re.search(rf"\b{re.escape(p)}\b", words)]
-            if found:
-                out[i, self.axes[max(found, key=len)]] = 1.0
-            else:
-                out[i, -1] = 1.0
+            label = _template_label(text.lower())
+            if label is not None:  # a prompt made from a template: the label it names, exactly ("hot dog" is no dog)
+                out[i, self.axes.get(label, self.dim - 1)] = 1.0
+                continue
+            found = [p for p in self.axes if re.search(rf"\b{re.escape(p)}\b", text.lower())]
+            out[i, self.axes[max(found, key=len)] if found else self.dim - 1] = 1.0
         return out
+
+
+def _template_label(text: str) -> str | None:
+    from .world import template_label
+
+    return template_label(text)
 
 
 def oracle_segmenter(scene: Scene | None = None, **kwargs: Any):
     """A :class:`~clipsam.Segmenter` on the oracle models of *scene* (default: :func:`synthetic_scene`)."""
-    from .segmenter import Segmenter
+    from ..segmenter import Segmenter
 
     scene = scene or synthetic_scene()
     kwargs.setdefault("taxonomy", scene.taxonomy)

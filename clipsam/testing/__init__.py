@@ -1,0 +1,45 @@
+"""Test helpers: the real SAM and open_clip architectures at tiny sizes, and two worlds with oracles.
+
+* :func:`tiny_sam`, :func:`tiny_clip` and :func:`tiny_segmenter` build the *real* networks (``Sam`` with an
+  ``ImageEncoderViT``, ``PromptEncoder``, ``MaskDecoder``, ``TwoWayTransformer``; an open_clip ``CLIP``) with
+  random weights in well under a second. Real code paths, meaningless outputs: use them to test shapes,
+  wiring, determinism and error handling, in clipsam's tests and in yours.
+* The **exact** world (:func:`synthetic_scene`, :class:`OracleProposer`, :class:`OracleEmbedder`) paints known
+  shapes with known labels and parts behind the same interfaces as SAM and CLIP, so that labels, label paths,
+  the tree and ``unknown`` handling can be asserted exactly.
+* The **CLIP-like** world (:class:`CLIPLikeWorld`) draws scenes, a SAM-like proposer (unions, halves,
+  near-duplicates, slabs, parts) and an embedder whose similarities are soft and correlated like real CLIP's:
+  the world in which labelling rules are measured (see :mod:`clipsam.testing.world`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models.base import TINY_GENERATOR_PARAMS
+from ..models.tiny import tiny_clip, tiny_sam
+from .oracle import (
+    SCENE_TAXONOMY,
+    OracleEmbedder,
+    OracleProposer,
+    Scene,
+    SceneShape,
+    oracle_segmenter,
+    synthetic_scene,
+)
+from .world import CLIPLikeEmbedder, CLIPLikeWorld, Instance, SAMLikeProposer, WorldParams, WorldScene
+
+__all__ = [
+    "SCENE_TAXONOMY", "TINY_GENERATOR_PARAMS", "CLIPLikeEmbedder", "CLIPLikeWorld", "Instance", "OracleEmbedder",
+    "OracleProposer", "SAMLikeProposer", "Scene", "SceneShape", "WorldParams", "WorldScene", "oracle_segmenter",
+    "synthetic_scene", "tiny_clip", "tiny_sam", "tiny_segmenter",
+]
+
+
+def tiny_segmenter(seed: int = 0, **kwargs: Any):
+    """A :class:`~clipsam.Segmenter` on :func:`tiny_sam` and :func:`tiny_clip` (CPU, no text cache on disk)."""
+    from ..segmenter import Segmenter
+
+    kwargs.setdefault("device", "cpu")
+    kwargs.setdefault("text_cache", False)
+    return Segmenter(sam="tiny-random", clip="tiny-random", seed=seed, **kwargs)
