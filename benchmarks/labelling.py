@@ -6,7 +6,9 @@ The per-mask loop is what Semantic-Segment-Anything-style code does: for each ma
 alone, encode the label prompts again, score. It uses the same crops, the same prompt ensemble and the same
 softmax as clipsam, so both must pick the same labels (checked). clipsam encodes crops in batches and each label's
 text once (cached in memory and on disk: "warm" runs reuse it). CLIP ViT-B/16 with real weights when cached, else
-the same architecture with random weights (the timings do not depend on the weights).
+the same architecture with random weights (the timings do not depend on the weights). The loop's comparison runs
+clipsam with the loop's rule (labels + 8 negatives); the "default rules" rows add clipsam's vocabulary (~330 more
+labels to encode once, then cached) and subtree scoring.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from _common import Timer, clip_model, machine, photo  # noqa: E402
 
 from clipsam.core import masks as M  # noqa: E402
 from clipsam.core.crops import crop_region  # noqa: E402
-from clipsam.core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank, label_hierarchical, score_flat  # noqa: E402
+from clipsam.core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, TextBank  # noqa: E402
 from clipsam.core.taxonomy import Taxonomy  # noqa: E402
 from clipsam.models.clip import ClipEmbedder  # noqa: E402
+from clipsam.stages.label import LabelPolicy, label_tree  # noqa: E402
 
 
 def random_masks(image: np.ndarray, n: int, seed: int = 0) -> list[dict]:
@@ -64,13 +67,11 @@ def per_mask_loop(emb: ClipEmbedder, image: np.ndarray, rles: list[dict], labels
 
 
 def clipsam_batched(emb: ClipEmbedder, image: np.ndarray, rles: list[dict], taxonomy: Taxonomy,
-                    bank: TextBank) -> list[str | None]:
+                    bank: TextBank, policy: LabelPolicy) -> list[str | None]:
+    """clipsam's label stage on every mask at once (as roots: the containment rules cost no text)."""
     crops = [crop_region(image, M.decode(r), M.bbox_xywh(r), size=emb.image_size) for r in rles]
     feats = np.concatenate([emb.embed_images(crops[i:i + 64]) for i in range(0, len(crops), 64)])
-    if taxonomy.is_flat:
-        decisions = score_flat(feats, taxonomy.top, bank, negatives=DEFAULT_NEGATIVES, min_confidence=0.3)
-    else:
-        decisions = label_hierarchical(feats, taxonomy, bank, negatives=DEFAULT_NEGATIVES)
+    decisions = label_tree(feats, np.full(len(rles), -1), taxonomy, bank, policy).decisions
     return [d.node.name if d.node else None for d in decisions]
 
 
@@ -94,17 +95,29 @@ def main() -> None:
     assert len(big) == 1000
     cache = Path(tempfile.mkdtemp(prefix="clipsam-bench-"))
 
+    # the loop's rule: the labels and the 8 negatives in one softmax; clipsam's default adds its ~330-word vocabulary
+    same_rules = LabelPolicy(vocabulary=False, union_margin=None)
+    default = LabelPolicy()
+
+    def bank() -> TextBank:
+        return TextBank(emb, DEFAULT_TEMPLATES, cache_dir=cache)
+
     with Timer() as loop:
         loop_labels = per_mask_loop(emb, image, rles, ten)
-    bank = TextBank(emb, DEFAULT_TEMPLATES, cache_dir=cache)
     with Timer() as cold10:
-        ours = clipsam_batched(emb, image, rles, flat10, bank)
+        ours = clipsam_batched(emb, image, rles, flat10, bank(), same_rules)
     with Timer() as warm10:
-        clipsam_batched(emb, image, rles, flat10, TextBank(emb, DEFAULT_TEMPLATES, cache_dir=cache))
+        clipsam_batched(emb, image, rles, flat10, bank(), same_rules)
     with Timer() as cold1000:
-        clipsam_batched(emb, image, rles, big, TextBank(emb, DEFAULT_TEMPLATES, cache_dir=cache))
+        clipsam_batched(emb, image, rles, big, bank(), same_rules)
     with Timer() as warm1000:
-        clipsam_batched(emb, image, rles, big, TextBank(emb, DEFAULT_TEMPLATES, cache_dir=cache))
+        clipsam_batched(emb, image, rles, big, bank(), same_rules)
+    with Timer() as vocab_cold10:
+        clipsam_batched(emb, image, rles, flat10, bank(), default)
+    with Timer() as vocab_warm10:
+        clipsam_batched(emb, image, rles, flat10, bank(), default)
+    with Timer() as vocab_warm1000:
+        clipsam_batched(emb, image, rles, big, bank(), default)
     result = {
         "machine": machine(), "clip": args.clip, "weights": kind, "masks": len(rles),
         "templates": len(DEFAULT_TEMPLATES),
@@ -116,12 +129,18 @@ def main() -> None:
         "speedup_vs_loop_warm": round(loop.seconds / warm10.seconds, 1),
         "labels_1000_vs_10_warm": round(warm1000.seconds / warm10.seconds, 3),
         "labels_1000_vs_10_cold": round(cold1000.seconds / cold10.seconds, 2),
+        "default_rules_10_cold_s": round(vocab_cold10.seconds, 2),
+        "default_rules_10_warm_s": round(vocab_warm10.seconds, 2),
+        "default_rules_1000_warm_s": round(vocab_warm1000.seconds, 2),
+        "default_rules_speedup_vs_loop_warm": round(loop.seconds / vocab_warm10.seconds, 1),
     }
     print(json.dumps(result, indent=2))
     print(f"\n{len(rles)} masks: per-mask loop {loop.seconds:.1f} s; clipsam {cold10.seconds:.1f} s cold / "
           f"{warm10.seconds:.1f} s warm -> {result['speedup_vs_loop_cold']}x / {result['speedup_vs_loop_warm']}x; "
           f"1000 labels cost {result['labels_1000_vs_10_warm']}x of 10 (warm), {result['labels_1000_vs_10_cold']}x "
-          f"(cold); same labels: {result['same_labels']}")
+          f"(cold); same labels: {result['same_labels']}; default rules (vocabulary, subtree): "
+          f"{vocab_cold10.seconds:.1f} s cold / {vocab_warm10.seconds:.1f} s warm, "
+          f"1000 labels {vocab_warm1000.seconds:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

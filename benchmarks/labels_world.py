@@ -1,0 +1,156 @@
+"""Benchmark — labelling rules in the CLIP-like world: free-text precision / recall and per-level accuracy.
+
+    python benchmarks/labels_world.py --seeds 20 --scenes 5
+    python benchmarks/labels_world.py --margins --seeds 40     # what the union rule's margin is measured from
+
+Each seed draws a new world (concept vectors, crops' noise) and *scenes* scenes in it (`clipsam.testing.world`):
+two background slabs, four objects (in most scenes one lies on a support: a cat on a sofa), their parts, and what a
+SAM-like proposer returns (objects, parts, slabs, unions, halves, near-duplicates). Three rule sets are compared
+on the same scenes:
+
+* **today** -- the rules before this change: top-down from the top-level names, free text against the 8 negatives
+  only, containers keep their labels (``scoring="top-down", vocabulary=False, union_margin=None``);
+* **default** -- subtree (CHiLS) scoring, the vocabulary, the union rule;
+* **top-down** -- the option: top-down scoring with the vocabulary and the union rule.
+
+Free text: ``segment(image, term)`` without a taxonomy, for every object's basic-level name and one absent name;
+a returned region is right when it covers a true object of that name with IoU >= 0.8. Levels:
+``segment_everything(image)`` with ``everyday``; each true instance is compared with the region that covers it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from clipsam.core import masks as M
+from clipsam.core.vocabulary import query_taxonomy
+from clipsam.stages.label import LabelPolicy, evidence
+from clipsam.testing.world import CLIPLikeWorld, WorldParams, absent_term, basic_terms, level_hits, query_counts
+
+RULES = {
+    "today": {"scoring": "top-down", "vocabulary": False, "union_margin": None},
+    "default": {},
+    "top-down": {"scoring": "top-down"},
+}
+LEVELS = ("object L1", "object L2", "object L3", "part", "stuff")
+
+
+def run(seeds: int, scenes: int, params: WorldParams) -> dict[str, dict[str, float]]:
+    counts: dict[str, np.ndarray] = {name: np.zeros(3, int) for name in RULES}
+    unions: dict[str, list[bool]] = {name: [] for name in RULES}
+    levels: dict[str, dict[str, list[bool]]] = {name: defaultdict(list) for name in RULES}
+    for seed in range(seeds):
+        world = CLIPLikeWorld(seed, params)
+        for k in range(scenes):
+            scene = world.scene(k)
+            terms = basic_terms(scene) + [absent_term(world, scene)]
+            small = {s.path[1] for s in scene.instances if s.kind == "object" and s.parent is not None}
+            for name, rules in RULES.items():
+                free = world.segmenter(scene, taxonomy=None, **rules)
+                for term in terms:
+                    result = free.segment(scene.image, term)
+                    counts[name] += query_counts(result, scene, term)
+                    if term in small:  # the object lying on a support: its union must not be returned
+                        unions[name].append(_returns_union(result, scene))
+                everything = world.segmenter(scene, **rules).segment_everything(scene.image)
+                for level, hits in level_hits(everything, scene).items():
+                    levels[name][level].extend(hits)
+    out = {}
+    for name in RULES:
+        tp, fp, fn = counts[name]
+        row = {"precision": tp / max(1, tp + fp), "recall": tp / max(1, tp + fn),
+               "union returned": float(np.mean(unions[name])) if unions[name] else float("nan")}
+        row.update({level: float(np.mean(levels[name][level])) for level in LEVELS if levels[name][level]})
+        row.update({f"n {level}": len(levels[name][level]) for level in LEVELS})
+        out[name] = row
+    return out
+
+
+def _returns_union(result, scene) -> bool:
+    if not scene.unions or not len(result):
+        return False
+    ious = M.iou_matrix([r.rle for r in result], list(scene.unions))
+    return bool((ious >= 0.9).any())
+
+
+def margins(seeds: int, scenes: int) -> dict[str, list[float]]:
+    """Evidence differences (inner - outer, logits on the inner object's name, :func:`evidence`) for nested
+    proposals: *same object* pairs (a half, a part or a near-duplicate inside the whole object) and *union* pairs
+    (an object inside the union of it and what it lies on)."""
+    policy = LabelPolicy()
+    diffs: dict[str, list[float]] = {"same object": [], "union": []}
+    for seed in range(seeds):
+        world = CLIPLikeWorld(seed)
+        for k in range(scenes):
+            scene = world.scene(k)
+            seg = world.segmenter(scene, taxonomy=None)
+            regions = seg.segment_everything(scene.image, with_embeddings=True, label=False).regions
+            terms = basic_terms(scene)
+            if not len(regions) or not terms:
+                continue
+            flat = query_taxonomy(terms, policy.words())
+            ev = np.stack([evidence(regions.embeddings, node, seg.text_bank) for node in flat.top], axis=1)
+            objects = [s for s in scene.instances if s.kind == "object"]
+            obj_iou = M.iou_matrix(list(regions.rles), [s.rle for s in objects])
+            union_iou = (M.iou_matrix(list(regions.rles), list(scene.unions)).max(axis=1) if scene.unions
+                         else np.zeros(len(regions)))
+            share = M.contained_share(list(regions.rles))
+            for i, j in zip(*np.nonzero(share >= 0.9), strict=True):  # i inside j
+                if i == j:
+                    continue
+                if union_iou[j] >= 0.9 and obj_iou[i].max() >= 0.8:
+                    kind, obj = "union", int(obj_iou[i].argmax())
+                elif union_iou[j] < 0.9 and obj_iou[j].max() >= 0.8:
+                    kind, obj = "same object", int(obj_iou[j].argmax())
+                else:
+                    continue
+                t = terms.index(objects[obj].path[1])
+                diffs[kind].append(float(ev[i, t] - ev[j, t]))
+    return diffs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--scenes", type=int, default=5)
+    ap.add_argument("--margins", action="store_true", help="measure the union rule's margin instead")
+    ap.add_argument("--crop-noise", type=float, default=WorldParams.crop_noise,
+                    help="weight of the crops' random part (default %(default)s: 0.025 cosine of noise per text; "
+                         "0.95, the most there is room for: 0.042)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    if args.margins:
+        diffs = margins(args.seeds, args.scenes)
+        for name, values in diffs.items():
+            v = np.asarray(values)
+            q = np.percentile(v, [5, 25, 50, 75, 95, 99]) if len(v) else [float("nan")] * 6
+            print(f"{name:12s} n={len(v):4d}  p5 {q[0]:6.2f}  p25 {q[1]:6.2f}  p50 {q[2]:6.2f}  p75 {q[3]:6.2f}"
+                  f"  p95 {q[4]:6.2f}  p99 {q[5]:6.2f}  (logits, inner - outer)")
+        for m in (2.0, 3.0, 4.0, 4.5, 5.0, 6.0):
+            same = np.mean(np.asarray(diffs["same object"]) > m) if diffs["same object"] else float("nan")
+            union = np.mean(np.asarray(diffs["union"]) > m) if diffs["union"] else float("nan")
+            print(f"margin {m:3.1f}: same-object pairs over it {same:6.1%}   union pairs over it {union:6.1%}")
+        return
+    table = run(args.seeds, args.scenes, WorldParams(crop_noise=args.crop_noise))
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return
+    cols = ["precision", "recall", "union returned", *LEVELS]
+    print(f"{args.seeds} seeds x {args.scenes} scenes, crop noise {args.crop_noise}, "
+          f"{time.perf_counter() - start:.0f} s")
+    print("| rules | " + " | ".join(cols) + " |")
+    print("| --- " * (len(cols) + 1) + "|")
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in cols) + " |")
+    counts = table["default"]
+    print("instances per level: " + ", ".join(f"{level} {counts[f'n {level}']}" for level in LEVELS))
+
+
+if __name__ == "__main__":
+    main()
