@@ -21,11 +21,13 @@ from .core.image import ImageInput
 from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES
 from .core.regions import Regions
 from .core.taxonomy import Taxonomy, load_taxonomy
-from .models.base import TINY, TINY_GENERATOR_PARAMS
+from .errors import ConfigError
+from .models.base import TINY, TINY_GENERATOR_PARAMS, dense_unsupported
 from .models.owner import ModelOwner
 from .result import Segmentation
 from .stages.assemble import assemble, prompt_result
 from .stages.embed import embed_regions
+from .stages.guide import STRATEGIES, guide_targets, guided_part_candidates, pool_regions, propose_guided
 from .stages.label import (
     UNION_MARGIN,
     Labelled,
@@ -37,7 +39,7 @@ from .stages.label import (
     resolve_query,
 )
 from .stages.nest import nest, nest_proposals, propose
-from .stages.parts import add_parts, refine_masks
+from .stages.parts import merge_candidates, part_candidates, refine_masks
 from .stages.prepare import EmbeddingCache, Work, prepare
 from .stages.prompt import predict_prompt, validate_prompts
 
@@ -50,6 +52,8 @@ DEFAULT_CLIP = "ViT-B-16/openai"
 DEFAULT_MAX_SIDE = 1024
 _EMBED_CACHE_SIZE = 4
 #: Parameters that must be numbers in [0, 1].
+#: How regions are embedded: a masked crop each, or dense features pooled inside each mask.
+REGION_FEATURES = ("crops", "pooled")
 _UNIT_ARGS = ("min_confidence", "descend_confidence", "part_confidence", "containment", "duplicate_iou",
               "part_pred_iou", "max_part_share", "crop_margin")
 
@@ -84,6 +88,9 @@ class Segmenter(ModelOwner):
         part_pred_iou: coarse-to-fine part masks need at least this predicted IoU.
         max_part_share: coarse-to-fine part masks may cover at most this share of their object.
         generator_params: defaults for SAM's automatic mask generator (points_per_side, pred_iou_thresh, …).
+        region_features: how regions are embedded: ``crops`` (default: one masked crop per region through CLIP) or
+            ``pooled`` (dense patch features of the whole image, one CLIP pass, averaged inside each mask; needs an
+            embedder with ``dense_features``, else crops are used).
         download: fetch missing weights (else raise a message saying how to import them).
         text_cache: keep text embeddings on disk under ``$CLIPSAM_HOME/text-embeddings``.
         precision: ``fp32`` (default; SAM masks identical to stock) or ``bf16`` (autocast on CUDA: faster,
@@ -114,6 +121,7 @@ class Segmenter(ModelOwner):
         part_pred_iou: float = 0.5,
         max_part_share: float = 0.8,
         generator_params: dict[str, Any] | None = None,
+        region_features: str = "crops",
         download: bool = True,
         text_cache: bool = True,
         precision: str = "fp32",
@@ -122,6 +130,9 @@ class Segmenter(ModelOwner):
         args = locals()
         checked = ("max_side", "crop_fill", "precision", "device", "scoring", "union_margin", *_UNIT_ARGS)
         check_segmenter_args(**{k: args[k] for k in checked})
+        if region_features not in REGION_FEATURES:
+            raise ConfigError(f"region_features must be one of {', '.join(REGION_FEATURES)}, got {region_features!r}")
+        self.region_features = region_features
         self.sam_name, self.clip_name, self.device_name = sam, clip, device
         self.taxonomy = load_taxonomy(taxonomy) if taxonomy is not None else None
         self.max_side = max_side
@@ -138,6 +149,9 @@ class Segmenter(ModelOwner):
         self.download, self.text_cache, self.precision, self.seed = download, text_cache, precision, seed
         self._proposer = self._embedder = self._bank = None
         self._cache = EmbeddingCache(_EMBED_CACHE_SIZE)
+        self._dense_cache = EmbeddingCache(2)
+        #: what the last segment / segment_everything call did: strategy, decoder prompts, CLIP passes
+        self.last_stats: dict[str, Any] = {}
 
     # -- models ------------------------------------------------------------------------------------------
     @classmethod
@@ -165,7 +179,7 @@ class Segmenter(ModelOwner):
     def config(self) -> dict[str, Any]:
         """Every parameter that changes results (for provenance files)."""
         keys = ("max_side", "min_confidence", "descend_confidence", "part_confidence", "scoring", "vocabulary",
-                "union_margin", "crop_margin", "crop_fill",
+                "union_margin", "crop_margin", "crop_fill", "region_features",
                 "containment", "duplicate_iou", "part_pred_iou", "max_part_share", "precision")
         return {"sam": self.sam_name, "clip": self.clip_name, **{k: getattr(self, k) for k in keys},
                 "templates": list(self.templates), "negatives": list(self.negatives),
@@ -174,7 +188,7 @@ class Segmenter(ModelOwner):
 
     # -- public API ------------------------------------------------------------------------------------
     def segment(self, image: ImageInput, query: str | Sequence[str], *, taxonomy: str | Taxonomy | None = None,
-                refine: bool = False, include_parts: bool = True, part_points: int = 0,
+                refine: bool = False, include_parts: bool = True, part_points: int = 0, strategy: str = "grid",
                 **generator_params: Any) -> Segmentation:
         """Regions matching a text *query* (``"dog"``, ``"dog, cat"`` or a list), best scores first in ``.best``.
 
@@ -193,15 +207,21 @@ class Segmenter(ModelOwner):
                 nested and labelled again, so labels, parents and ids describe the masks returned.
             include_parts: with a taxonomy, also label parts inside objects (the part-whole tree).
             part_points: with a taxonomy, find parts coarse-to-fine (see :meth:`segment_everything`).
-            **generator_params: SAM automatic-generator parameters for this call.
+            strategy: ``grid`` (default: SAM's full point grid, every mask scored) or ``guided`` (CLIP's dense
+                relevance map for the query places a few SAM prompts -- the peak and box of each high-relevance
+                region -- then the same scoring; far fewer decoder prompts; falls back to the grid when the embedder
+                has no dense features).
+            **generator_params: SAM automatic-generator parameters for this call (grid strategy).
 
         Returns:
             A :class:`Segmentation` (empty when nothing matches).
         """
         terms = parse_query(query)
+        check_strategy(strategy)
         tax = load_taxonomy(taxonomy) if taxonomy is not None else self.taxonomy
         resolved, free = resolve_query(terms, tax)
-        work, emb, regions = self._candidates(image, generator_params)
+        guide = guide_targets(tax, resolved, free, self.policy) if strategy == "guided" else None
+        work, emb, regions = self._candidates(image, generator_params, guide)
         feats = self._embed(work, regions.rles)
         query_args = (work, emb, tax, bool(resolved), resolved, free, include_parts)
         regions, feats, matched, keep = self._match(*query_args, regions, feats, part_points)
@@ -216,7 +236,7 @@ class Segmenter(ModelOwner):
 
     def segment_everything(self, image: ImageInput, *, taxonomy: str | Taxonomy | None = None, label: bool = True,
                            include_parts: bool = True, part_points: int = 0, with_embeddings: bool = False,
-                           **generator_params: Any) -> Segmentation:
+                           strategy: str = "grid", **generator_params: Any) -> Segmentation:
         """Every region SAM finds, nested into a part-whole tree and labelled with the taxonomy.
 
         Regions that match no label are kept as ``unknown`` objects (``unknown part`` inside a labelled
@@ -227,16 +247,28 @@ class Segmenter(ModelOwner):
             with_embeddings: also compute the regions' CLIP embeddings when not labelling (for search).
             part_points: coarse-to-fine: after labelling, prompt SAM with up to this many points inside each
                 labelled object (reusing the image embedding) to find its parts at a finer level; 0 = off.
+            strategy: ``grid`` (default) or ``guided``, level by level: the top-level categories' relevance maps
+                place SAM prompts for objects, then each labelled object's parts' maps (inside the object) place
+                prompts for its parts (see :meth:`segment`; needs a taxonomy).
             generator_params: SAM automatic-generator parameters, passed through (``points_per_side``,
                 ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
                 ``crop_n_layers``, …).
         """
+        check_strategy(strategy)
         tax = load_taxonomy(taxonomy) if taxonomy is not None else self.taxonomy
-        work, emb, regions = self._candidates(image, generator_params)
+        guide = None
+        if strategy == "guided":
+            if tax is None or not label:
+                raise ConfigError("strategy='guided' needs a taxonomy to label with: its top-level categories "
+                                  "guide the prompts (or use segment() with a query)")
+            guide = ([[n.prompts for n in top.walk() if not n.is_part] for top in tax.top],
+                     self.policy.competitors(tax))
+        work, emb, regions = self._candidates(image, generator_params, guide)
         feats, labelled = None, None
         if label and tax is not None:
             feats = self._embed(work, regions.rles)
-            regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
+            regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points,
+                                                   guided=strategy == "guided")
         elif with_embeddings:
             feats = self._embed(work, regions.rles)
         return assemble(work, regions, labelled, range(len(regions)), taxonomy=tax if label else None, feats=feats,
@@ -269,14 +301,37 @@ class Segmenter(ModelOwner):
     def _model_names(self) -> dict[str, str]:
         return {"sam": self.sam_name, "clip": self.clip_name}
 
-    def _candidates(self, image: ImageInput, params: dict[str, Any]) -> tuple[Work, Any, Regions]:
-        """prepare -> propose -> nest."""
+    def _candidates(self, image: ImageInput, params: dict[str, Any], guide: tuple[list, list] | None = None
+                    ) -> tuple[Work, Any, Regions]:
+        """prepare -> propose (the point grid, or prompts guided by relevance maps for *guide*'s targets) -> nest."""
         work = prepare(image, self.max_side)
         emb = self._cache.get(work, self.proposer)
-        props = propose(self.proposer, work.pixels, emb, {**self.generator_params, **check_generator_params(params)})
+        props = self._guided(work, emb, *guide) if guide is not None else None
+        if props is None:
+            params = {**self.generator_params, **check_generator_params(params)}
+            props = propose(self.proposer, work.pixels, emb, params)
+            side = params.get("points_per_side", 32)
+            self.last_stats = {"strategy": "grid", "decoder_prompts": int(side) ** 2 if side else None}
         return work, emb, nest_proposals(props, duplicate_iou=self.duplicate_iou, containment=self.containment)
 
+    def _dense(self, work: Work) -> np.ndarray:
+        """The embedder's dense patch features of the image (one CLIP pass, cached per image)."""
+        return self._dense_cache.get(work, _DenseAdapter(self.embedder))
+
+    def _guided(self, work: Work, emb: Any, targets: list, competitors: list) -> list[Any] | None:
+        """SAM's masks for the seeds of every target's relevance map, or ``None`` (use the grid) when the embedder
+        has no dense features."""
+        why = dense_unsupported(self.embedder)
+        if why:
+            log.info("guided prompts unavailable (%s): using the point grid", why)
+            return None
+        props, self.last_stats = propose_guided(self.proposer, emb, self._dense(work), self.text_bank, targets,
+                                                competitors, work.pixels.shape[:2])
+        return props
+
     def _embed(self, work: Work, rles: Sequence[Any]) -> np.ndarray:
+        if self.region_features == "pooled" and len(rles) and dense_unsupported(self.embedder) is None:
+            return pool_regions(self._dense(work), rles)
         return embed_regions(work.pixels, rles, self.embedder, margin=self.crop_margin, fill=self.crop_fill)
 
     def _match(self, work: Work, emb: Any, tax: Taxonomy | None, label: bool, resolved: list[Any], free: list[str],
@@ -291,18 +346,41 @@ class Segmenter(ModelOwner):
         return regions, feats, matched, drop_nested_same_label(regions.rles, matched, self.containment)
 
     def _label(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, tax: Taxonomy, with_parts: bool,
-               part_points: int) -> tuple[Regions, np.ndarray, Labelled]:
-        """label, then (with *part_points*) prompt for parts inside labelled objects, re-nest and label again."""
+               part_points: int, guided: bool = False) -> tuple[Regions, np.ndarray, Labelled]:
+        """label, then prompt for parts inside labelled objects -- guided by the parts' relevance maps (*guided*)
+        and/or at *part_points* points each -- re-nest and label again."""
         labelled = label_tree(feats, regions.parent, tax, self.text_bank, self.policy, with_parts=with_parts,
                               rles=regions.rles)
-        if part_points <= 0:
+        guided = guided and with_parts and dense_unsupported(self.embedder) is None
+        if part_points <= 0 and not guided:
             return regions, feats, labelled
         objects = [i for i, k in enumerate(labelled.kinds) if k == "object"]
-        merged, feats = add_parts(self.proposer, emb, regions, feats, objects, part_points,
-                                  embed=lambda rles: self._embed(work, rles), containment=self.containment,
-                                  duplicate_iou=self.duplicate_iou, max_part_share=self.max_part_share,
-                                  min_pred_iou=self.part_pred_iou)
+        limits = {"containment": self.containment, "max_part_share": self.max_part_share,
+                  "min_pred_iou": self.part_pred_iou}
+        rles, ious = [], []
+        if guided:
+            rles, ious, calls = guided_part_candidates(
+                self.proposer, emb, self._dense(work), self.text_bank, regions,
+                [(i, labelled.decisions[i].node) for i in objects], self.negatives, **limits)
+            self.last_stats["decoder_prompts"] = self.last_stats.get("decoder_prompts", 0) + calls
+        if part_points > 0:
+            more, more_iou = part_candidates(self.proposer, emb, regions, objects, part_points, **limits)
+            rles, ious = rles + more, ious + more_iou
+        merged, feats = merge_candidates(regions, feats, rles, ious, embed=lambda r: self._embed(work, r),
+                                         containment=self.containment, duplicate_iou=self.duplicate_iou)
         if merged is regions:
             return regions, feats, labelled
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
                                          with_parts=with_parts, rles=merged.rles)
+
+
+class _DenseAdapter:
+    """An embedder's ``dense_features`` under the name :class:`EmbeddingCache` calls."""
+
+    def __init__(self, embedder: Any) -> None:
+        self.embed = embedder.dense_features
+
+
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

@@ -2,8 +2,10 @@ import subprocess
 import sys
 
 PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsam.overlay", "clipsam.lock",
-        *(f"clipsam.core.{m}" for m in ("masks", "image", "taxonomy", "tree", "regions", "labels", "crops", "config")),
-        *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "parts", "prompt", "assemble")),
+        *(f"clipsam.core.{m}" for m in ("masks", "image", "taxonomy", "tree", "regions", "labels", "crops", "config",
+                                        "vocabulary")),
+        *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "guide", "parts", "prompt",
+                                          "assemble")),
         "clipsam.models.base", "clipsam.models.owner"]
 
 

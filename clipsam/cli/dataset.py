@@ -68,6 +68,8 @@ def label(
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
     part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine part prompts per object."),
+    strategy: str = typer.Option("grid", "--strategy", help="grid (SAM's point grid) or guided (prompts placed by "
+                                 "CLIP's relevance maps, level by level)."),
     as_json: bool = json_option(),
 ) -> None:
     """Pseudo-label a collection into COCO (RLE masks, label paths, part-whole parents); resumable."""
@@ -78,6 +80,10 @@ def label(
     from ..dataset import Filters, LabelJob, list_images, run_local, run_ray
 
     _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir)
+    from ..stages.guide import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {show(strategy)!r}")
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
@@ -87,8 +93,10 @@ def label(
                       labels=tuple(t.strip() for t in (labels or "").split(",") if t.strip()),
                       max_regions=max_regions, include_unknown=unknown)
     items = list_images(source, image_root, allow_outside_root=allow_outside_root)
-    job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs,
-                   segment_params={"part_points": part_points} if part_points else {})
+    segment_params: dict = {"part_points": part_points} if part_points else {}
+    if strategy != "grid":
+        segment_params["strategy"] = strategy
+    job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params)
     check_labels(list(filters.labels), job.tax, "--labels")
     record = job.prepare(force=force)
     todo = job.pending(items)

@@ -112,12 +112,17 @@ def segment(
     min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
     scoring: str = typer.Option("subtree", "--scoring", help="How taxonomy labels are scored: subtree (every label "
                                 "in one softmax, summed up the tree) or top-down (level by level)."),
+    strategy: str = typer.Option("grid", "--strategy", help="How masks are found: grid (SAM's full point grid) or "
+                                 "guided (CLIP's relevance map places a few SAM prompts; see README)."),
+    region_features: str = typer.Option("crops", "--region-features", help="How regions are embedded: crops (a "
+                                        "masked crop each) or pooled (dense CLIP features averaged in each mask)."),
     as_json: bool = json_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
     """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
     from ..core.labels import SCORINGS
-    from ..segmenter import Segmenter
+    from ..segmenter import REGION_FEATURES, Segmenter
+    from ..stages.guide import STRATEGIES
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -133,10 +138,16 @@ def segment(
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
-    if scoring not in SCORINGS:
-        fail(f"--scoring must be one of {', '.join(SCORINGS)}, got {show(scoring)!r}")
+    for flag, value, allowed in (("--scoring", scoring, SCORINGS), ("--strategy", strategy, STRATEGIES),
+                                 ("--region-features", region_features, REGION_FEATURES)):
+        if value not in allowed:
+            fail(f"{flag} must be one of {', '.join(allowed)}, got {show(value)!r}")
+    if strategy == "guided" and prompted:
+        fail("--strategy guided places prompts for a text query or a taxonomy; clicks and boxes are prompts already")
+    if strategy == "guided" and not terms and taxonomy is None:
+        fail("--strategy guided needs a text query or --taxonomy (their labels guide the prompts)")
     segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
-                          min_confidence=min_confidence, scoring=scoring,
+                          min_confidence=min_confidence, scoring=scoring, region_features=region_features,
                           generator_params=generator_params(points_per_side))
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
@@ -149,10 +160,10 @@ def segment(
             result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
             title = f"{len(result)} masks for the prompt (best first)"
         elif terms:
-            result = segmenter.segment(image, terms, refine=refine, part_points=part_points)
+            result = segmenter.segment(image, terms, refine=refine, part_points=part_points, strategy=strategy)
             title = f"{len(result)} regions match {', '.join(terms)!r}"
         else:
-            result = segmenter.segment_everything(image, part_points=part_points)
+            result = segmenter.segment_everything(image, part_points=part_points, strategy=strategy)
             title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
                                                 " (unlabelled: give a query or --taxonomy to label them)")
     if out_path is not None:

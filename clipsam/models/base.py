@@ -97,6 +97,24 @@ class RegionEmbedder(Protocol):
         """``(M, D) float32`` unit vectors for M texts."""
 
 
+@runtime_checkable
+class DenseEmbedder(Protocol):
+    """A :class:`RegionEmbedder` that can also embed every patch of a whole image in the text space, in one pass
+    (what text-guided prompts and pooled region features need)."""
+
+    def dense_features(self, image: np.ndarray) -> np.ndarray:
+        """``(h, w, D) float32`` unit vectors, one per patch of an ``(H, W, 3) uint8`` image (row-major grid
+        covering the whole image)."""
+
+
+def dense_unsupported(embedder: Any) -> str | None:
+    """``None`` when *embedder* gives dense features, else a sentence saying why not."""
+    if not callable(getattr(embedder, "dense_features", None)):
+        return f"{getattr(embedder, 'name', type(embedder).__name__)} has no dense_features()"
+    why = getattr(embedder, "dense_unsupported", None)
+    return why() if callable(why) else None
+
+
 def proposals_from_records(records: Sequence[dict[str, Any]]) -> list[Proposal]:
     """Records of ``SamAutomaticMaskGenerator`` / ``SAM2AutomaticMaskGenerator`` (``output_mode="coco_rle"``)."""
     return [

@@ -19,7 +19,7 @@ from .nest import nest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_parts", "part_candidates", "points_inside", "refine_masks"]
+__all__ = ["add_parts", "inside_and_smaller", "merge_candidates", "part_candidates", "points_inside", "refine_masks"]
 
 
 def points_inside(mask: np.ndarray, n: int) -> list[tuple[float, float]]:
@@ -50,14 +50,12 @@ def part_candidates(proposer: MaskProposer, embedding: Any, regions: Regions, ob
     new_iou: list[float] = []
     for i in objects:
         mask = M.decode(regions.rles[i])
-        area = int(mask.sum())
         for x, y in points_inside(mask, points_per_object):
             out = proposer.predict(embedding, point_coords=np.asarray([[x, y]], dtype=np.float64),
                                    point_labels=np.asarray([1]), multimask_output=True)
             for m, q in zip(out.masks, out.iou_predictions, strict=True):
-                size = int(m.sum())
-                if 0 < size <= max_part_share * area and int((m & mask).sum()) >= containment * size \
-                        and q >= min_pred_iou:
+                if q >= min_pred_iou and inside_and_smaller(m, mask, containment=containment,
+                                                            max_part_share=max_part_share):
                     new_rles.append(M.encode(m))  # type: ignore[arg-type]
                     new_iou.append(float(q))
     log.info("coarse-to-fine: %d part masks prompted inside %d objects", len(new_rles), len(objects))
@@ -85,20 +83,38 @@ def refine_masks(proposer: MaskProposer, embedding: Any, regions: Regions, rows:
 def add_parts(proposer: MaskProposer, embedding: Any, regions: Regions, feats: np.ndarray, objects: Sequence[int],
               points_per_object: int, *, embed: Callable[[list[M.RLE]], np.ndarray], containment: float,
               duplicate_iou: float, max_part_share: float, min_pred_iou: float) -> tuple[Regions, np.ndarray]:
-    """Coarse-to-fine: :func:`part_candidates` inside the *objects* rows, merged with *regions* and nested again;
-    only the new masks are embedded (with *embed*). Returns *regions* itself when nothing new was found."""
+    """Coarse-to-fine: :func:`part_candidates` inside the *objects* rows, merged with *regions* and nested again
+    (:func:`merge_candidates`). Returns *regions* itself when nothing new was found."""
     new_rles, new_iou = part_candidates(proposer, embedding, regions, objects, points_per_object,
                                         containment=containment, max_part_share=max_part_share,
                                         min_pred_iou=min_pred_iou)
-    if not new_rles:
+    return merge_candidates(regions, feats, new_rles, new_iou, embed=embed, containment=containment,
+                            duplicate_iou=duplicate_iou)
+
+
+def merge_candidates(regions: Regions, feats: np.ndarray, new_rles: Sequence[M.RLE], new_iou: Sequence[float], *,
+                     embed: Callable[[list[M.RLE]], np.ndarray], containment: float, duplicate_iou: float
+                     ) -> tuple[Regions, np.ndarray]:
+    """*regions* and *new_rles* nested together; only the new masks that survive merging are embedded (with
+    *embed*). Returns *regions* itself when there is nothing new."""
+    if not len(new_rles):
         return regions, feats
+    new_rles = list(new_rles)
     old = len(regions)
-    merged = nest(list(regions.rles) + new_rles, np.concatenate([regions.predicted_iou, new_iou]),
+    merged = nest(list(regions.rles) + new_rles, np.concatenate([regions.predicted_iou, np.asarray(new_iou)]),
                   np.concatenate([regions.stability_score, np.ones(len(new_rles))]),  # prompted: no stability score
                   duplicate_iou=duplicate_iou, containment=containment)
     source = [int(k) for k in merged.ids]  # positions in old regions + new masks
     added = [k for k in source if k >= old]
+    if not added:
+        return merged, np.stack([feats[k] for k in source]).astype(np.float32)
     extra = embed([new_rles[k - old] for k in added])
     row = {k: j for j, k in enumerate(added)}
-    log.info("coarse-to-fine: %d new regions", len(added))
+    log.info("parts: %d new regions", len(added))
     return merged, np.stack([feats[k] if k < old else extra[row[k]] for k in source]).astype(np.float32)
+
+
+def inside_and_smaller(mask: np.ndarray, whole: np.ndarray, *, containment: float, max_part_share: float) -> bool:
+    """Whether *mask* lies inside *whole* (at least *containment* of it) and is clearly smaller than it."""
+    size = int(mask.sum())
+    return 0 < size <= max_part_share * int(whole.sum()) and int((mask & whole).sum()) >= containment * size

@@ -342,6 +342,7 @@ class CLIPLikeEmbedder:
     name = "clip-like"
     cache_key = None
     image_size = 48
+    grid = 28  # dense-feature patches along the image's long side
 
     def __init__(self, world: CLIPLikeWorld) -> None:
         self.world = world
@@ -356,23 +357,48 @@ class CLIPLikeEmbedder:
         scene = self.scene
         if scene is None:
             raise RuntimeError("CLIPLikeEmbedder: set .scene (CLIPLikeWorld.segmenter does) before embedding crops")
-        p, dim = self.world.params, self.world.params.dim
-        concepts = np.stack([self.world.vector(k) for k in scene.concepts])
-        out = np.zeros((len(crops), dim), dtype=np.float32)
+        out = np.zeros((len(crops), self.world.params.dim), dtype=np.float32)
         for i, crop in enumerate(crops):
-            px = crop.reshape(-1, 3).astype(np.int32)
-            dist = np.abs(px[:, None, :] - scene.colours[None]).sum(-1)
-            near = dist.min(1) < 60
-            counts = np.bincount(dist.argmin(1)[near], minlength=len(scene.colours)).astype(np.float64)
-            shown = _unit(counts @ concepts) if counts.sum() else np.zeros(dim)
-            rng = np.random.default_rng(_digest(scene.seed, "crop", hashlib.sha1(crop.tobytes()).hexdigest()))
-            noise = rng.standard_normal(dim)
-            noise[:2] = 0.0
-            noise = _unit(noise)
-            rest = max(0.0, 1.0 - p.image_common ** 2 - p.concept ** 2 - p.crop_noise ** 2)
-            v = p.image_common * self.world._common + p.concept * shown + p.crop_noise * noise
-            v[0] += np.sqrt(rest)  # the image-only direction: no text lies along it
-            out[i] = _unit(v)
+            counts = np.bincount(self._classes(crop), minlength=len(scene.colours) + 1)[:-1]
+            out[i] = self._image_vector(counts, ("crop", hashlib.sha1(crop.tobytes()).hexdigest()))
+        return out
+
+    def _classes(self, pixels: np.ndarray) -> np.ndarray:
+        """The pixel class of every pixel (the nearest scene colour; ``K`` for fill or blended edge pixels)."""
+        assert self.scene is not None
+        px = pixels.reshape(-1, 3).astype(np.int32)
+        dist = np.abs(px[:, None, :] - self.scene.colours[None]).sum(-1)
+        return np.where(dist.min(1) < 60, dist.argmin(1), len(self.scene.colours))
+
+    def _image_vector(self, counts: np.ndarray, key: tuple) -> np.ndarray:
+        """What CLIP sees of pixels with these class counts: the common image direction, their concepts mixed by
+        pixel share, noise drawn from *key*, and the image-only direction."""
+        assert self.scene is not None
+        p, dim = self.world.params, self.world.params.dim
+        concepts = np.stack([self.world.vector(k) for k in self.scene.concepts])
+        shown = _unit(counts.astype(np.float64) @ concepts) if counts.sum() else np.zeros(dim)
+        noise = self.world._random(np.random.default_rng(_digest(self.scene.seed, *key)))
+        rest = max(0.0, 1.0 - p.image_common ** 2 - p.concept ** 2 - p.crop_noise ** 2)
+        v = p.image_common * self.world._common + p.concept * shown + p.crop_noise * noise
+        v[0] += np.sqrt(rest)  # the image-only direction: no text lies along it
+        return _unit(v).astype(np.float32)
+
+    def dense_features(self, image: np.ndarray) -> np.ndarray:
+        """``(h, w, D)`` patch embeddings of the whole image on a grid of :attr:`grid` patches along its long side
+        (ViT-B/16 read at 448 pixels has 28), each built like a crop of the pixels the patch holds: what
+        MaskCLIP-style dense CLIP features give (noisy, soft at object edges)."""
+        if self.scene is None:
+            raise RuntimeError("CLIPLikeEmbedder: set .scene (CLIPLikeWorld.segmenter does) before embedding")
+        h, w = image.shape[:2]
+        patch = max(1, -(-max(h, w) // self.grid))
+        gh, gw = -(-h // patch), -(-w // patch)
+        classes = self._classes(image).reshape(h, w)
+        k = len(self.scene.colours) + 1
+        out = np.zeros((gh, gw, self.world.params.dim), dtype=np.float32)
+        for y in range(gh):
+            for x in range(gw):
+                cell = classes[y * patch:(y + 1) * patch, x * patch:(x + 1) * patch]
+                out[y, x] = self._image_vector(np.bincount(cell.ravel(), minlength=k)[:-1], ("patch", h, w, y, x))
         return out
 
 
@@ -430,14 +456,15 @@ class SAMLikeProposer:
                 multimask_output: bool = True) -> PromptMasks:
         size = tuple(embedding["shape"])
         masks = [m for m, _ in self._masks()]
-        if point_coords is not None:
+        if point_coords is not None:  # the masks under the click
             x, y = (int(v) for v in point_coords[0])
-            hits = [m for m in masks if m[min(y, size[0] - 1), min(x, size[1] - 1)]]
-        else:
+            masks = [m for m in masks if m[min(max(y, 0), size[0] - 1), min(max(x, 0), size[1] - 1)]]
+        if box is not None:  # the one that fits the box best
             x0, y0, x1, y1 = box
             inside = np.zeros(size, dtype=bool)
             inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
-            hits = sorted(masks, key=lambda m: -(m & inside).sum() / max(1, (m | inside).sum()))[:1]
+            masks = sorted(masks, key=lambda m: -(m & inside).sum() / max(1, (m | inside).sum()))[:1]
+        hits = masks
         hits = sorted(hits, key=lambda m: m.sum())[: (3 if multimask_output else 1)] or [np.zeros(size, bool)]
         iou = np.linspace(0.95, 0.85, len(hits)).astype(np.float32)
         return PromptMasks(np.stack(hits), iou, np.zeros((len(hits), 16, 16), np.float32))
