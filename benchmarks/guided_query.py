@@ -10,8 +10,8 @@
 
 Both run the same segmenter (text cache warm, image embedding computed once per strategy and counted in its
 time). With random weights (no weights can be downloaded here) SAM's quality scores are meaningless, so the grid
-keeps every mask that survives NMS (``pred_iou_thresh=0``, ``stability_score_thresh=0``), the load it has with real
-weights; the guided maps are random too, so its seed count is what a real run would see only in order of magnitude.
+keeps every mask that survives NMS (``pred_iou_thresh=0``, ``stability_score_thresh=0``); the guided maps are noise
+too, so every map is made to spend its full seed budget (:func:`full_budget`): guided's worst case.
 Then 100 masks are embedded as crops and as pooled dense features, and their top labels compared.
 """
 
@@ -35,6 +35,7 @@ from labelling import random_masks  # noqa: E402
 from clipsam import Segmenter, Taxonomy  # noqa: E402
 from clipsam.models.clip import ClipEmbedder  # noqa: E402
 from clipsam.models.sam import SamProposer  # noqa: E402
+from clipsam.stages import guide  # noqa: E402
 from clipsam.stages.embed import embed_regions  # noqa: E402
 from clipsam.stages.guide import pool_regions  # noqa: E402
 
@@ -77,6 +78,19 @@ class Counting:
         return out
 
 
+def full_budget() -> None:
+    """With random weights the relevance maps are noise that rarely reaches the threshold, so guided would decode
+    nothing. Make every map spend its whole budget instead (seeds at the map's top 5 % of cells, up to
+    ``MAX_SEEDS`` per target): guided's worst case, what it costs when every target yields the most seeds."""
+    original = guide.find_seeds
+
+    def find_seeds(rel, *, threshold=guide.MIN_RELEVANCE, max_seeds=guide.MAX_SEEDS, within=None):
+        cut = float(np.quantile(rel if within is None else rel[within.astype(bool)], 0.95)) if rel.size else 0.0
+        return original(rel, threshold=min(threshold, cut), max_seeds=max_seeds, within=within)
+
+    guide.find_seeds = find_seeds
+
+
 def run(seg: Segmenter, counting: Counting, image: np.ndarray, strategy: str, query: str | None) -> dict:
     seg._cache = type(seg._cache)(4)  # each strategy pays for its own image embedding
     seg._dense_cache = type(seg._dense_cache)(2)
@@ -93,13 +107,54 @@ def run(seg: Segmenter, counting: Counting, image: np.ndarray, strategy: str, qu
             "clip_and_rest_s": round(other, 2), "total_s": round(total.seconds, 2)}
 
 
+def agreement_in_worlds(seeds: int = 5) -> dict[str, float]:
+    """Same top label (among a scene's object names) from crops and from pooled dense features, for every true
+    object of the CLIP-like world, and for 100 random masks with the tiny random-weight CLIP."""
+    from clipsam.core import masks as M
+    from clipsam.core.crops import crop_region
+    from clipsam.models.build import build_embedder
+    from clipsam.testing.world import CLIPLikeWorld
+
+    agree = total = 0
+    for seed in range(seeds):
+        world = CLIPLikeWorld(300 + seed)
+        for k in range(4):
+            scene = world.scene(k)
+            emb = world.embedder
+            emb.scene = scene
+            objects = [s for s in scene.instances if s.kind == "object"]
+            crops = [crop_region(scene.image, M.decode(s.rle), M.bbox_xywh(s.rle), size=emb.image_size)
+                     for s in objects]
+            text = emb.embed_texts([f"a photo of a {n}." for n in sorted({s.path[1] for s in objects})])
+            pooled = pool_regions(emb.dense_features(scene.image), [s.rle for s in objects])
+            agree += int(((emb.embed_images(crops) @ text.T).argmax(1) == (pooled @ text.T).argmax(1)).sum())
+            total += len(objects)
+    tiny = build_embedder("tiny-random", "cpu")
+    image = photo(long_side=256)
+    rles = random_masks(image, 100)
+    text = tiny.embed_texts([f"a photo of a {n}." for node in TAXONOMY["nodes"] for n in node["children"]])
+    same = (embed_regions(image, rles, tiny) @ text.T).argmax(1) == (pool_regions(tiny.dense_features(image), rles)
+                                                                     @ text.T).argmax(1)
+    return {"clip_like_objects": total, "clip_like_same_top_label": round(agree / total, 3),
+            "tiny_random_same_top_label_of_16": round(float(same.mean()), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points-per-side", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--agreement-only", action="store_true", help="only the crop-vs-pooled agreement in the "
+                    "CLIP-like world and with the tiny random CLIP (seconds)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    agreement = agreement_in_worlds()
+    print(f"crops vs pooled, same top label: CLIP-like world {agreement['clip_like_same_top_label']:.1%} of "
+          f"{agreement['clip_like_objects']} objects; tiny random CLIP "
+          f"{agreement['tiny_random_same_top_label_of_16']:.0%} of 100 masks (random weights: no meaning)")
+    if args.agreement_only:
+        return
+    full_budget()
     sam, sam_kind = sam_model("vit_b")
     model, preprocess, tokenizer, clip_kind = clip_model("ViT-B-16/openai")
     emb = ClipEmbedder(model, preprocess, tokenizer, "cpu", name="ViT-B-16", cache_key=f"bench-guided-{clip_kind}")
@@ -108,7 +163,7 @@ def main() -> None:
     params = {"points_per_side": args.points_per_side, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     cache = Path(tempfile.mkdtemp(prefix="clipsam-bench-"))
     out: dict = {"machine": machine(), "weights": {"sam": sam_kind, "clip": clip_kind}, "image": list(image.shape[:2]),
-                 "points_per_side": args.points_per_side}
+                 "points_per_side": args.points_per_side, "agreement": agreement}
     for name, query, tax in (("query 'cat'", "cat", None), ("20-node taxonomy", None, Taxonomy.from_dict(TAXONOMY))):
         seg = Segmenter.from_models(counting, emb, taxonomy=tax, generator_params=params, text_cache=True)
         seg.text_bank.cache_dir = cache
