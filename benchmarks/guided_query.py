@@ -110,25 +110,15 @@ def run(seg: Segmenter, counting: Counting, image: np.ndarray, strategy: str, qu
 def agreement_in_worlds(seeds: int = 5) -> dict[str, float]:
     """Same top label (among a scene's object names) from crops and from pooled dense features, for every true
     object of the CLIP-like world, and for 100 random masks with the tiny random-weight CLIP."""
-    from clipsam.core import masks as M
-    from clipsam.core.crops import crop_region
     from clipsam.models.build import build_embedder
-    from clipsam.testing.world import CLIPLikeWorld
+    from clipsam.testing.world import CLIPLikeWorld, pooled_agreement
 
     agree = total = 0
     for seed in range(seeds):
         world = CLIPLikeWorld(300 + seed)
         for k in range(4):
-            scene = world.scene(k)
-            emb = world.embedder
-            emb.scene = scene
-            objects = [s for s in scene.instances if s.kind == "object"]
-            crops = [crop_region(scene.image, M.decode(s.rle), M.bbox_xywh(s.rle), size=emb.image_size)
-                     for s in objects]
-            text = emb.embed_texts([f"a photo of a {n}." for n in sorted({s.path[1] for s in objects})])
-            pooled = pool_regions(emb.dense_features(scene.image), [s.rle for s in objects])
-            agree += int(((emb.embed_images(crops) @ text.T).argmax(1) == (pooled @ text.T).argmax(1)).sum())
-            total += len(objects)
+            a, n = pooled_agreement(world, world.scene(k))
+            agree, total = agree + a, total + n
     tiny = build_embedder("tiny-random", "cpu")
     image = photo(long_side=256)
     rles = random_masks(image, 100)

@@ -11,7 +11,7 @@ import pytest
 
 from clipsam.core import masks as M
 from clipsam.core.crops import crop_region
-from clipsam.testing.world import CLIPLikeWorld, absent_term, basic_terms, level_hits, query_counts
+from clipsam.testing.world import CLIPLikeWorld, absent_term, basic_terms, level_hits, object_crops, query_counts
 
 TODAY = {"scoring": "top-down", "vocabulary": False, "union_margin": None}
 SEEDS = (101, 102, 103, 104, 105)
@@ -47,10 +47,7 @@ def test_world_similarities_are_clip_like():
     matched, unrelated, sibling, superclass = [], [], [], []
     for world, scene in _scenes(SEEDS[:3], 2):
         emb = world.embedder
-        emb.scene = scene
-        objects = [s for s in scene.instances if s.kind == "object"]
-        crops = [crop_region(scene.image, M.decode(s.rle), M.bbox_xywh(s.rle), size=emb.image_size) for s in objects]
-        feats = emb.embed_images(crops)
+        objects, feats = object_crops(world, scene)
         for s, f in zip(objects, feats, strict=True):
             node = world.taxonomy.get(s.path[:2])
             siblings = [c for c in node.parent.children if c is not node][:3]

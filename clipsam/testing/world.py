@@ -36,7 +36,8 @@ from ..core.vocabulary import normal
 from ..models.base import PromptMasks, Proposal
 
 __all__ = ["CLIPLikeEmbedder", "CLIPLikeWorld", "Instance", "SAMLikeProposer", "WorldParams", "WorldScene",
-           "absent_term", "basic_terms", "level_hits", "query_counts", "template_label"]
+           "absent_term", "basic_terms", "level_hits", "object_crops", "pooled_agreement", "query_counts",
+           "template_label"]
 
 #: COCO supercategories that name no visual kind: CLIP matches their members' crops very weakly.
 ABSTRACT = frozenset({"outdoor", "accessory", "sports", "kitchen", "indoor", "electronic", "appliance"})
@@ -502,6 +503,30 @@ def query_counts(seg: Any, scene: WorldScene, term: str, *, iou: float = 0.8) ->
             used.add(j)
             tp += 1
     return tp, len(regions) - tp, len(targets) - len(used)
+
+
+def object_crops(world: CLIPLikeWorld, scene: WorldScene) -> tuple[list[Instance], np.ndarray]:
+    """The true objects of *scene* and their crop embeddings (the world's embedder is shown *scene*)."""
+    from ..core.crops import crop_region
+
+    emb = world.embedder
+    emb.scene = scene
+    objects = [s for s in scene.instances if s.kind == "object"]
+    crops = [crop_region(scene.image, M.decode(s.rle), M.bbox_xywh(s.rle), size=emb.image_size) for s in objects]
+    return objects, emb.embed_images(crops)
+
+
+def pooled_agreement(world: CLIPLikeWorld, scene: WorldScene) -> tuple[int, int]:
+    """``(agreeing, objects)``: how many true objects get the same top label (among the scene's object names)
+    from their crop embedding and from the dense features pooled inside their mask."""
+    from ..stages.guide import pool_regions
+
+    objects, by_crop = object_crops(world, scene)
+    if not objects:
+        return 0, 0
+    pooled = pool_regions(world.embedder.dense_features(scene.image), [s.rle for s in objects])
+    text = world.embedder.embed_texts([f"a photo of a {n}." for n in sorted({s.path[1] for s in objects})])
+    return int(((by_crop @ text.T).argmax(1) == (pooled @ text.T).argmax(1)).sum()), len(objects)
 
 
 def level_hits(seg: Any, scene: WorldScene, *, iou: float = 0.8) -> dict[str, list[bool]]:
