@@ -38,7 +38,7 @@ from .core.image import UNSUPPORTED_SUFFIXES
 from .core.taxonomy import load_taxonomy
 from .errors import ClipsamError, ImageError
 from .export import annotations as annotations_of
-from .export import category_key, category_table, paint
+from .export import category_key, category_table, coco_info, paint
 from .lock import FolderLock
 from .result import Region, Segmentation
 
@@ -350,7 +350,7 @@ def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any
         regions = [Region.from_dict(d) for d in data["regions"]]
         annotations += annotations_of(regions, data["image"]["id"], cat_ids, first_id=next_id)
         next_id += len(regions)
-    coco = {"info": {"description": "clipsam pseudo-labels", "version": __version__},
+    coco = {"info": coco_info("clipsam pseudo-labels"), "licenses": [],
             "images": images, "categories": categories, "annotations": annotations}
     return coco, errors
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .result import Segmentation
 
 __all__ = ["UNKNOWN_KEYS", "annotation", "annotations", "categories_of_paths", "category_key", "category_table",
-           "coco_dict", "paint"]
+           "coco_dict", "coco_info", "paint", "unique_names"]
 
 #: Categories of regions no label matched (``--unknown``).
 UNKNOWN_KEYS = ("unknown", "unknown part")
@@ -32,25 +32,55 @@ def category_key(region: Region) -> str:
     return region.label_path_str or region.kind
 
 
+def unique_names(paths: Sequence[Sequence[str]]) -> list[str]:
+    """A name per label path, unique among *paths*: the shortest ending of the path that no other path shares
+    (``head`` when only one label is called head, else ``dog/head``, ``cat/head``; the whole path at worst).
+    COCO tools key categories by name (Datumaro refuses repeats, supervision and FiftyOne merge them)."""
+    tuples = [tuple(p) for p in paths]
+    counts: dict[tuple[str, ...], int] = {}
+    for p in tuples:
+        for k in range(1, len(p) + 1):
+            counts[p[-k:]] = counts.get(p[-k:], 0) + 1
+    return ["/".join(next((p[-k:] for k in range(1, len(p) + 1) if counts[p[-k:]] == 1), p)) for p in tuples]
+
+
+def _categories(paths: Sequence[tuple[str, ...]], is_part: Sequence[bool]) -> list[dict[str, Any]]:
+    """Categories 1.. for *paths*: unique ``name``, ``supercategory`` the direct parent (a top-level label is its
+    own, as in COCO's ``person``), ``label_path`` the path as a string."""
+    names = unique_names(paths)
+    return [{"id": k + 1, "name": name, "supercategory": p[-2] if len(p) > 1 else p[0],
+             "label_path": "/".join(p), "is_part": bool(part)}
+            for k, (p, name, part) in enumerate(zip(paths, names, is_part, strict=True))]
+
+
 def category_table(taxonomy: Taxonomy, include_unknown: bool = False) -> list[dict[str, Any]]:
-    """COCO categories for every label of *taxonomy* (objects and parts), ids 1.. in taxonomy order."""
-    cats = [{"id": k + 1, "name": n.name, "supercategory": n.path[0] if n.depth > 1 else "",
-             "label_path": n.path_str, "is_part": n.is_part} for k, n in enumerate(taxonomy)]
-    if include_unknown:
-        for key in UNKNOWN_KEYS:
-            cats.append({"id": len(cats) + 1, "name": key, "supercategory": "", "label_path": key,
-                         "is_part": key == "unknown part"})
-    return cats
+    """COCO categories for every label of *taxonomy* (objects and parts), ids 1.. in taxonomy order, then
+    ``unknown`` and ``unknown part`` with *include_unknown*."""
+    nodes = list(taxonomy)
+    paths = [n.path for n in nodes] + ([(k,) for k in UNKNOWN_KEYS] if include_unknown else [])
+    parts = [n.is_part for n in nodes] + ([k == "unknown part" for k in UNKNOWN_KEYS] if include_unknown else [])
+    return _categories(paths, parts)
 
 
 def categories_of_paths(keys: Sequence[str]) -> list[dict[str, Any]]:
     """Categories when no taxonomy is known (a free-text query): one per distinct key, ids 1.. by sorted key."""
-    cats = []
-    for k, key in enumerate(sorted(set(keys))):
-        parts = key.split("/")
-        cats.append({"id": k + 1, "name": parts[-1], "supercategory": parts[0] if len(parts) > 1 else "",
-                     "label_path": key, "is_part": key == "unknown part"})
-    return cats
+    keys = sorted(set(keys))
+    return _categories([tuple(k.split("/")) for k in keys], [k == "unknown part" for k in keys])
+
+
+def coco_info(description: str = "clipsam segmentation") -> dict[str, Any]:
+    """COCO's ``info`` block (pycocotools' ``COCO.info()`` and Datumaro read it). ``date_created`` is a date, not
+    a time, taken from ``SOURCE_DATE_EPOCH`` when set (reproducible files), so reruns on one day give identical
+    bytes."""
+    import datetime
+
+    from ._version import __version__
+
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    day = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch.isdigit()
+           else datetime.datetime.now(datetime.timezone.utc)).date()
+    return {"description": description, "version": __version__, "year": day.year,
+            "date_created": day.isoformat(), "url": "https://github.com/clipsam/clipsam", "contributor": "clipsam"}
 
 
 def annotation(region: Region, ann_id: int, image_id: int, category_id: int, parent_ann_id: int | None) -> dict:
@@ -89,13 +119,15 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
         cats = category_table(load_taxonomy(tax), include_unknown)
         known = {c["label_path"] for c in cats}
         extra = sorted({category_key(r) for r in regions} - known)  # e.g. prompt regions
-        cats += [{**c, "id": len(cats) + k + 1} for k, c in enumerate(categories_of_paths(extra))]
+        cats = _categories([tuple(c["label_path"].split("/")) for c in cats] + [tuple(e.split("/")) for e in extra],
+                           [c["is_part"] for c in cats] + [e == "unknown part" for e in extra])
     else:
         cats = categories_of_paths([category_key(r) for r in regions])
     cat_ids = {c["label_path"]: c["id"] for c in cats}
     h, w = seg.image_size
     name = file_name or (os.path.basename(seg.image_path) if seg.image_path else f"image_{image_id}")
-    return {"images": [{"id": image_id, "file_name": name, "height": int(h), "width": int(w)}],
+    return {"info": coco_info(), "licenses": [],
+            "images": [{"id": image_id, "file_name": name, "height": int(h), "width": int(w)}],
             "categories": cats, "annotations": annotations(regions, image_id, cat_ids)}
 
 

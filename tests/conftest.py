@@ -11,6 +11,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIPSAM_HOME", str(home))
     monkeypatch.delenv("CLIPSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")  # COCO info dates: byte-identical files across midnight
     return home
 
 

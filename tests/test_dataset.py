@@ -141,7 +141,8 @@ def test_oracle_labels_filters_and_parents(tmp_path, scene):
     ear = next(a for a in coco["annotations"] if a["label_path"][-1:] == ["ear"])
     assert by_id[ear["parent_id"]]["label_path"] == ["animal", "dog", "head"]
     assert cats[ear["category_id"]]["label_path"] == "animal/dog/head/ear" and cats[ear["category_id"]]["is_part"]
-    assert cats[by_id[ear["parent_id"]]["category_id"]]["supercategory"] == "animal"
+    head = cats[by_id[ear["parent_id"]]["category_id"]]
+    assert head["supercategory"] == "dog" and cats[ear["category_id"]]["supercategory"] == "head"  # the parent
 
     animals = run(Filters(labels=("animal",), min_area=100), "animals")  # the ear (52 px) goes, parts re-parent
     kept = {"/".join(a["label_path"]) for a in animals["annotations"]}

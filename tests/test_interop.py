@@ -1,0 +1,122 @@
+"""clipsam's COCO output loaded by the tools users have: pycocotools, supervision, Datumaro, torchvision.
+
+The file is a real ``clipsam label`` output of the oracle scene: objects **and parts**, whose part names repeat
+(the dog's head and the cat's head), which is what used to break supervision and Datumaro.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipsam.dataset import Filters, LabelJob, list_images, run_local
+from clipsam.export import category_table, unique_names
+from clipsam.testing import oracle_segmenter, synthetic_scene
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """``(folder, annotations.json path, coco dict)`` of the oracle scene labelled with ``--unknown``."""
+    root = tmp_path_factory.mktemp("interop")
+    scene = synthetic_scene()
+    images = root / "images"
+    images.mkdir()
+    Image.fromarray(scene.image).save(images / "scene.png")
+    job = LabelJob(root / "out", scene.taxonomy, filters=Filters(include_unknown=True),
+                   segmenter_spec={"sam": "x", "clip": "y"})
+    record = job.prepare()
+    run_local(job, list_images(images), segmenter=oracle_segmenter(scene))
+    job.finish(record, {})
+    path = root / "out" / "annotations.json"
+    return images, path, json.loads(path.read_text())
+
+
+def test_category_names_are_unique_and_supercategories_are_parents():
+    scene = synthetic_scene()
+    cats = category_table(scene.taxonomy, include_unknown=True)
+    names = [c["name"] for c in cats]
+    assert len(names) == len(set(names))
+    by_path = {c["label_path"]: c for c in cats}
+    assert by_path["animal/dog/head"]["name"] == "dog/head" and by_path["animal/cat/head"]["name"] == "cat/head"
+    assert by_path["animal/dog/head/ear"]["name"] == "ear"  # unique: the leaf alone
+    assert by_path["animal/dog/head/ear"]["supercategory"] == "head"
+    assert by_path["animal/dog"]["supercategory"] == "animal" and by_path["animal"]["supercategory"] == "animal"
+    assert unique_names([("a", "b"), ("x", "a", "b"), ("b",)]) == ["a/b", "x/a/b", "b"]
+    from clipsam.core.taxonomy import load_taxonomy
+
+    for name in ("everyday", "coco", "parts", "stuff"):
+        shipped = [c["name"] for c in category_table(load_taxonomy(name), include_unknown=True)]
+        assert len(shipped) == len(set(shipped)), name
+
+
+def test_pycocotools_loads_evaluates_and_reads_info(labelled):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    _, path, data = labelled
+    assert {"description", "version", "year", "date_created", "url"} <= set(data["info"])
+    assert data["licenses"] == []
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        gt = COCO(str(path))
+        gt.info()
+    assert "year" in out.getvalue()
+    assert {a["category_id"] for a in data["annotations"]} <= set(gt.getCatIds())
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(data["annotations"])  # the annotations list, with their scores
+        ev = COCOeval(gt, dt, "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)  # the file against itself
+
+
+def test_supervision_loads_masks_with_parts(labelled):
+    sv = pytest.importorskip("supervision")
+    images, path, data = labelled
+    ds = sv.DetectionDataset.from_coco(images_directory_path=str(images), annotations_path=str(path),
+                                       force_masks=True)
+    assert len(ds) == 1
+    _, image, det = ds[0]
+    assert len(det) == len(data["annotations"]) and det.mask is not None
+    assert det.mask.shape[1:] == image.shape[:2]
+    assert len(set(ds.classes)) == len(ds.classes) == len(data["categories"])
+    assert {"dog/head", "cat/head", "wheel"} <= set(ds.classes)
+
+
+def test_datumaro_imports_it_as_coco_instances(labelled, tmp_path):
+    dm = pytest.importorskip("datumaro")
+    images, path, data = labelled
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images" / "default").mkdir(parents=True)
+    shutil.copy(path, root / "annotations" / "instances_default.json")
+    shutil.copy(images / "scene.png", root / "images" / "default" / "scene.png")
+    dataset = dm.Dataset.import_from(str(root), "coco_instances")
+    items = list(dataset)
+    assert len(items) == 1
+    labels = dataset.categories()[dm.AnnotationType.label]
+    assert len(labels) == len(data["categories"])
+    masks = [a for a in items[0].annotations if a.type == dm.AnnotationType.mask]
+    assert len(masks) == len(data["annotations"])
+    names = {labels[a.label].name for a in masks}
+    assert {"dog/head", "ear", "wheel"} <= names
+
+
+def test_torchvision_coco_detection(labelled):
+    from torchvision.datasets import CocoDetection
+
+    images, path, data = labelled
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds = CocoDetection(str(images), str(path))
+    image, target = ds[0]
+    assert image.size == (200, 120) and len(target) == len(data["annotations"])
+    from pycocotools import mask as mask_utils
+
+    areas = [int(mask_utils.area(t["segmentation"])) for t in target]
+    assert areas == [t["area"] for t in target] and np.all(np.asarray(areas) > 0)
