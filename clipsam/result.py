@@ -196,10 +196,67 @@ class Segmentation:
         return coco_dict(self, image_id=image_id, taxonomy=taxonomy, include_unknown=include_unknown,
                          file_name=file_name)
 
+    def overlay(self, image: Any = None, *, alpha: float = 0.5, draw_labels: bool = True) -> Any:
+        """The regions drawn over the image (from *image*, or re-read from ``image_path``) as a ``PIL.Image``."""
+        from .overlay import render_overlay
+
+        if image is None and self.image_path is None:
+            raise ValueError("no image to draw on: pass image= (this result was not made from a file)")
+        return render_overlay(self, image if image is not None else self.image_path, alpha=alpha,
+                              draw_labels=draw_labels)
+
     def save_overlay(self, path: str | os.PathLike, image: Any = None, *, alpha: float = 0.5,
                      draw_labels: bool = True) -> None:
         """Draw the regions over the image (from *image*, or re-read from ``image_path``) and save as PNG/JPEG."""
-        from .overlay import render_overlay
+        self.overlay(image, alpha=alpha, draw_labels=draw_labels).save(path)
 
-        render_overlay(self, image if image is not None else self.image_path, alpha=alpha,
-                       draw_labels=draw_labels).save(path)
+    def _repr_png_(self) -> bytes | None:
+        """Notebooks show a result made from a file as its overlay."""
+        if self.image_path is None or not os.path.isfile(self.image_path):
+            return None
+        import io
+
+        buf = io.BytesIO()
+        self.overlay().save(buf, format="PNG")
+        return buf.getvalue()
+
+    def to_supervision(self) -> Any:
+        """The regions as ``supervision.Detections`` (supervision is not a dependency: install it to use this).
+
+        ``xyxy`` boxes, dense ``mask`` ``(N, H, W)``, ``confidence`` (label score), ``class_id`` (the category id
+        :meth:`to_coco` gives), and ``data`` with ``class_name`` (the unique category name), ``label_path``,
+        ``parent_id``, ``kind`` and ``region_id``.
+        """
+        try:
+            import supervision as sv
+        except ImportError as exc:
+            raise ImportError("to_supervision() needs supervision: pip install supervision") from exc
+        coco = self.to_coco()
+        by_id = {c["id"]: c for c in coco["categories"]}
+        anns = coco["annotations"]
+        n = len(self.regions)
+        xyxy = np.asarray([r.bbox_xyxy for r in self.regions], dtype=np.float32).reshape(n, 4)
+        return sv.Detections(
+            xyxy=xyxy, mask=self.masks() if n else np.zeros((0, *self.image_size), bool),
+            confidence=np.asarray([r.score for r in self.regions], dtype=np.float32),
+            class_id=np.asarray([a["category_id"] for a in anns], dtype=int),
+            data={"class_name": np.asarray([by_id[a["category_id"]]["name"] for a in anns], dtype=object),
+                  "label_path": np.asarray([r.label_path_str for r in self.regions], dtype=object),
+                  "parent_id": np.asarray([-1 if r.parent_id is None else r.parent_id for r in self.regions]),
+                  "kind": np.asarray([r.kind for r in self.regions], dtype=object),
+                  "region_id": np.asarray([r.id for r in self.regions])})
+
+    def to_pandas(self) -> Any:
+        """One row per region (``id``, ``label``, ``label_path``, ``score``, ``kind``, ``parent_id``, ``area``,
+        ``x``, ``y``, ``w``, ``h``, ``predicted_iou``, ``stability_score``; masks stay out: ``rle`` holds them)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from exc
+        rows = [{"id": r.id, "label": r.label, "label_path": r.label_path_str, "score": r.score, "kind": r.kind,
+                 "parent_id": r.parent_id, "area": r.area, "x": r.bbox_xywh[0], "y": r.bbox_xywh[1],
+                 "w": r.bbox_xywh[2], "h": r.bbox_xywh[3], "predicted_iou": r.predicted_iou,
+                 "stability_score": r.stability_score, "rle": r.rle} for r in self.regions]
+        columns = ["id", "label", "label_path", "score", "kind", "parent_id", "area", "x", "y", "w", "h",
+                   "predicted_iou", "stability_score", "rle"]
+        return pd.DataFrame(rows, columns=columns)

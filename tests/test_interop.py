@@ -120,3 +120,33 @@ def test_torchvision_coco_detection(labelled):
 
     areas = [int(mask_utils.area(t["segmentation"])) for t in target]
     assert areas == [t["area"] for t in target] and np.all(np.asarray(areas) > 0)
+
+
+def test_python_interop_supervision_pandas_overlay(tmp_path):
+    sv = pytest.importorskip("supervision")
+    scene = synthetic_scene()
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(path)
+    seg = oracle_segmenter(scene).segment_everything(str(path))
+    det = seg.to_supervision()
+    assert isinstance(det, sv.Detections) and len(det) == len(seg)
+    assert det.mask.shape == (len(seg), *scene.image.shape[:2])
+    np.testing.assert_array_equal(det.mask[0], seg[0].mask())
+    np.testing.assert_allclose(det.confidence, [r.score for r in seg])
+    coco = seg.to_coco()
+    assert list(det.class_id) == [a["category_id"] for a in coco["annotations"]]
+    names = {c["id"]: c["name"] for c in coco["categories"]}  # unique within the file: only a dog has a head here
+    assert list(det.data["class_name"]) == [names[a["category_id"]] for a in coco["annotations"]]
+    assert "head" in set(det.data["class_name"]) and "animal/dog/head" in set(det.data["label_path"])
+    assert list(det.data["parent_id"]) == [-1 if r.parent_id is None else r.parent_id for r in seg]
+    table = seg.to_pandas()
+    assert len(table) == len(seg) and list(table["label_path"]) == [r.label_path_str for r in seg]
+    assert (table["area"] == [r.area for r in seg]).all()
+    picture = seg.overlay()
+    assert picture.size == (scene.image.shape[1], scene.image.shape[0])
+    assert seg._repr_png_().startswith(b"\x89PNG")
+    from_array = oracle_segmenter(scene).segment_everything(scene.image)
+    assert from_array._repr_png_() is None  # no file to draw on
+    with pytest.raises(ValueError, match="pass image="):
+        from_array.overlay()
+    assert from_array.overlay(scene.image).size == picture.size
