@@ -35,6 +35,35 @@ def test_segment_prompt_overlay_and_json_file(run, chelsea_path, tmp_path):
     assert "best first" in res.stdout
 
 
+def test_segment_writes_coco_with_the_taxonomy_ids(run, chelsea_path, tmp_path):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from clipsam.core.taxonomy import load_taxonomy
+    from clipsam.export import category_table
+
+    out = tmp_path / "one.json"
+    res = run("segment", chelsea_path, "--taxonomy", "coco", *TINY, "--points-per-side", "4", "--coco", out)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    table = category_table(load_taxonomy("coco"), include_unknown=True)
+    assert [(c["id"], c["name"]) for c in data["categories"][:len(table)]] == [(c["id"], c["name"]) for c in table]
+    assert data["images"][0]["file_name"] == chelsea_path.name and data["annotations"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out))
+    assert len(coco.getAnnIds()) == len(data["annotations"])
+    bad = run("segment", chelsea_path, "cat", *TINY, "--coco", tmp_path / "x.txt")
+    assert bad.exit_code == 2 and "unsupported file type '.txt'" in bad.output
+
+
+def test_segment_guided_strategy(run, chelsea_path):
+    res = run("segment", chelsea_path, "cat", *TINY, "--strategy", "guided", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["query"] == ["cat"]
+
+
 def test_segment_everything_tree(run, chelsea_path):
     res = run("segment", chelsea_path, "--taxonomy", "everyday", "--tree", *TINY, "--points-per-side", "4",
               "--part-points", "4")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ def segment(
     tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree."),
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
     save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
+    coco_path: Path | None = typer.Option(None, "--coco", help="Write the result as a COCO file (the categories "
+                                          "and ids clipsam label writes for the same taxonomy)."),
     refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
     part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine: prompt SAM with up to N points inside "
                                     "each labelled object to find its parts (needs --taxonomy)."),
@@ -135,6 +138,7 @@ def segment(
         fail(f"{image}: no such image file")
     check_output_file(out_path, "--out", OVERLAY_SUFFIXES)
     check_output_file(save_json, "--save-json")
+    check_output_file(coco_path, "--coco", (".json",))
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
@@ -170,6 +174,8 @@ def segment(
         result.save_overlay(out_path, image)
     if save_json is not None:
         result.to_json(save_json, indent=2)
+    if coco_path is not None:
+        coco_path.write_text(json.dumps(result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)))
     if as_json:
         emit_json(result.to_dict())
         return
@@ -183,3 +189,5 @@ def segment(
         out.print(f"overlay written to [bold]{show(out_path)}[/]")
     if save_json is not None:
         out.print(f"JSON written to [bold]{show(save_json)}[/]")
+    if coco_path is not None:
+        out.print(f"COCO written to [bold]{show(coco_path)}[/]")
