@@ -44,7 +44,7 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
 def render_overlay(seg: Segmentation, image: Any, *, alpha: float = 0.5, draw_labels: bool = True) -> Image.Image:
     """An RGB ``PIL.Image`` of *image* with every region of *seg* tinted and outlined, largest first."""
     if image is None:
-        raise ValueError("save_overlay needs the image: pass image=... (the segmentation has no image_path)")
+        raise ValueError("the overlay needs the image: pass image=... (the segmentation has no image_path)")
     rgb = load_image(image).astype(np.float32)
     if tuple(rgb.shape[:2]) != tuple(seg.image_size):
         raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but the segmentation is for "

@@ -200,8 +200,6 @@ class Segmentation:
         """The regions drawn over the image (from *image*, or re-read from ``image_path``) as a ``PIL.Image``."""
         from .overlay import render_overlay
 
-        if image is None and self.image_path is None:
-            raise ValueError("no image to draw on: pass image= (this result was not made from a file)")
         return render_overlay(self, image if image is not None else self.image_path, alpha=alpha,
                               draw_labels=draw_labels)
 

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_configure(config):
+    # COCO info dates: files written before and after midnight (or a test's monkeypatch.undo()) stay byte-identical
+    os.environ.setdefault("SOURCE_DATE_EPOCH", "1764547200")
 
 
 @pytest.fixture(autouse=True)
@@ -11,7 +18,6 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CLIPSAM_HOME", str(home))
     monkeypatch.delenv("CLIPSAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764547200")  # COCO info dates: byte-identical files across midnight
     return home
 
 

@@ -147,6 +147,6 @@ def test_python_interop_supervision_pandas_overlay(tmp_path):
     assert seg._repr_png_().startswith(b"\x89PNG")
     from_array = oracle_segmenter(scene).segment_everything(scene.image)
     assert from_array._repr_png_() is None  # no file to draw on
-    with pytest.raises(ValueError, match="pass image="):
+    with pytest.raises(ValueError, match="needs the image"):
         from_array.overlay()
     assert from_array.overlay(scene.image).size == picture.size
