@@ -12,13 +12,15 @@ Layout of ``OUT``::
     errors.jsonl          one line per image that could not be processed: {"path", "image_id", "reason"}
     run.json              provenance: version, models, weight hashes, parameters, times, counts
     parts/<id>.json       one finished image (or parts/<id>.error.json)
-    semantic/<id>.png     optional: category id per pixel (16-bit)
-    instances/<id>.png    optional: annotation index per pixel within the image (16-bit)
+    semantic/<name>.png   optional (--png): category id per pixel (16-bit), named like the image
+                          (photos/kitchen/cat.jpg -> semantic/kitchen/cat.png; see output_stems)
+    instances/<name>.png  optional (--png): annotation index per pixel within the image (16-bit)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -48,16 +50,49 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 __all__ = ["IMAGE_SUFFIXES", "Filters", "ImageItem", "LabelJob", "assemble", "category_table", "list_images",
-           "stable_image_id"]
+           "output_stems", "stable_image_id"]
 
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to label: its path, its stable COCO id and the ``file_name`` recorded in COCO."""
+    """One image to label: its path, its stable COCO id, the ``file_name`` recorded in COCO, and the name its
+    per-image outputs get (``semantic/<stem>.png``, YOLO ``labels/<stem>.txt``; see :func:`output_stems`)."""
 
     path: str
     image_id: int
     file_name: str
+    stem: str = ""
+
+    @property
+    def output_stem(self) -> str:
+        return self.stem or output_stems([self.file_name], [self.image_id])[0]
+
+
+def output_stems(file_names: Sequence[str], image_ids: Sequence[int] | None = None) -> list[str]:
+    """Names for per-image outputs from COCO ``file_name``s: the relative path without its ending
+    (``kitchen/cat.jpg`` -> ``kitchen/cat``), so masks sit beside the images' own names. Absolute paths and
+    ``..`` keep only their safe parts (outputs never leave ``OUT``); names that would repeat (``cat.jpg`` and
+    ``cat.png``) keep their ending (``cat.jpg``, ``cat.png``); the image id is added as the last resort."""
+    def parts_of(name: str) -> list[str]:
+        return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")] or ["image"]
+
+    def strip(parts: list[str]) -> str:
+        last = parts[-1]
+        cut = last.rfind(".")
+        stem = last[:cut] if cut > 0 else last
+        return "/".join([*parts[:-1], stem if stem.strip(".") else last])
+
+    def repeated(names: list[str]) -> set[str]:
+        seen: set[str] = set()
+        return {n for n in names if n in seen or seen.add(n)}  # type: ignore[func-returns-value]
+
+    full = ["/".join(parts_of(n)) for n in file_names]
+    short = [strip(parts_of(n)) for n in file_names]
+    twice = repeated(short)
+    names = [f if s in twice else s for s, f in zip(short, full, strict=True)]
+    twice = repeated(names)
+    ids = list(image_ids) if image_ids is not None else list(range(len(names)))
+    return [f"{n}-{i}" if n in twice else n for n, i in zip(names, ids, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -130,7 +165,9 @@ def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None 
     ids = [i.image_id for i in items]
     if len(set(ids)) != len(ids):
         raise ClipsamError(f"{src}: image ids are not unique (duplicate file names?)")
-    return sorted(items, key=lambda i: i.image_id)
+    stems = output_stems([i.file_name for i in items], ids)
+    return sorted((dataclasses.replace(i, stem=s) for i, s in zip(items, stems, strict=True)),
+                  key=lambda i: i.image_id)
 
 
 def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageItem]:
@@ -274,7 +311,7 @@ class LabelJob:
                     (self.out / name).unlink(missing_ok=True)
         (self.out / "parts").mkdir(parents=True, exist_ok=True)
         for sub in ("parts", "semantic", "instances"):  # temporary files of a run that was killed
-            for tmp in (self.out / sub).glob(".*.tmp") if (self.out / sub).is_dir() else ():
+            for tmp in (self.out / sub).rglob(".*.tmp") if (self.out / sub).is_dir() else ():
                 tmp.unlink(missing_ok=True)
         if self.pngs:
             (self.out / "semantic").mkdir(exist_ok=True)
@@ -304,19 +341,21 @@ class LabelJob:
             return {"image_id": item.image_id, "status": "error", "reason": record["reason"]}
         h, w = seg.image_size
         if self.pngs:
-            self._write_pngs(item.image_id, (h, w), regions)
+            self._write_pngs(item.output_stem, (h, w), regions)
         part = {"image": {"id": item.image_id, "file_name": item.file_name, "height": h, "width": w},
                 "regions": [r.to_dict() for r in regions]}
         _atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
         (parts / f"{item.image_id}.error.json").unlink(missing_ok=True)
         return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
 
-    def _write_pngs(self, image_id: int, size: tuple[int, int], regions: list[Region]) -> None:
+    def _write_pngs(self, stem: str, size: tuple[int, int], regions: list[Region]) -> None:
         rles = [r.rle for r in regions]
         semantic = paint(rles, [self.cat_ids.get(category_key(r), 0) for r in regions], size)
         instances = paint(rles, list(range(1, len(regions) + 1)), size)
-        _write_png(self.out / "semantic" / f"{image_id}.png", semantic)
-        _write_png(self.out / "instances" / f"{image_id}.png", instances)
+        for sub, array in (("semantic", semantic), ("instances", instances)):
+            path = self.out / sub / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_png(path, array)
 
     # -- the end ----------------------------------------------------------------------------------------
     def finish(self, record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .core import masks as M
 from .errors import ClipsamError
-from .export import paint
+from .export import paint, path_tuple
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,11 @@ class _Categories:
 
     def match(self, ann: dict[str, Any], pred_cats: dict[Any, dict[str, Any]]) -> tuple[int | None, bool]:
         """(ground-truth category id or None, is the prediction a part)."""
-        path = tuple(ann.get("label_path") or ())
+        path = path_tuple(ann.get("label_path"))
         kind = ann.get("kind") or ""
         if not path:
             cat = pred_cats.get(ann.get("category_id"))
-            path = tuple(str(cat.get("label_path") or cat["name"]).split("/")) if cat else ()
+            path = path_tuple(cat.get("label_path") or cat["name"]) if cat else ()
         if not path and kind:
             path = (kind,)  # unknown / unknown part
         is_part = kind in ("part", "unknown part") or bool((pred_cats.get(ann.get("category_id")) or {}).get("is_part"))
@@ -164,7 +164,7 @@ def _categories(g: dict[str, Any], taxonomy: Any) -> _Categories:
     paths, parts, explicit = {}, set(), True
     for c in g["categories"]:
         if c.get("label_path"):
-            paths[c["id"]] = tuple(str(c["label_path"]).split("/"))
+            paths[c["id"]] = path_tuple(c["label_path"])
         elif tax is not None and tax.find(c["name"]):
             paths[c["id"]] = tax.find(c["name"])[0].path
         else:
@@ -248,7 +248,7 @@ def _matched_predictions(p: dict[str, Any], g: dict[str, Any], cats: _Categories
             else:
                 dropped += 1
             continue
-        path = cats.paths[cid] if cats.by_path is None else tuple(ann.get("label_path") or ()) or cats.paths[cid]
+        path = cats.paths[cid] if cats.by_path is None else path_tuple(ann.get("label_path")) or cats.paths[cid]
         dts.append({"image_id": gim["id"], "category_id": cid, "segmentation": ann["segmentation"],
                     "score": float(ann.get("score", 1.0)), "path": path})
     return dts, {"predictions": len(dts), "dropped": dropped, "parts_ignored": ignored}

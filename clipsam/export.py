@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .result import Segmentation
 
 __all__ = ["UNKNOWN_KEYS", "annotation", "annotations", "categories_of_paths", "category_key", "category_table",
-           "coco_dict", "coco_info", "paint", "unique_names"]
+           "coco_dict", "coco_info", "paint", "path_tuple", "unique_names"]
 
 #: Categories of regions no label matched (``--unknown``).
 UNKNOWN_KEYS = ("unknown", "unknown part")
@@ -30,6 +30,16 @@ UNKNOWN_KEYS = ("unknown", "unknown part")
 def category_key(region: Region) -> str:
     """The category a region counts as: its label path (``animal/dog``), or its kind (``unknown``, ``prompt``)."""
     return region.label_path_str or region.kind
+
+
+def path_tuple(value: Any) -> tuple[str, ...]:
+    """A label path from a COCO file: ``"animal/dog"`` (what clipsam writes, in categories and annotations alike)
+    or a list (older clipsam files had lists in annotations); ``""`` / ``None`` is no path."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return tuple(p for p in value.split("/") if p)
+    return tuple(str(p) for p in value)
 
 
 def unique_names(paths: Sequence[Sequence[str]]) -> list[str]:
@@ -84,12 +94,14 @@ def coco_info(description: str = "clipsam segmentation") -> dict[str, Any]:
 
 
 def annotation(region: Region, ann_id: int, image_id: int, category_id: int, parent_ann_id: int | None) -> dict:
-    """One COCO annotation (RLE ``segmentation``, ``bbox`` xywh) with clipsam's extra fields."""
+    """One COCO annotation (RLE ``segmentation``, ``bbox`` xywh) with clipsam's extra fields: ``score``,
+    ``label_path`` (a string like the categories' ``"animal/dog/head"``; ``""`` for unknown), ``kind``,
+    ``parent_id`` (the parent's annotation id) and ``predicted_iou``."""
     return {
         "id": int(ann_id), "image_id": image_id, "category_id": int(category_id),
         "segmentation": {"size": list(region.rle["size"]), "counts": region.rle["counts"]},
         "area": int(region.area), "bbox": [float(v) for v in region.bbox_xywh], "iscrowd": 0,
-        "score": float(region.score), "label_path": list(region.label_path), "kind": region.kind,
+        "score": float(region.score), "label_path": region.label_path_str, "kind": region.kind,
         "parent_id": parent_ann_id, "predicted_iou": float(region.predicted_iou),
     }
 

@@ -9,9 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from clipsam.dataset import Filters, LabelJob, list_images, run_local, stable_image_id
+from clipsam.dataset import Filters, LabelJob, list_images, output_stems, run_local, stable_image_id
 from clipsam.errors import ClipsamError
 from clipsam.testing import oracle_segmenter
 
@@ -71,7 +73,9 @@ def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
     ev.accumulate()
     for img in data["images"]:
         assert img["id"] == stable_image_id(img["file_name"])
-        assert (tmp_path / "out" / "semantic" / f"{img['id']}.png").is_file()
+        stem = img["file_name"].rsplit(".", 1)[0]  # named like the image: img_01.jpg -> semantic/img_01.png
+        assert (tmp_path / "out" / "semantic" / f"{stem}.png").is_file()
+        assert (tmp_path / "out" / "instances" / f"{stem}.png").is_file()
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["models"] == {"sam": "tiny-random", "clip": "tiny-random"} and run["finished"]
     assert run["counts"]["errors"] == 4 and "parameters" in run
@@ -134,18 +138,18 @@ def test_oracle_labels_filters_and_parents(tmp_path, scene):
 
     coco = run(Filters(include_unknown=True), "all")
     cats = {c["id"]: c for c in coco["categories"]}
-    paths = sorted("/".join(a["label_path"]) or a["kind"] for a in coco["annotations"])
+    paths = sorted(a["label_path"] or a["kind"] for a in coco["annotations"])
     assert paths == sorted(["furniture/sofa", "animal/cat", "vehicle/car", "vehicle/car/wheel", "vehicle/car/wheel",
                             "animal/dog", "animal/dog/head", "animal/dog/head/ear", "unknown", "animal/dog/puppy"])
     by_id = {a["id"]: a for a in coco["annotations"]}
-    ear = next(a for a in coco["annotations"] if a["label_path"][-1:] == ["ear"])
-    assert by_id[ear["parent_id"]]["label_path"] == ["animal", "dog", "head"]
+    ear = next(a for a in coco["annotations"] if a["label_path"].endswith("/ear"))
+    assert by_id[ear["parent_id"]]["label_path"] == "animal/dog/head"
     assert cats[ear["category_id"]]["label_path"] == "animal/dog/head/ear" and cats[ear["category_id"]]["is_part"]
     head = cats[by_id[ear["parent_id"]]["category_id"]]
     assert head["supercategory"] == "dog" and cats[ear["category_id"]]["supercategory"] == "head"  # the parent
 
     animals = run(Filters(labels=("animal",), min_area=100), "animals")  # the ear (52 px) goes, parts re-parent
-    kept = {"/".join(a["label_path"]) for a in animals["annotations"]}
+    kept = {a["label_path"] for a in animals["annotations"]}
     assert kept == {"animal/cat", "animal/dog", "animal/dog/head", "animal/dog/puppy"}
     top2 = run(Filters(max_regions=2), "top2")
     assert len(top2["annotations"]) == 2 and all(a["parent_id"] is None for a in top2["annotations"])
@@ -188,3 +192,51 @@ def test_ray_engine_matches_local(tmp_path, photos):
     local, ray_out = tmp_path / "local", tmp_path / "ray"
     assert (local / "annotations.json").read_bytes() == (ray_out / "annotations.json").read_bytes()
     assert (tmp_path / "local" / "errors.jsonl").read_text() == (tmp_path / "ray" / "errors.jsonl").read_text()
+
+
+def test_output_stems_follow_image_names_and_never_collide_or_escape():
+    names = ["kitchen/cat.jpg", "cat.jpg", "cat.png", "a.b.c.jpeg", "../up/x.jpg", "/abs/y.png", "noext", "x.jpg",
+             "caf\udce9.jpg"]
+    stems = output_stems(names, list(range(100, 100 + len(names))))
+    assert stems == ["kitchen/cat", "cat.jpg", "cat.png", "a.b.c", "up/x", "abs/y", "noext", "x", "caf\udce9"]
+    assert output_stems(["a.jpg", "a.jpg.png", "a.png"], [7, 8, 9]) == ["a.jpg-7", "a.jpg-8", "a.png"]  # ids last
+
+
+@given(st.lists(st.text(alphabet="ab./", min_size=1, max_size=6), min_size=1, max_size=8))
+def test_output_stems_are_unique_and_stay_inside(names):
+    stems = output_stems(names, list(range(len(names))))
+    assert len(set(stems)) == len(stems)
+    for s in stems:
+        assert s and not s.startswith("/") and ".." not in s.split("/") and "" not in s.split("/")
+
+
+def test_pngs_are_named_like_the_images_and_hold_the_regions(tmp_path):
+    from clipsam.export import paint
+    from clipsam.testing import synthetic_scene
+
+    scene = synthetic_scene()
+    src = tmp_path / "src"
+    (src / "kitchen").mkdir(parents=True)
+    names = ["kitchen/scene.jpg", "scene.jpg", "scene.png", os.fsdecode(b"caf\xe9.png")]
+    for name in names:
+        Image.fromarray(scene.image).save(src / name, format="PNG")  # lossless whatever the ending
+    items = list_images(src)
+    job = LabelJob(tmp_path / "out", scene.taxonomy, filters=Filters(include_unknown=True),
+                   segmenter_spec={"sam": "x", "clip": "y"}, pngs=True)
+    record = job.prepare()
+    run_local(job, items, segmenter=oracle_segmenter(scene))
+    job.finish(record, {})
+    data = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    cats = {c["label_path"]: c["id"] for c in data["categories"]}
+    expected = {"kitchen/scene", "scene.jpg", "scene.png", os.fsdecode(b"caf\xe9")}
+    found = {p.relative_to(tmp_path / "out" / "semantic").as_posix()[:-4]
+             for p in (tmp_path / "out" / "semantic").rglob("*.png")}
+    assert found == expected
+    anns = [a for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]]
+    stem = next(i.output_stem for i in items if i.image_id == data["images"][0]["id"])
+    semantic = np.asarray(Image.open(tmp_path / "out" / "semantic" / f"{stem}.png"))
+    want = paint([a["segmentation"] for a in anns], [cats[a["label_path"] or a["kind"]] for a in anns],
+                 tuple(semantic.shape))
+    assert semantic.max() > 0 and np.array_equal(semantic, want)
+    instances = np.asarray(Image.open(tmp_path / "out" / "instances" / f"{stem}.png"))
+    assert set(np.unique(instances)) <= set(range(len(anns) + 1)) and instances.max() == len(anns)

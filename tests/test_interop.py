@@ -150,3 +150,22 @@ def test_python_interop_supervision_pandas_overlay(tmp_path):
     with pytest.raises(ValueError, match="needs the image"):
         from_array.overlay()
     assert from_array.overlay(scene.image).size == picture.size
+
+
+def test_label_path_is_one_type_and_eval_of_itself_is_perfect(labelled, tmp_path):
+    from clipsam.evaluate import evaluate
+
+    _, path, data = labelled
+    assert {type(c["label_path"]) for c in data["categories"]} == {str}
+    assert {type(a["label_path"]) for a in data["annotations"]} == {str}
+    cats = {c["id"]: c for c in data["categories"]}
+    for a in data["annotations"]:  # the annotation's path is its category's (unknown regions: no path)
+        assert a["label_path"] == ("" if a["kind"].startswith("unknown") else cats[a["category_id"]]["label_path"])
+    report = evaluate(path, path)
+    assert report.mask_ap["AP"] == pytest.approx(1.0) and report.miou == pytest.approx(1.0)
+    assert len(report.level_accuracy) >= 3 and set(report.level_accuracy.values()) == {1.0}
+    old = dict(data, annotations=[dict(a, label_path=[p for p in a["label_path"].split("/") if p])
+                                  for a in data["annotations"]])  # lists, as older clipsam files have
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps(old))
+    assert evaluate(legacy, path).to_dict() == report.to_dict()

@@ -132,8 +132,8 @@ def test_exports_coco_json_and_overlay(oracle, scene, tmp_path):
     ev.summarize()
     assert ev.stats[0] == pytest.approx(1.0)  # predictions against themselves
     by_id = {a["id"]: a for a in coco["annotations"]}
-    ear = next(a for a in coco["annotations"] if a["label_path"][-1:] == ["ear"])
-    assert by_id[ear["parent_id"]]["label_path"][-1] == "head"
+    ear = next(a for a in coco["annotations"] if a["label_path"].endswith("/ear"))
+    assert by_id[ear["parent_id"]]["label_path"].endswith("/head")
     cats = {c["label_path"]: c for c in coco["categories"]}
     assert cats["animal/dog"]["supercategory"] == "animal"
     assert len(seg.to_coco(include_unknown=False)["annotations"]) == len(seg) - 1
