@@ -12,6 +12,7 @@ Layout of ``OUT``::
     errors.jsonl          one line per image that could not be processed: {"path", "image_id", "reason"}
     run.json              provenance: version, models, weight hashes, parameters, times, counts
     parts/<id>.json       one finished image (or parts/<id>.error.json)
+    data.yaml, labels/, images/   optional (--format yolo): YOLO-seg polygons, names, links to the images
     semantic/<name>.png   optional (--png): category id per pixel (16-bit), named like the image
                           (photos/kitchen/cat.jpg -> semantic/kitchen/cat.png; see output_stems)
     instances/<name>.png  optional (--png): annotation index per pixel within the image (16-bit)
@@ -46,11 +47,14 @@ from .result import Region, Segmentation
 
 log = logging.getLogger(__name__)
 
+#: Exports :class:`LabelJob` can write besides ``annotations.json``.
+EXPORT_FORMATS = ("yolo",)
+
 #: File endings treated as images when a folder is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
-__all__ = ["IMAGE_SUFFIXES", "Filters", "ImageItem", "LabelJob", "assemble", "category_table", "list_images",
-           "output_stems", "stable_image_id"]
+__all__ = ["EXPORT_FORMATS", "IMAGE_SUFFIXES", "Filters", "ImageItem", "LabelJob", "assemble", "category_table",
+           "list_images", "output_stems", "stable_image_id"]
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,9 @@ class LabelJob:
             processes and Ray actors can build their own).
         pngs: also write semantic and instance PNGs.
         segment_params: extra arguments of ``segment_everything`` (e.g. ``part_points``).
+        formats: exports besides ``annotations.json``, written by :meth:`finish` from the finished images (so
+            adding one to a finished run and rerunning writes it without labelling again): ``"yolo"``
+            (:func:`clipsam.yolo.write_yolo`).
     """
 
     out: Path
@@ -244,9 +251,13 @@ class LabelJob:
     segmenter_spec: dict[str, Any] = field(default_factory=dict)
     pngs: bool = False
     segment_params: dict[str, Any] = field(default_factory=dict)
+    formats: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        unknown = sorted(set(self.formats) - set(EXPORT_FORMATS))
+        if unknown:
+            raise ClipsamError(f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
         self.tax = load_taxonomy(self.taxonomy)
         self.categories = category_table(self.tax, self.filters.include_unknown)
         self.cat_ids = {c["label_path"]: c["id"] for c in self.categories}
@@ -305,12 +316,15 @@ class LabelJob:
                         f"{self.out} holds a run with different parameters ({', '.join(changed) or 'unknown'}); "
                         "resuming would mix results. Use --force to discard it and start over, or choose another --out"
                     )
-                for sub in ("parts", "semantic", "instances"):
+                for sub in ("parts", "semantic", "instances", "labels"):
                     shutil.rmtree(self.out / sub, ignore_errors=True)
-                for name in ("annotations.json", "errors.jsonl"):
+                for link in (self.out / "images").rglob("*") if (self.out / "images").is_dir() else ():
+                    if link.is_symlink():  # only the links clipsam made: never a user's own files
+                        link.unlink()
+                for name in ("annotations.json", "errors.jsonl", "data.yaml"):
                     (self.out / name).unlink(missing_ok=True)
         (self.out / "parts").mkdir(parents=True, exist_ok=True)
-        for sub in ("parts", "semantic", "instances"):  # temporary files of a run that was killed
+        for sub in ("parts", "semantic", "instances", "labels", "images"):  # temporary files of a killed run
             for tmp in (self.out / sub).rglob(".*.tmp") if (self.out / sub).is_dir() else ():
                 tmp.unlink(missing_ok=True)
         if self.pngs:
@@ -343,7 +357,7 @@ class LabelJob:
         if self.pngs:
             self._write_pngs(item.output_stem, (h, w), regions)
         part = {"image": {"id": item.image_id, "file_name": item.file_name, "height": h, "width": w},
-                "regions": [r.to_dict() for r in regions]}
+                "source": {"path": item.path, "stem": item.output_stem}, "regions": [r.to_dict() for r in regions]}
         _atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
         (parts / f"{item.image_id}.error.json").unlink(missing_ok=True)
         return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
@@ -361,8 +375,13 @@ class LabelJob:
     def finish(self, record: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
         """Write ``annotations.json`` and ``errors.jsonl`` from the parts, complete ``run.json``, release the lock."""
         try:
-            coco, errors = assemble(self.out, self.categories)
+            sources: dict[int, tuple[str, str]] = {}
+            coco, errors = assemble(self.out, self.categories, sources)
             _atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
+            if "yolo" in self.formats:
+                from .yolo import write_yolo
+
+                counts = dict(counts, yolo_polygons=write_yolo(self.out, coco, sources)["polygons"])
             _atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
             counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]),
                           errors=len(errors))
@@ -373,8 +392,10 @@ class LabelJob:
         return record
 
 
-def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Build the COCO dict and the error list from ``out/parts`` (deterministic: sorted by image id)."""
+def assemble(out: Path, categories: list[dict[str, Any]], sources: dict[int, tuple[str, str]] | None = None
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Build the COCO dict and the error list from ``out/parts`` (deterministic: sorted by image id); fills
+    *sources* with ``{image id: (image path, output stem)}`` when given."""
     cat_ids = {c["label_path"]: c["id"] for c in categories}
     images, annotations, errors = [], [], []
     parts = sorted((out / "parts").glob("*.json"), key=lambda p: (int(p.name.split(".")[0]), p.name))
@@ -386,6 +407,8 @@ def assemble(out: Path, categories: list[dict[str, Any]]) -> tuple[dict[str, Any
                 errors.append({"path": data["path"], "image_id": data["image_id"], "reason": data["reason"]})
             continue
         images.append(data["image"])
+        if sources is not None and "source" in data:
+            sources[data["image"]["id"]] = (data["source"]["path"], data["source"]["stem"])
         regions = [Region.from_dict(d) for d in data["regions"]]
         annotations += annotations_of(regions, data["image"]["id"], cat_ids, first_id=next_id)
         next_id += len(regions)

@@ -57,7 +57,7 @@ def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
     (src / "zero.png").write_bytes(b"")
     (src / "text.jpg").write_text("hello")
     Image.new("L", (14000, 14000)).save(src / "huge.png")  # 196 MP: over the 179 MP limit
-    proc = _label(src, tmp_path / "out", "--unknown", "--png")
+    proc = _label(src, tmp_path / "out", "--unknown", "--png", "--format", "coco,yolo")
     summary = json.loads(proc.stdout)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     reasons = {os.path.basename(e["path"]): e["reason"] for e in errors}
@@ -76,6 +76,9 @@ def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
         stem = img["file_name"].rsplit(".", 1)[0]  # named like the image: img_01.jpg -> semantic/img_01.png
         assert (tmp_path / "out" / "semantic" / f"{stem}.png").is_file()
         assert (tmp_path / "out" / "instances" / f"{stem}.png").is_file()
+        n = sum(a["image_id"] == img["id"] for a in data["annotations"])
+        assert len((tmp_path / "out" / "labels" / f"{stem}.txt").read_text().splitlines()) == n
+    assert not (tmp_path / "out" / "labels" / "truncated.txt").exists() and (tmp_path / "out" / "data.yaml").is_file()
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["models"] == {"sam": "tiny-random", "clip": "tiny-random"} and run["finished"]
     assert run["counts"]["errors"] == 4 and "parameters" in run

@@ -57,6 +57,8 @@ def label(
     max_regions: int = typer.Option(0, "--max-regions", help="Keep at most N regions per image (best first)."),
     unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched."),
     pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs."),
+    formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written) and/or "
+                                "yolo (OUT/data.yaml, labels/*.txt polygons, images/ links), comma-separated."),
     force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
     image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
                                               "text file or COCO JSON (default: its own folder)."),
@@ -80,6 +82,12 @@ def label(
     from ..dataset import Filters, LabelJob, list_images, run_local, run_ray
 
     _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir)
+    from ..dataset import EXPORT_FORMATS
+
+    wanted = [f.strip().lower() for f in formats.split(",") if f.strip()]
+    bad = [f for f in wanted if f not in ("coco", *EXPORT_FORMATS)]
+    if bad or not wanted:
+        fail(f"--format must be coco, {', '.join(EXPORT_FORMATS)} or a comma-separated mix, got {show(formats)!r}")
     from ..stages.guide import STRATEGIES
 
     if strategy not in STRATEGIES:
@@ -96,7 +104,8 @@ def label(
     segment_params: dict = {"part_points": part_points} if part_points else {}
     if strategy != "grid":
         segment_params["strategy"] = strategy
-    job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params)
+    job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params,
+                   formats=tuple(f for f in dict.fromkeys(wanted) if f != "coco"))
     check_labels(list(filters.labels), job.tax, "--labels")
     record = job.prepare(force=force)
     todo = job.pending(items)
@@ -127,8 +136,9 @@ def label(
     table = Table(title=show(f"clipsam label -> {out_dir}"), title_justify="left", header_style="bold")
     table.add_column("")
     table.add_column("", justify="right")
-    for key in ("found", "resumed", "processed", "images", "annotations", "errors", "seconds"):
-        table.add_row(key, str(summary.get(key)))
+    for key in ("found", "resumed", "processed", "images", "annotations", "yolo_polygons", "errors", "seconds"):
+        if key in summary:
+            table.add_row(key, str(summary[key]))
     out.print(table)
     if summary["errors"]:
         out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see "

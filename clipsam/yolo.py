@@ -1,0 +1,126 @@
+"""YOLO segmentation export (Ultralytics' format): ``data.yaml``, ``labels/<name>.txt``, ``images/<name>``.
+
+Each annotation becomes one line ``<class> x1 y1 x2 y2 …`` with coordinates normalised to ``[0, 1]``. The
+polygon is the mask's outer boundary (marching squares, simplified within ``tolerance`` pixels). A mask in
+several pieces becomes one polygon whose pieces are joined by zero-width bridges (one object stays one line, as
+Ultralytics' own COCO converter does); holes cannot be written in this format and are filled. Class indices are
+the COCO category ids minus one, so ``names`` in ``data.yaml`` lists the same unique names as
+``annotations.json``. ``images/`` holds symbolic links to the labelled images, because Ultralytics finds a label
+file by replacing ``/images/`` with ``/labels/`` in the image's path. Pure numpy + scikit-image; no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .core import masks as M
+
+__all__ = ["mask_polygon", "write_yolo", "yolo_lines"]
+
+
+def _signed_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+
+def _bridge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """*a* and *b* as one closed path: along *a* to its point nearest *b*, around *b*, and back."""
+    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+    return np.concatenate([a[: i + 1], b[j:], b[: j + 1], a[i:]])
+
+
+def mask_polygon(rle: M.RLE, tolerance: float = 1.0) -> np.ndarray:
+    """The outer boundary of a mask as one ``(K, 2)`` float array of ``x, y`` image coordinates (pixel edges:
+    a mask covering pixel column 0 starts at ``x = 0``); empty ``(0, 2)`` for an empty mask. Pieces are joined
+    by zero-width bridges, largest first; holes are dropped."""
+    from skimage import measure
+
+    if M.area(rle) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    x, y, w, h = (int(v) for v in M.bbox_xywh(rle))
+    crop = np.pad(M.decode(rle)[y: y + h, x: x + w], 1).astype(np.uint8)
+    outers = []
+    for c in measure.find_contours(crop, 0.5, positive_orientation="high"):
+        xy = np.stack([c[:, 1], c[:, 0]], axis=1)
+        area = _signed_area(xy)
+        if area >= 0:  # a hole (winds the other way)
+            continue
+        if tolerance > 0:  # keep the raw contour where simplifying would flatten it (1-pixel masks and strips)
+            simple = measure.approximate_polygon(xy, tolerance)
+            xy = simple if len(simple) >= 4 and -_signed_area(simple) >= 0.75 * -area else xy
+        outers.append((-area, xy[:-1] if len(xy) > 1 and np.allclose(xy[0], xy[-1]) else xy))
+    outers.sort(key=lambda t: -t[0])
+    poly = outers[0][1]
+    for _, other in outers[1:]:
+        poly = _bridge(poly, other)
+    # contour coordinates are pixel centres of the padded crop; +0.5 turns them into pixel-edge coordinates
+    return poly + np.array([x - 1 + 0.5, y - 1 + 0.5])
+
+
+def yolo_lines(annotations: Sequence[Mapping[str, Any]], size: tuple[int, int], tolerance: float = 1.0) -> list[str]:
+    """One YOLO-seg line per annotation of one image (``category_id`` 1.. becomes class ``id - 1``; annotations
+    without a category, or with an empty mask, are left out)."""
+    h, w = size
+    lines = []
+    for ann in annotations:
+        if int(ann.get("category_id", 0)) < 1:
+            continue
+        poly = mask_polygon(ann["segmentation"], tolerance)
+        if len(poly) < 3:
+            continue
+        norm = np.clip(poly / np.array([w, h], dtype=np.float64), 0.0, 1.0)
+        lines.append(" ".join([str(int(ann["category_id"]) - 1), *(f"{v:.6f}" for v in norm.ravel())]))
+    return lines
+
+
+def _replace_link(target: str, link: Path) -> None:
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.abspath(target), tmp)
+    os.replace(tmp, link)
+
+
+def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping[int, tuple[str, str]],
+               tolerance: float = 1.0) -> dict[str, int]:
+    """Write a YOLO-seg dataset of *coco* into *out*: ``data.yaml`` (``names``; ``train`` and ``val`` both
+    ``images``, pseudo-labels have no split), ``labels/<stem>.txt`` and ``images/<stem><ending>`` links.
+
+    *sources* maps each image id to ``(image path, output stem)``; images without one are left out. Files are
+    written atomically; a rerun replaces them. Returns counts of images and polygons written.
+    """
+    import yaml
+
+    from .dataset import _atomic_write
+
+    root = Path(out)
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    images = polygons = 0
+    for im in coco["images"]:
+        if im["id"] not in sources:
+            continue
+        path, stem = sources[im["id"]]
+        lines = yolo_lines(by_image.get(im["id"], []), (int(im["height"]), int(im["width"])), tolerance)
+        label = root / "labels" / f"{stem}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(label, "".join(line + "\n" for line in lines).encode())
+        link = root / "images" / f"{stem}{Path(im['file_name']).suffix.lower()}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        _replace_link(path, link)
+        images += 1
+        polygons += len(lines)
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
+        raise ValueError("YOLO export needs category ids 1..N")
+    data = {"train": "images", "val": "images", "nc": len(cats), "names": {c["id"] - 1: c["name"] for c in cats}}
+    header = ("# YOLO segmentation dataset written by clipsam (class = COCO category id - 1).\n"
+              "# train and val are the same pseudo-labelled images: split them before training.\n")
+    _atomic_write(root / "data.yaml", (header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode())
+    return {"images": images, "polygons": polygons}

@@ -1,0 +1,182 @@
+"""YOLO-seg export: polygons that redraw the masks, and a label output Ultralytics' own dataset code loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from scipy import ndimage
+
+from clipsam.core import masks as M
+from clipsam.dataset import Filters, LabelJob, list_images, run_local
+from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.yolo import mask_polygon, yolo_lines
+
+
+def _draw(poly: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Rasterise an ``x, y`` polygon the way COCO does (pycocotools; pixel-edge coordinates)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.frPyObjects([np.asarray(poly, dtype=np.float64).ravel().tolist()], size[0], size[1])
+    return mask_utils.decode(rle)[..., 0].astype(bool)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_rectangle_polygon_lies_on_the_pixel_edges():
+    m = np.zeros((40, 60), bool)
+    m[5:25, 10:50] = True  # columns 10..49, rows 5..24
+    poly = mask_polygon(M.encode(m), tolerance=0.0)
+    assert poly[:, 0].min() == pytest.approx(10.0, abs=0.5) and poly[:, 0].max() == pytest.approx(50.0, abs=0.5)
+    assert poly[:, 1].min() == pytest.approx(5.0, abs=0.5) and poly[:, 1].max() == pytest.approx(25.0, abs=0.5)
+    assert _iou(_draw(poly, m.shape), m) > 0.95
+
+
+def test_pieces_are_bridged_into_one_polygon_and_holes_filled():
+    m = np.zeros((80, 120), bool)
+    m[10:40, 10:40] = True
+    m[50:75, 80:115] = True  # a second piece
+    m[20:30, 20:30] = False  # a hole
+    poly = mask_polygon(M.encode(m))
+    drawn = _draw(poly, m.shape)
+    filled = m.copy()
+    filled[20:30, 20:30] = True
+    assert _iou(drawn, filled) > 0.9  # both pieces, hole filled, bridge adds only a thin line
+    assert drawn[60, 95] and drawn[25, 15] and drawn[25, 25]
+    one_pixel = np.zeros((5, 5), bool)
+    one_pixel[2, 3] = True
+    assert len(mask_polygon(M.encode(one_pixel))) >= 3 and len(mask_polygon(M.encode(np.zeros((5, 5), bool)))) == 0
+    strip = np.ones((1, 3000), bool)  # a 1-pixel-high strip image, all mask
+    poly = mask_polygon(M.encode(strip))
+    assert _iou(_draw(poly, strip.shape), strip) > 0.99
+    (line,) = yolo_lines([{"category_id": 1, "segmentation": M.encode(strip)}], strip.shape)
+    xs = [float(v) for v in line.split()[1::2]]
+    assert min(xs) == 0.0 and max(xs) == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 70), st.integers(3, 30), st.integers(3, 30)),
+                min_size=1, max_size=4))
+def test_polygons_redraw_their_masks(rects):
+    m = np.zeros((64, 96), bool)
+    for y, x, h, w in rects:
+        m[y: y + h, x: x + w] = True
+    filled = ndimage.binary_fill_holes(m)
+    poly = mask_polygon(M.encode(m))
+    assert np.all(poly >= 0) and np.all(poly[:, 0] <= 96) and np.all(poly[:, 1] <= 64)
+    (line,) = yolo_lines([{"category_id": 3, "segmentation": M.encode(m)}], m.shape)
+    values = line.split()
+    assert values[0] == "2" and len(values) % 2 == 1 and all(0.0 <= float(v) <= 1.0 for v in values[1:])
+    assert _iou(_draw(poly, m.shape), filled) > 0.8
+
+
+@pytest.fixture(scope="module")
+def yolo_run(tmp_path_factory):
+    """The oracle scene (objects and parts) labelled with ``formats=("yolo",)``, under nested image names."""
+    root = tmp_path_factory.mktemp("yolo")
+    scene = synthetic_scene()
+    src = root / "photos"
+    (src / "kitchen").mkdir(parents=True)
+    Image.fromarray(scene.image).save(src / "kitchen" / "scene.png")
+    Image.fromarray(scene.image[:, ::-1].copy()).save(src / "mirror.jpg", quality=98)
+    job = LabelJob(root / "out", scene.taxonomy, filters=Filters(include_unknown=True),
+                   segmenter_spec={"sam": "x", "clip": "y"}, formats=("yolo",))
+    record = job.prepare()
+    run_local(job, list_images(src), segmenter=oracle_segmenter(scene))
+    record = job.finish(record, {})
+    return root / "out", json.loads((root / "out" / "annotations.json").read_text()), record
+
+
+def test_yolo_files_match_the_coco_output(yolo_run):
+    out, coco, record = yolo_run
+    assert (out / "labels" / "kitchen" / "scene.txt").is_file() and (out / "labels" / "mirror.txt").is_file()
+    assert os.path.realpath(out / "images" / "kitchen" / "scene.png").endswith("photos/kitchen/scene.png")
+    import yaml
+
+    data = yaml.safe_load((out / "data.yaml").read_text())
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    assert data["names"] == {c["id"] - 1: c["name"] for c in cats} and data["nc"] == len(cats)
+    lines = (out / "labels" / "kitchen" / "scene.txt").read_text().splitlines()
+    image = next(im for im in coco["images"] if im["file_name"] == "kitchen/scene.png")
+    anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    assert [int(ln.split()[0]) for ln in lines] == [a["category_id"] - 1 for a in anns]
+    assert record["counts"]["yolo_polygons"] == sum(1 for a in coco["annotations"] if a["category_id"] > 0)
+
+
+_ULTRALYTICS = textwrap.dedent("""
+    import json, sys
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+    data = check_det_dataset(sys.argv[1])
+    ds = YOLODataset(img_path=data["train"], data=data, task="segment", imgsz=256, augment=False)
+    labels = [{"im_file": lb["im_file"], "cls": lb["cls"].ravel().astype(int).tolist(),
+               "segments": [s.tolist() for s in lb["segments"]], "shape": list(lb["shape"])} for lb in ds.labels]
+    item = ds[0]
+    print(json.dumps({"nc": data["nc"], "names": data["names"], "labels": labels,
+                      "masks": list(item["masks"].shape), "n_instances": int(item["cls"].shape[0])}))
+""")
+
+
+def test_ultralytics_loads_the_yolo_dataset(yolo_run, tmp_path):
+    pytest.importorskip("ultralytics")
+    out, coco, _ = yolo_run
+    config = tmp_path / "ultralytics-config"
+    config.mkdir()
+    for font in ("Arial.ttf", "Arial.Unicode.ttf"):  # its checker would download fonts: there is no network
+        (config / font).write_bytes(b"")
+    env = dict(os.environ, YOLO_CONFIG_DIR=str(config), YOLO_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _ULTRALYTICS, str(out / "data.yaml")], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["nc"] == len(coco["categories"])
+    assert {int(k): v for k, v in got["names"].items()} == {c["id"] - 1: c["name"] for c in coco["categories"]}
+    images = {im["file_name"]: im for im in coco["images"]}
+    assert len(got["labels"]) == len(images) == 2
+    for lb in got["labels"]:
+        name = os.path.relpath(lb["im_file"], out / "images")
+        im = images[name]
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"] and a["category_id"] > 0]
+        assert lb["cls"] == [a["category_id"] - 1 for a in anns], name  # none dropped as duplicate or invalid
+        assert lb["shape"] == [im["height"], im["width"]]
+        h, w = im["height"], im["width"]
+        for seg, ann in zip(lb["segments"], anns, strict=True):
+            drawn = _draw(np.asarray(seg) * [w, h], (h, w))
+            filled = ndimage.binary_fill_holes(M.decode(ann["segmentation"]))
+            assert _iou(drawn, filled) > (0.9 if ann["area"] >= 200 else 0.5), ann["label_path"]
+    assert got["n_instances"] > 0 and got["masks"][0] >= 1
+
+
+def test_yolo_added_to_a_finished_run_without_labelling_again(tmp_path):
+    scene = synthetic_scene()
+    src = tmp_path / "photos"
+    src.mkdir()
+    Image.fromarray(scene.image).save(src / "scene.png")
+    items = list_images(src)
+
+    def run(formats, segmenter):
+        job = LabelJob(tmp_path / "out", scene.taxonomy, segmenter_spec={"sam": "x", "clip": "y"}, formats=formats)
+        record = job.prepare()
+        run_local(job, job.pending(items), segmenter=segmenter)
+        return job.finish(record, {})
+
+    run((), oracle_segmenter(scene))
+    assert not (tmp_path / "out" / "data.yaml").exists()
+
+    class Refuses:
+        def segment_everything(self, *a, **k):
+            raise AssertionError("labelled again")
+
+    record = run(("yolo",), Refuses())
+    lines = (tmp_path / "out" / "labels" / "scene.txt").read_text().splitlines()
+    assert record["counts"]["yolo_polygons"] == len(lines) > 0
