@@ -32,6 +32,8 @@ class Segmentation:
         query: the text query, if any.
         taxonomy: name of the taxonomy used for labels, if any.
         models: ``{"sam": name, "clip": name}``.
+        prompts: for prompted results, the prompts given: ``{"points": [[x, y], …], "labels": [1, 0, …],
+            "box": [x0, y0, x1, y1]}`` (keys present when given; original-image pixels). Overlays draw them.
         low_res_logits: for prompted results, ``(N, h, w) float32`` logits of each mask; pass
             ``low_res_logits[i]`` as ``mask=`` to a later ``segment_prompt`` call to refine it.
         embeddings: ``(N, D) float32`` unit CLIP embeddings of the regions' masked crops, when they were computed
@@ -44,6 +46,7 @@ class Segmentation:
     query: tuple[str, ...] = ()
     taxonomy: str | None = None
     models: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, Any] = field(default_factory=dict)
     low_res_logits: np.ndarray | None = field(default=None, repr=False, compare=False)
     embeddings: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -159,6 +162,7 @@ class Segmentation:
             "query": list(self.query),
             "taxonomy": self.taxonomy,
             "models": dict(self.models),
+            **({"prompts": dict(self.prompts)} if self.prompts else {}),
             "regions": [r.to_dict() for r in self.regions],
         }
 
@@ -179,7 +183,7 @@ class Segmentation:
         d = json.loads(text)
         return cls(image_size=tuple(d["image_size"]), regions=tuple(Region.from_dict(r) for r in d["regions"]),
                    image_path=d.get("image_path"), query=tuple(d.get("query", ())), taxonomy=d.get("taxonomy"),
-                   models=dict(d.get("models", {})))
+                   models=dict(d.get("models", {})), prompts=dict(d.get("prompts", {})))
 
     def to_coco(self, *, image_id: int = 1, taxonomy: Any = None, include_unknown: bool = True,
                 file_name: str | None = None) -> dict[str, Any]:

@@ -295,7 +295,10 @@ class Segmenter(ModelOwner):
         prompts = validate_prompts(points, labels, box, work.original_size)  # before SAM runs
         out = predict_prompt(self.proposer, self._cache.get(work, self.proposer), work, *prompts, mask=mask,
                              multimask=multimask)
-        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self._model_names())
+        pts, lbls, bx = prompts
+        given = {**({"points": pts.tolist(), "labels": lbls.tolist()} if pts is not None else {}),
+                 **({"box": bx.tolist()} if bx is not None else {})}
+        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self._model_names(), given)
 
     # -- stages --------------------------------------------------------------------------------------------
     def _model_names(self) -> dict[str, str]:

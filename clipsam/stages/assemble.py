@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,11 +59,12 @@ def assemble(work: Work, regions: Regions, labelled: Labelled | None, keep: Sequ
 
 
 def prompt_result(work: Work, masks: np.ndarray, iou: np.ndarray, low_res_logits: np.ndarray,
-                  models: dict[str, str] | None = None) -> Segmentation:
-    """A prompted result: SAM's masks (processing size, best first) as ``prompt`` regions at full resolution."""
+                  models: dict[str, str] | None = None, prompts: dict[str, Any] | None = None) -> Segmentation:
+    """A prompted result: SAM's masks (processing size, best first) as ``prompt`` regions at full resolution,
+    with the *prompts* that made them (see :attr:`Segmentation.prompts`)."""
     rles = [M.resize(M.encode(m), work.original_size) for m in masks]  # type: ignore[arg-type]
     n = len(rles)
     regions = Regions.from_rles(rles, predicted_iou=np.asarray(iou, dtype=np.float64),
                                 stability_score=np.ones(n), kind=("prompt",) * n)
     return Segmentation(image_size=work.original_size, regions=regions, image_path=work.path,
-                        models=dict(models or {}), low_res_logits=low_res_logits)
+                        models=dict(models or {}), prompts=dict(prompts or {}), low_res_logits=low_res_logits)
