@@ -139,8 +139,10 @@ def _place_captions(draw: ImageDraw.ImageDraw, items: Sequence[tuple[str, tuple[
             rect = (sx, sy, sx + tw, sy + th)
             if any(_overlaps(rect, p) for p in placed):
                 continue
-            draw.rectangle(rect, fill=_TEXT_BG)
-            draw.text((sx + 2 - left, sy + 2 - top), text, fill=colour, font=font)
+            draw.rectangle(rect, fill=colour)  # the region's colour, the text black or white, whichever reads
+            luma = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+            draw.text((sx + 2 - left, sy + 2 - top), text, fill=(0, 0, 0) if luma > 140 else (255, 255, 255),
+                      font=font)
             placed.append(rect)
             break
     return placed

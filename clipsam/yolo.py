@@ -18,49 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .core import masks as M
+from .core.polygons import mask_polygon
 
 __all__ = ["mask_polygon", "write_yolo", "yolo_lines"]
-
-
-def _signed_area(xy: np.ndarray) -> float:
-    x, y = xy[:, 0], xy[:, 1]
-    return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
-
-
-def _bridge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """*a* and *b* as one closed path: along *a* to its point nearest *b*, around *b*, and back."""
-    d = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-    i, j = np.unravel_index(int(np.argmin(d)), d.shape)
-    return np.concatenate([a[: i + 1], b[j:], b[: j + 1], a[i:]])
-
-
-def mask_polygon(rle: M.RLE, tolerance: float = 1.0) -> np.ndarray:
-    """The outer boundary of a mask as one ``(K, 2)`` float array of ``x, y`` image coordinates (pixel edges:
-    a mask covering pixel column 0 starts at ``x = 0``); empty ``(0, 2)`` for an empty mask. Pieces are joined
-    by zero-width bridges, largest first; holes are dropped."""
-    from skimage import measure
-
-    if M.area(rle) == 0:
-        return np.zeros((0, 2), dtype=np.float64)
-    x, y, w, h = (int(v) for v in M.bbox_xywh(rle))
-    crop = np.pad(M.decode(rle)[y: y + h, x: x + w], 1).astype(np.uint8)
-    outers = []
-    for c in measure.find_contours(crop, 0.5, positive_orientation="high"):
-        xy = np.stack([c[:, 1], c[:, 0]], axis=1)
-        area = _signed_area(xy)
-        if area >= 0:  # a hole (winds the other way)
-            continue
-        if tolerance > 0:  # keep the raw contour where simplifying would flatten it (1-pixel masks and strips)
-            simple = measure.approximate_polygon(xy, tolerance)
-            xy = simple if len(simple) >= 4 and -_signed_area(simple) >= 0.75 * -area else xy
-        outers.append((-area, xy[:-1] if len(xy) > 1 and np.allclose(xy[0], xy[-1]) else xy))
-    outers.sort(key=lambda t: -t[0])
-    poly = outers[0][1]
-    for _, other in outers[1:]:
-        poly = _bridge(poly, other)
-    # contour coordinates are pixel centres of the padded crop; +0.5 turns them into pixel-edge coordinates
-    return poly + np.array([x - 1 + 0.5, y - 1 + 0.5])
 
 
 def yolo_lines(annotations: Sequence[Mapping[str, Any]], size: tuple[int, int], tolerance: float = 1.0) -> list[str]:

@@ -1,9 +1,9 @@
 """The ``clipsam`` command line: a thin layer that parses, calls the library and renders.
 
 One module per verb group (:mod:`.segment`, :mod:`.dataset` (label, eval), :mod:`.search` (index, search),
-:mod:`.weights`, :mod:`.taxonomy`); what they share (one-line errors, escaping, option checks and definitions) is in
-:mod:`.common`. Every verb has ``--json`` (machine output on stdout); errors are one line on stderr and a non-zero
-exit, never a traceback.
+:mod:`.report`, :mod:`.weights`, :mod:`.taxonomy`); what they share (one-line errors, escaping, option checks and
+definitions) is in :mod:`.common`. Every verb has ``--json`` (machine output on stdout); errors are one line on
+stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 
 from .._version import __version__
-from . import dataset, search, segment, taxonomy, weights
+from . import dataset, report, search, segment, taxonomy, weights
 from .common import out
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -26,6 +26,7 @@ app.command()(dataset.label)
 app.command("eval")(dataset.eval_cmd)
 app.command()(search.index)
 app.command()(search.search)
+app.command()(report.report)
 for _name in ("list", "download", "import", "verify"):
     weights_app.command(_name)(getattr(weights, f"weights_{_name}"))
 for _name in ("list", "show", "path", "search", "validate"):

@@ -100,6 +100,8 @@ def segment(
     tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree."),
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
     save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
+    html_path: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page: the overlay, "
+                                          "the part-whole tree (hover a node to see its mask), the parameters."),
     coco_path: Path | None = typer.Option(None, "--coco", help="Write the result as a COCO file (the categories "
                                           "and ids clipsam label writes for the same taxonomy)."),
     refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
@@ -139,6 +141,7 @@ def segment(
     check_output_file(out_path, "--out", OVERLAY_SUFFIXES)
     check_output_file(save_json, "--save-json")
     check_output_file(coco_path, "--coco", (".json",))
+    check_output_file(html_path, "--html", (".html", ".htm"))
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
@@ -176,6 +179,10 @@ def segment(
         result.to_json(save_json, indent=2)
     if coco_path is not None:
         coco_path.write_text(json.dumps(result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)))
+    if html_path is not None:
+        from ..report import segmentation_report, write_report
+
+        write_report(html_path, segmentation_report(result, image, parameters=segmenter.config()))
     if as_json:
         emit_json(result.to_dict())
         return
@@ -191,3 +198,5 @@ def segment(
         out.print(f"JSON written to [bold]{show(save_json)}[/]")
     if coco_path is not None:
         out.print(f"COCO written to [bold]{show(coco_path)}[/]")
+    if html_path is not None:
+        out.print(f"HTML report written to [bold]{show(html_path)}[/]")

@@ -1,0 +1,46 @@
+"""``clipsam report``: one self-contained HTML page for a ``clipsam label`` output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import check_output_file, emit_json, err, fail, guard, json_option, out, show
+
+
+@guard
+def report(
+    folder: Path = typer.Argument(..., help="The --out folder of a clipsam label run."),
+    html_path: Path | None = typer.Option(None, "--out", "-o", help="Where to write the page "
+                                          "(default FOLDER/report.html)."),
+    max_images: int = typer.Option(200, "--max-images", help="Show at most N images (the category counts cover "
+                                   "all)."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Where to find the images when they are no "
+                                           "longer where the run read them (joined with each file_name)."),
+    as_json: bool = json_option(),
+) -> None:
+    """Write a self-contained HTML report of a label run: thumbnails with overlays, part-whole trees, counts."""
+    from ..report import label_report, write_report
+
+    if not folder.is_dir():
+        fail(f"{folder}: no such folder; give the --out folder of a clipsam label run")
+    if max_images < 1:
+        fail(f"--max-images must be at least 1, got {max_images}")
+    target = html_path if html_path is not None else folder / "report.html"
+    check_output_file(target, "--out", (".html", ".htm"))
+    with err.status("writing the report…", spinner="dots") if not as_json else _quiet():
+        page, counts = label_report(folder, max_images=max_images, image_root=image_root)
+        write_report(target, page)
+    summary = {"report": str(target), **counts, "bytes": target.stat().st_size}
+    if as_json:
+        emit_json(summary)
+        return
+    out.print(f"report of {counts['shown']} of {counts['images']} images ({counts['regions']} regions, "
+              f"{counts['errors']} errors) written to [bold]{show(target)}[/]")
+
+
+def _quiet():
+    from contextlib import nullcontext
+
+    return nullcontext()
