@@ -190,3 +190,10 @@ def test_label_filter_suggests_close_names(tmp_path, files):
                                    *TINY, "--labels", "animal,puppi"])
     text = " ".join(res.output.split())
     assert res.exit_code == 2 and "'puppi' names no label" in text and "'puppy'" in text
+
+
+def test_help_texts_keep_their_brackets():
+    res = CliRunner().invoke(app, ["label", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "pip install 'clipsam[ray]'" in res.output  # rich once ate "[ray]"
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert "report" in res.output
