@@ -9,6 +9,11 @@ holds verified checkpoints.
 The cache folder is ``$CLIPSAM_HOME/weights`` (default ``~/.cache/clipsam/weights``). With
 ``CLIPSAM_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` clipsam never touches the network.
 
+Where the publisher gives no hash (SAM 3 on Hugging Face), the entry's ``sha256`` is empty and clipsam trusts the
+first verified-loadable copy it downloads or imports: its SHA-256 is recorded in ``$CLIPSAM_HOME/weights/pins.json``
+and every later use, download and ``verify`` is checked against that pin (trust on first use; the README says so).
+``safetensors`` checkpoints are read with the safetensors library, which has no code path at all.
+
 OpenAI's CLIP checkpoints are TorchScript archives, which ``torch.load(weights_only=True)`` cannot open; they
 are verified against the SHA-256 that OpenAI publishes in their URL and read with ``torch.jit.load``
 (TorchScript's own deserialiser, which does not run Python pickle code), and only their state dict is used.
@@ -61,9 +66,11 @@ class Checkpoint:
         family: ``sam`` or ``clip``.
         arch: architecture key: a ``segment_anything`` registry key or an open_clip model name.
         url: official download address.
-        sha256: pinned SHA-256 of the file (64 hex digits).
+        sha256: pinned SHA-256 of the file (64 hex digits), or ``""`` when none is published: the first verified
+            copy's hash is then recorded and pinned locally (:func:`expected_sha256`).
         filename: name of the file in the cache.
-        format: ``torch`` (a pickled state dict, read with ``weights_only=True``) or ``torchscript``.
+        format: ``torch`` (a pickled state dict, read with ``weights_only=True``), ``torchscript`` or
+            ``safetensors``.
         size: the file's size in bytes. A download stops as soon as a server sends more, and a Content-Length that
             disagrees is refused before anything is written; ``None`` only for entries whose size is unknown.
         license: licence of the weights.
@@ -124,6 +131,12 @@ _BUILTIN = [
           "SAM 2.1 Hiera-B+ (81M params, 324 MB)"),
     _sam2("sam2.1_hiera_large", "sam2.1_hiera_l", "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
           898_083_611, "SAM 2.1 Hiera-L (224M params, 898 MB): best SAM 2.1 masks"),
+    # SAM 3 (Meta, 2025-11), Hugging Face transformers format. Meta publishes no SHA-256 for it: the first verified
+    # copy is pinned locally (see the module docstring). Gated: accept the licence on Hugging Face, set HF_TOKEN.
+    Checkpoint(name="sam3", family="sam", arch="sam3", url="https://huggingface.co/facebook/sam3/resolve/main/"
+               "model.safetensors", sha256="", filename="sam3_model.safetensors", format="safetensors",
+               license="SAM License (Meta)", description="SAM 3 (~848M params, ~3.4 GB): every instance of a text "
+               "concept; needs clipsam[sam3]; a GPU is advised", extra={"backend": "sam3", "hf_repo": "facebook/sam3"}),
     _openai_clip("ViT-B-16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", 350_837_078,
                  "OpenAI CLIP ViT-B/16 (~351 MB): the default"),
     _openai_clip("ViT-B-32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 353_976_522,
@@ -143,8 +156,10 @@ def register(checkpoint: Checkpoint, *, replace: bool = False) -> None:
     """Add a checkpoint to the registry (a mirror, a fine-tuned model with a known hash, a test file)."""
     if checkpoint.name in REGISTRY and not replace:
         raise WeightsError(f"checkpoint {checkpoint.name!r} is already registered; pass replace=True to override")
-    if len(checkpoint.sha256) != 64 or any(c not in "0123456789abcdef" for c in checkpoint.sha256):
-        raise WeightsError(f"checkpoint {checkpoint.name!r}: sha256 must be 64 lowercase hex digits")
+    if checkpoint.sha256 and (len(checkpoint.sha256) != 64
+                              or any(c not in "0123456789abcdef" for c in checkpoint.sha256)):
+        raise WeightsError(f"checkpoint {checkpoint.name!r}: sha256 must be 64 lowercase hex digits (or empty: "
+                           "pinned on first use)")
     REGISTRY[checkpoint.name] = checkpoint
 
 
@@ -173,6 +188,40 @@ def cache_dir() -> Path:
 def is_offline() -> bool:
     """True when ``CLIPSAM_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
     return any(os.environ.get(v, "").strip().lower() in _TRUTHY for v in ("CLIPSAM_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _pins_path() -> Path:
+    return cache_dir() / "pins.json"
+
+
+def _pins() -> dict[str, str]:
+    try:
+        data = json.loads(_pins_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def expected_sha256(ckpt: Checkpoint) -> str | None:
+    """The SHA-256 a copy of *ckpt* must have: the registry's, else the one pinned on first use, else ``None``
+    (nothing verified yet: the next verified copy is pinned)."""
+    return ckpt.sha256 or _pins().get(ckpt.name)
+
+
+def _pin(ckpt: Checkpoint, sha256: str) -> None:
+    """Record the first verified copy's hash of an entry without a published one (atomically)."""
+    if ckpt.sha256:
+        return
+    pins = _pins()
+    if pins.get(ckpt.name) == sha256:
+        return
+    pins[ckpt.name] = sha256
+    path = _pins_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".pins.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    log.warning("%s has no published SHA-256: pinned this copy's %s (in %s)", ckpt.name, sha256, path)
 
 
 def path_for(name: str) -> Path:
@@ -236,15 +285,19 @@ def ensure(name: str, *, download: bool = True, progress: ProgressCallback | Non
     ckpt = get(name)
     path = cache_dir() / ckpt.filename
     if path.is_file():
-        if _stamp_ok(path, ckpt.sha256):
+        expected = expected_sha256(ckpt)
+        if expected and _stamp_ok(path, expected):
             return path
         actual = sha256_file(path)
-        if actual != ckpt.sha256:
+        if expected is None:  # a copy placed by hand into the cache, no published hash: check it opens, pin it
+            _check_loadable(path, ckpt, source=str(path))
+            _pin(ckpt, actual)
+        elif actual != expected:
             raise ChecksumError(
                 f"cached checkpoint {path} has SHA-256 {actual[:12]}… but {ckpt.name!r} must have "
-                f"{ckpt.sha256[:12]}…; delete it and run `clipsam weights download {ckpt.name}`"
+                f"{expected[:12]}…; delete it and run `clipsam weights download {ckpt.name}`"
             )
-        _write_stamp(path, ckpt.sha256)
+        _write_stamp(path, actual)
         return path
     if not download:
         raise WeightsMissingError(_missing_message(ckpt, "automatic download is switched off"))
@@ -280,12 +333,17 @@ def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = f"HTTP {exc.code} {exc.reason}" if isinstance(exc, urllib.error.HTTPError) else (
                 getattr(exc, "reason", None) or exc)
+            if isinstance(exc, urllib.error.HTTPError) and exc.code in (401, 403) and ckpt.extra.get("hf_repo"):
+                repo = ckpt.extra["hf_repo"]
+                reason += (f"; {repo} is a gated Hugging Face repository: accept its licence at "
+                           f"https://huggingface.co/{repo} and set HF_TOKEN to a token of that account")
             reason = f"the download from {ckpt.url} failed ({reason})"
             raise WeightsMissingError(_missing_message(ckpt, reason)) from exc
-        _check_sha256(part, ckpt, source=ckpt.url)
+        actual = _check_sha256(part, ckpt, source=ckpt.url)
         _check_loadable(part, ckpt, source=ckpt.url)
         os.replace(part, target)
-        _write_stamp(target, ckpt.sha256)
+        _pin(ckpt, actual)
+        _write_stamp(target, actual)
     finally:
         part.unlink(missing_ok=True)
     log.info("saved %s to %s", ckpt.name, target)
@@ -294,7 +352,11 @@ def fetch(name: str, *, progress: ProgressCallback | None = None, timeout: float
 
 def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, timeout: float,
             deadline: float | None, min_rate: float, rate_grace: float) -> None:
-    request = urllib.request.Request(ckpt.url, headers={"User-Agent": "clipsam"})
+    headers = {"User-Agent": "clipsam"}
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token and ckpt.extra.get("hf_repo"):  # gated Hugging Face repositories need the user's token
+        headers["Authorization"] = f"Bearer {token.strip()}"
+    request = urllib.request.Request(ckpt.url, headers=headers)
     start = time.monotonic()
     with urllib.request.urlopen(request, timeout=timeout) as response:
         ctype = (response.headers.get("Content-Type") or "").lower()
@@ -354,14 +416,18 @@ def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, tim
             )
 
 
-def _check_sha256(path: Path, ckpt: Checkpoint, source: str) -> None:
+def _check_sha256(path: Path, ckpt: Checkpoint, source: str) -> str:
+    """The file's SHA-256, after checking it against the expected one (none yet: anything goes, to be pinned)."""
     actual = sha256_file(path)
-    if actual != ckpt.sha256:
+    expected = expected_sha256(ckpt)
+    if expected is not None and actual != expected:
+        pinned = "" if ckpt.sha256 else " (pinned on first use: delete pins.json in the cache to trust another copy)"
         raise ChecksumError(
-            f"{source}: SHA-256 mismatch for {ckpt.name!r}: expected {ckpt.sha256}, got {actual} "
+            f"{source}: SHA-256 mismatch for {ckpt.name!r}: expected {expected}{pinned}, got {actual} "
             f"({path.stat().st_size:,} bytes); the file is corrupt, truncated or not {ckpt.filename}, "
             "and it was not saved"
         )
+    return actual
 
 
 def _check_loadable(path: Path, ckpt: Checkpoint, source: str) -> None:
@@ -383,6 +449,16 @@ def load_state_dict(path: str | os.PathLike, checkpoint: Checkpoint | str, *, mm
 
     ckpt = get(checkpoint) if isinstance(checkpoint, str) else checkpoint
     path = Path(path)
+    if ckpt.format == "safetensors":
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise WeightsError(f"{ckpt.name!r} is a safetensors checkpoint: pip install safetensors") from exc
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsError(f"{path}: not a readable safetensors checkpoint for {ckpt.name!r} ({exc})") from exc
     if ckpt.format == "torchscript":
         try:
             state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
@@ -419,7 +495,7 @@ def import_file(name: str, source: str | os.PathLike, *, copy: bool = True) -> P
     source = Path(source).expanduser()
     if not source.is_file():
         raise WeightsMissingError(f"{source}: no such file to import as {ckpt.name!r}")
-    _check_sha256(source, ckpt, source=str(source))
+    actual = _check_sha256(source, ckpt, source=str(source))
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / ckpt.filename
@@ -431,7 +507,8 @@ def import_file(name: str, source: str | os.PathLike, *, copy: bool = True) -> P
             os.link(source, part)
         _check_loadable(part, ckpt, source=str(source))
         os.replace(part, target)
-        _write_stamp(target, ckpt.sha256)
+        _pin(ckpt, actual)
+        _write_stamp(target, actual)
     finally:
         part.unlink(missing_ok=True)
     return target
@@ -456,8 +533,11 @@ def verify(names: list[str] | None = None) -> Iterator[VerifyResult]:
             yield VerifyResult(ckpt.name, path, "missing")
             continue
         actual = sha256_file(path)
-        if actual == ckpt.sha256:
-            _write_stamp(path, ckpt.sha256)
+        expected = expected_sha256(ckpt)
+        if expected is None:
+            _pin(ckpt, actual)
+        if expected is None or actual == expected:
+            _write_stamp(path, actual)
             yield VerifyResult(ckpt.name, path, "ok", actual)
         else:
             yield VerifyResult(ckpt.name, path, "mismatch", actual)

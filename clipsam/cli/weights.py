@@ -25,7 +25,8 @@ def weights_list(as_json: bool = json_option()) -> None:
     for name, c in sorted(W.REGISTRY.items(), key=lambda kv: (kv[1].family != "sam", kv[0])):
         path = W.cache_dir() / c.filename
         rows.append({"name": name, "family": c.family, "cached": path.is_file(), "path": str(path), "url": c.url,
-                     "sha256": c.sha256, "size": c.size, "license": c.license, "description": c.description})
+                     "sha256": W.expected_sha256(c) or "", "pinned_on_first_use": not c.sha256, "size": c.size,
+                     "license": c.license, "description": c.description})
     if as_json:
         emit_json({"cache_dir": str(W.cache_dir()), "offline": W.is_offline(), "checkpoints": rows})
         return
@@ -34,7 +35,7 @@ def weights_list(as_json: bool = json_option()) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]",
-                      r["sha256"][:12] + "…", r["description"])
+                      r["sha256"][:12] + "…" if r["sha256"] else "[dim]pinned on first use[/]", r["description"])
     out.print(table)
     out.print("[dim]tiny-random (SAM and CLIP): random-weight toy models for tests; no download, "
               "output meaningless.[/]")
@@ -55,7 +56,7 @@ def weights_download(
             ckpt = W.get(name)
             path = W.fetch(ckpt.name, progress=make(ckpt.name)) if force or not W.is_cached(ckpt.name) else \
                 W.ensure(ckpt.name)
-            done.append({"name": ckpt.name, "path": str(path), "sha256": ckpt.sha256})
+            done.append({"name": ckpt.name, "path": str(path), "sha256": W.expected_sha256(ckpt)})
     if as_json:
         emit_json(done)
     else:
