@@ -542,7 +542,7 @@ def _weight_hashes(spec: dict[str, Any]) -> dict[str, str]:
     for key in ("sam", "clip"):
         name = spec.get(key)
         if name and name in W.REGISTRY:
-            out[name] = W.REGISTRY[name].sha256
+            out[name] = W.expected_sha256(W.REGISTRY[name]) or ""
     return out
 
 

@@ -18,11 +18,11 @@ import numpy as np
 from .core import tree as T
 from .core.config import check_device_name, check_generator_params, check_segmenter_args
 from .core.image import ImageInput
-from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES
+from .core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES, LabelDecision
 from .core.regions import Regions
 from .core.taxonomy import Taxonomy, load_taxonomy
 from .errors import ConfigError
-from .models.base import TINY, TINY_GENERATOR_PARAMS, dense_unsupported
+from .models.base import TINY, TINY_GENERATOR_PARAMS, TINY_SAM3, dense_unsupported, is_concept_proposer
 from .models.owner import ModelOwner
 from .result import Segmentation
 from .stages.assemble import assemble, prompt_result
@@ -96,6 +96,10 @@ class Segmenter(ModelOwner):
         precision: ``fp32`` (default; SAM masks identical to stock) or ``bf16`` (autocast on CUDA: faster,
             masks differ slightly).
         seed: seed of the ``tiny-random`` models.
+        unknown_sam: with a SAM 3 *sam* (which only finds what it is asked for), the SAM 1 / 2.1 model whose
+            automatic masks that no concept claimed join ``segment_everything`` as regions labelled by CLIP (the
+            ``unknown`` objects SAM 3 cannot give); ``"auto"``: ``vit_b`` (``tiny-random`` for
+            ``tiny-random-sam3``); a :class:`MaskProposer` object; ``None``: concepts only.
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Segmenter(ModelOwner):
         text_cache: bool = True,
         precision: str = "fp32",
         seed: int = 0,
+        unknown_sam: Any = "auto",
     ) -> None:
         args = locals()
         checked = ("max_side", "crop_fill", "precision", "device", "scoring", "union_margin", *_UNIT_ARGS)
@@ -148,6 +153,11 @@ class Segmenter(ModelOwner):
         self.generator_params = {**entry_defaults, **check_generator_params(dict(generator_params or {}))}
         self.download, self.text_cache, self.precision, self.seed = download, text_cache, precision, seed
         self._proposer = self._embedder = self._bank = None
+        self._unknown_proposer: Any = None
+        if unknown_sam is not None and not isinstance(unknown_sam, str):  # a proposer object
+            self._unknown_proposer, unknown_sam = unknown_sam, getattr(unknown_sam, "name", "<custom>")
+        self.unknown_sam = (TINY if sam == TINY_SAM3 else DEFAULT_SAM) if unknown_sam == "auto" else unknown_sam
+        self._unknown_cache = EmbeddingCache(2)
         self._cache = EmbeddingCache(_EMBED_CACHE_SIZE)
         self._dense_cache = EmbeddingCache(2)
         #: what the last segment / segment_everything call did: strategy, decoder prompts, CLIP passes
@@ -172,6 +182,28 @@ class Segmenter(ModelOwner):
         return seg
 
     @property
+    def is_concept_model(self) -> bool:
+        """*sam* is SAM 3 (finds every instance of a phrase) rather than a point-prompted SAM."""
+        if self._proposer is not None:
+            return is_concept_proposer(self._proposer)
+        if self.sam_name == TINY_SAM3:
+            return True
+        from . import weights
+
+        entry = weights.REGISTRY.get(self.sam_name)
+        return bool(entry is not None and entry.extra.get("backend") == "sam3")
+
+    @property
+    def unknown_proposer(self) -> Any:
+        """The SAM 1 / 2.1 model whose automatic masks complete a SAM 3 result (``unknown_sam``), built on first use."""
+        if self._unknown_proposer is None:
+            if self.unknown_sam is None:
+                raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
+                                  "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
+            self._unknown_proposer = self._load("build_proposer", self.unknown_sam)
+        return self._unknown_proposer
+
+    @property
     def policy(self) -> LabelPolicy:
         return LabelPolicy(self.negatives, self.min_confidence, self.descend_confidence, self.part_confidence,
                            self.scoring, self.vocabulary, self.union_margin)
@@ -184,7 +216,8 @@ class Segmenter(ModelOwner):
         return {"sam": self.sam_name, "clip": self.clip_name, **{k: getattr(self, k) for k in keys},
                 "templates": list(self.templates), "negatives": list(self.negatives),
                 "generator_params": dict(self.generator_params),
-                "taxonomy": self.taxonomy.name if self.taxonomy else None}
+                "taxonomy": self.taxonomy.name if self.taxonomy else None,
+                **({"unknown_sam": self.unknown_sam} if self.is_concept_model else {})}
 
     # -- public API ------------------------------------------------------------------------------------
     def segment(self, image: ImageInput, query: str | Sequence[str], *, taxonomy: str | Taxonomy | None = None,
@@ -220,6 +253,9 @@ class Segmenter(ModelOwner):
         check_strategy(strategy)
         tax = load_taxonomy(taxonomy) if taxonomy is not None else self.taxonomy
         resolved, free = resolve_query(terms, tax)
+        if self.is_concept_model:
+            self._check_concept_options(strategy, refine, part_points)
+            return self._concept_query(image, terms, tax, resolved, free, include_parts)
         guide = guide_targets(tax, resolved, free, self.policy) if strategy == "guided" else None
         work, emb, regions = self._candidates(image, generator_params, guide)
         feats = self._embed(work, regions.rles)
@@ -256,6 +292,10 @@ class Segmenter(ModelOwner):
         """
         check_strategy(strategy)
         tax = load_taxonomy(taxonomy) if taxonomy is not None else self.taxonomy
+        if self.is_concept_model:
+            self._check_concept_options(strategy, False, part_points)
+            return self._concept_everything(image, tax if label else None, include_parts, with_embeddings,
+                                            generator_params)
         guide = None
         if strategy == "guided":
             if tax is None or not label:
@@ -375,6 +415,110 @@ class Segmenter(ModelOwner):
             return regions, feats, labelled
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
                                          with_parts=with_parts, rles=merged.rles)
+
+
+    # -- SAM 3: concepts -----------------------------------------------------------------------------------
+    def _check_concept_options(self, strategy: str, refine: bool, part_points: int) -> None:
+        if strategy != "grid":
+            raise ConfigError(f"strategy={strategy!r} places point prompts for SAM 1 / 2.1; {self.sam_name} is asked "
+                              "for the concepts directly")
+        if refine or part_points:
+            raise ConfigError(f"refine and part_points prompt SAM with points and boxes, which {self.sam_name} does "
+                              "not take; its parts are asked as '<whole> <part>' concepts")
+
+    def _find(self, work: Work, queries: Sequence[Any]) -> list[tuple[int, Any, float]]:
+        """``(query index, mask, score)`` for every instance SAM 3 finds for *queries* (vision features once)."""
+        if not queries:
+            return []
+        emb = self._cache.get(work, self.proposer)
+        found = self.proposer.find(emb, [q.phrase for q in queries])
+        self.last_stats["concept_queries"] = self.last_stats.get("concept_queries", 0) + len(queries)
+        return [(k, h.rle, float(h.score)) for k, hits in enumerate(found) for h in hits]
+
+    def _concepts(self, work: Work, queries: Sequence[Any], with_parts: bool) -> tuple[list, list, list]:
+        """Objects for *queries* and (*with_parts*) their parts: ``(rles, decisions, kinds)``."""
+        from .stages.concepts import decide, merge_hits, part_queries, place_parts
+
+        self.last_stats = {"strategy": "concepts", "concept_queries": 0}
+        clusters = merge_hits(self._find(work, queries))
+        objects = []
+        for c in clusters:
+            d = decide(c, queries, min_confidence=self.min_confidence, descend_confidence=self.descend_confidence)
+            if d.node is not None:
+                objects.append((c.rle, d))
+        parts: list = []
+        if with_parts and objects:
+            asked: dict[str, Any] = {}
+            for _, d in objects:
+                for q in part_queries(d.node):
+                    asked.setdefault(q.node.path_str, q)
+            pq = list(asked.values())
+            hits = [(pq[k], rle, score) for k, rle, score in self._find(work, pq)]
+            parts = place_parts(objects, hits, containment=self.containment, max_part_share=self.max_part_share,
+                                min_confidence=self.part_confidence)
+        rles = [r for r, _ in objects] + [r for _, r, _ in parts]
+        decisions = [d for _, d in objects] + [d for _, _, d in parts]
+        return rles, decisions, ["object"] * len(objects) + ["part"] * len(parts)
+
+    def _nest_labelled(self, rles: list, decisions: list, kinds: list) -> tuple[Regions, Labelled]:
+        regions = nest(rles, [d.score for d in decisions], np.ones(len(rles)), duplicate_iou=self.duplicate_iou,
+                       containment=self.containment)
+        ids = [int(i) for i in regions.ids]
+        return regions, Labelled(tuple(decisions[i] for i in ids), tuple(kinds[i] for i in ids))
+
+    def _concept_query(self, image: ImageInput, terms: list[str], tax: Taxonomy | None, resolved: list[Any],
+                       free: list[str], include_parts: bool) -> Segmentation:
+        from .core.vocabulary import query_taxonomy
+        from .stages.concepts import ConceptQuery, object_queries
+
+        work = prepare(image, self.max_side)
+        objects = sorted({id(n.object_node()): n.object_node() for n in resolved}.values(), key=lambda n: n.path)
+        queries = object_queries(objects)
+        flat = query_taxonomy(free) if free else None
+        if flat is not None:
+            queries += [ConceptQuery(n, n.name) for n in flat.top]
+        wants_parts = include_parts and any(n.is_part for n in resolved)
+        rles, decisions, kinds = self._concepts(work, queries, wants_parts)
+        regions, labelled = self._nest_labelled(rles, decisions, kinds)
+        targets = list(resolved) + (list(flat.top) if flat is not None else [])
+        matched = {i: (d, k) for i, (d, k) in enumerate(zip(labelled.decisions, labelled.kinds, strict=True))
+                   if d.node is not None and any(d.node.is_a(t) for t in targets)}
+        keep = drop_nested_same_label(regions.rles, matched, self.containment)
+        return assemble(work, regions, Labelled.from_matches(matched, len(regions)), keep, query=tuple(terms),
+                        taxonomy=tax, models=self._model_names())
+
+    def _concept_everything(self, image: ImageInput, tax: Taxonomy | None, include_parts: bool,
+                            with_embeddings: bool, generator_params: dict[str, Any]) -> Segmentation:
+        """Every object label of *tax* asked as a concept; the automatic masks of ``unknown_sam`` that no concept
+        claimed join them, labelled by CLIP; then one containment tree over all."""
+        from .stages.concepts import claimed, object_queries, reconcile
+
+        work = prepare(image, self.max_side)
+        rles, decisions, kinds = self._concepts(work, object_queries(tax.top), include_parts) if tax else ([], [], [])
+        if self.unknown_sam is not None:
+            params = {**(TINY_GENERATOR_PARAMS if self.unknown_sam == TINY else {}), **self.generator_params,
+                      **check_generator_params(generator_params)}
+            emb = self._unknown_cache.get(work, self.unknown_proposer)
+            rest = nest_proposals(propose(self.unknown_proposer, work.pixels, emb, params),
+                                  duplicate_iou=self.duplicate_iou, containment=self.containment)
+            free_rows = np.flatnonzero(~claimed(rest.rles, rles))
+            if len(free_rows):
+                rest = rest.take(free_rows)
+                if tax is not None:
+                    labelled = label_tree(self._embed(work, rest.rles), rest.parent, tax, self.text_bank, self.policy,
+                                          with_parts=include_parts, rles=rest.rles)
+                    extra = reconcile(rles, decisions, rest.rles, list(zip(labelled.decisions, labelled.kinds,
+                                                                           strict=True)),
+                                      containment=self.containment)
+                else:
+                    extra = [(LabelDecision(None), "unknown")] * len(rest)
+                rles += list(rest.rles)
+                decisions += [d for d, _ in extra]
+                kinds += [k for _, k in extra]
+        regions, labelled = self._nest_labelled(rles, decisions, kinds)
+        feats = self._embed(work, regions.rles) if with_embeddings and len(regions) else None
+        return assemble(work, regions, labelled if tax is not None else None, range(len(regions)), taxonomy=tax,
+                        feats=feats, models=self._model_names())
 
 
 class _DenseAdapter:

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsam.overlay", "clipsam.lock",
+        "clipsam.report", "clipsam.yolo", "clipsam.core.polygons", "clipsam.stages.concepts",
         *(f"clipsam.core.{m}" for m in ("masks", "image", "taxonomy", "tree", "regions", "labels", "crops", "config",
                                         "vocabulary")),
         *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "guide", "parts", "prompt",
@@ -14,9 +15,10 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_clipsam_does_not_load_torch():
-    proc = _run("import sys, clipsam; print('torch' in sys.modules, 'open_clip' in sys.modules)")
+    proc = _run("import sys, clipsam; print('torch' in sys.modules, 'open_clip' in sys.modules, "
+                "'transformers' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]
+    assert proc.stdout.split() == ["False", "False", "False"]
 
 
 def test_pure_core_works_with_torch_blocked():

@@ -23,7 +23,8 @@ from ..errors import ClipsamError
 out = Console()
 err = Console(stderr=True)
 
-SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, or tiny-random "
+SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, sam3 (concepts from text; "
+            "clipsam\\[sam3]), tiny-random or tiny-random-sam3 "
             "(random weights, for tests only: output meaningless).")
 CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
 JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
@@ -165,9 +166,10 @@ def download_progress(enabled: bool) -> Iterator[Callable[[str], Callable[[int, 
 
 def check_model(name: str, family: str) -> None:
     """Refuse an unknown or wrong-family model name before anything is downloaded or built."""
-    if name == "tiny-random":
+    tiny = ["tiny-random", "tiny-random-sam3"] if family == "sam" else ["tiny-random"]
+    if name in tiny:
         return
-    known = sorted(n for n, c in W.REGISTRY.items() if c.family == family) + ["tiny-random"]
+    known = sorted(n for n, c in W.REGISTRY.items() if c.family == family) + tiny
     try:
         ckpt = W.get(name)
     except ClipsamError:
@@ -178,8 +180,14 @@ def check_model(name: str, family: str) -> None:
 
 
 def ensure_weights(names: list[str], show: bool) -> None:
-    """Fetch missing registry weights up front, with progress bars (tiny-random needs none)."""
-    wanted = [W.get(n).name for n in names if n != "tiny-random"]
+    """Fetch missing registry weights up front, with progress bars (tiny-random needs none). SAM 3 brings the
+    SAM whose automatic masks complete its results (the segmenter's default ``unknown_sam``)."""
+    wanted = [W.get(n).name for n in names if n not in ("tiny-random", "tiny-random-sam3")]
+    if any(W.get(n).extra.get("backend") == "sam3" for n in wanted):
+        from ..segmenter import DEFAULT_SAM
+
+        wanted.append(DEFAULT_SAM)
+    wanted = list(dict.fromkeys(wanted))
     with download_progress(show) as make:
         for name in wanted:
             W.ensure(name, progress=make(name))

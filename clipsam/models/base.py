@@ -12,6 +12,8 @@ from ..core.masks import RLE
 
 #: Name of the tiny random-weight architectures (tests only: outputs are meaningless).
 TINY = "tiny-random"
+#: The tiny random-weight SAM 3 (``transformers``' architecture at toy size).
+TINY_SAM3 = "tiny-random-sam3"
 #: Generator settings that come with the ``tiny-random`` entry: its quality scores are meaningless, so SAM's
 #: default thresholds would drop every mask; from Python and from the CLI alike.
 TINY_GENERATOR_PARAMS: dict[str, Any] = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
@@ -72,6 +74,35 @@ class MaskProposer(Protocol):
 
     def generate(self, image: np.ndarray, embedding: Any = None, **params: Any) -> list[Proposal]:
         """Every mask of the image (the automatic "segment everything" path)."""
+
+
+@dataclass(frozen=True)
+class ConceptHit:
+    """One instance a concept proposer found for a phrase: its mask (RLE at the embedded image's size), its score
+    (the probability that it shows the phrase) and its box ``(x0, y0, x1, y1)``."""
+
+    rle: RLE
+    score: float
+    box_xyxy: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+
+@runtime_checkable
+class ConceptProposer(Protocol):
+    """Finds every instance of a noun phrase (SAM 3): masks for concepts instead of for points."""
+
+    name: str
+
+    def embed(self, image: np.ndarray) -> Any:
+        """The per-image state (vision features), computed once for an ``(H, W, 3) uint8`` image."""
+
+    def find(self, embedding: Any, phrases: Sequence[str], *, threshold: float | None = None
+             ) -> list[list[ConceptHit]]:
+        """For each phrase, every instance found (best first)."""
+
+
+def is_concept_proposer(proposer: Any) -> bool:
+    """The proposer answers phrases (:class:`ConceptProposer`), not points."""
+    return callable(getattr(proposer, "find", None))
 
 
 @runtime_checkable

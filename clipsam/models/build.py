@@ -9,7 +9,7 @@ import torch
 
 from .. import weights
 from ..errors import ModelError
-from .base import TINY, MaskProposer, RegionEmbedder
+from .base import TINY, TINY_SAM3, MaskProposer, RegionEmbedder
 from .clip import ClipEmbedder
 from .sam import SamProposer
 
@@ -48,7 +48,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def sam_names() -> list[str]:
-    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "sam") + [TINY]
+    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "sam") + [TINY, TINY_SAM3]
 
 
 def clip_names() -> list[str]:
@@ -59,12 +59,27 @@ def build_proposer(
     name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
     precision: str = "fp32",
 ) -> SamProposer:
-    """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed."""
+    """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed (a
+    :class:`~clipsam.models.sam3.Sam3Proposer` for SAM 3 entries)."""
     if name == TINY:
         from .tiny import tiny_sam
 
         return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
+    if name == TINY_SAM3:
+        from .sam3 import TINY_MAX_INSTANCES, TINY_THRESHOLD, Sam3Proposer, build_sam3_model, tiny_sam3_config
+
+        return Sam3Proposer(build_sam3_model(tiny_sam3_config(), seed), device, name=TINY_SAM3,  # type: ignore
+                            threshold=TINY_THRESHOLD, max_instances=TINY_MAX_INSTANCES)
     ckpt = _checkpoint(name, "sam", sam_names())
+    if ckpt.extra.get("backend") == "sam3":
+        from .sam3 import Sam3Proposer, build_sam3_model, load_sam3_weights, require_transformers
+
+        require_transformers()  # before anything is downloaded
+        path = weights.ensure(ckpt.name, download=download, progress=progress)
+        model = build_sam3_model(_sam3_config(ckpt))
+        load_sam3_weights(model, weights.load_state_dict(path, ckpt), str(path))
+        log.info("loaded SAM 3 %s from %s", ckpt.name, path)
+        return Sam3Proposer(model, device, name=ckpt.name)  # type: ignore[return-value]
     if ckpt.extra.get("backend") == "sam2":
         from .sam2 import Sam2Proposer, build_sam2_model
 
@@ -80,6 +95,15 @@ def build_proposer(
     model.load_state_dict(weights.load_state_dict(path, ckpt))
     log.info("loaded SAM %s from %s", ckpt.name, path)
     return SamProposer(model, device, name=ckpt.name, precision=precision)
+
+
+def _sam3_config(ckpt: weights.Checkpoint) -> Any:
+    """The architecture of a SAM 3 entry: ``transformers``' default ``Sam3Config`` (that of ``facebook/sam3``), or
+    the entry's ``extra["config"]`` (a dict of ``Sam3Config`` arguments, for other sizes)."""
+    from transformers import Sam3Config
+
+    config = ckpt.extra.get("config")
+    return Sam3Config(**config) if config else Sam3Config()
 
 
 def build_embedder(

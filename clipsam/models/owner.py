@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.labels import TextBank
-from .base import MaskProposer, RegionEmbedder
+from .base import MaskProposer, RegionEmbedder, is_concept_proposer
 
 __all__ = ["ModelOwner"]
 
@@ -57,10 +57,12 @@ class ModelOwner:
         return self._bank
 
     def adopt(self, sam: Any = None, clip: Any = None, *, preprocess: Any = None, tokenizer: Any = None) -> None:
-        """Use models built elsewhere: a ``segment_anything`` ``Sam`` or any :class:`MaskProposer`; an open_clip
+        """Use models built elsewhere: a ``segment_anything`` ``Sam``, any :class:`MaskProposer` or
+        :class:`~clipsam.models.base.ConceptProposer` (SAM 3); an open_clip
         model (with its *preprocess* and *tokenizer*) or any :class:`RegionEmbedder`."""
         if sam is not None:
-            self._proposer = sam if isinstance(sam, MaskProposer) else _build().wrap_proposer(sam, self.device_name)
+            self._proposer = sam if isinstance(sam, MaskProposer) or is_concept_proposer(sam) else \
+                _build().wrap_proposer(sam, self.device_name)
             self.sam_name = getattr(self._proposer, "name", "<custom>")
         if clip is not None:
             self._embedder = clip if isinstance(clip, RegionEmbedder) else \

@@ -16,8 +16,9 @@ works when a cat crop is 100 % "cat". Real CLIP is soft, and this world is too:
   lies near that word.
 
 :class:`SAMLikeProposer` proposes what SAM proposes: every object and part, background slabs, unions of an
-object with what it lies on, halves, and near-duplicates. Every draw is seeded: a world is a function of its
-seed, a scene of the world and its index.
+object with what it lies on, halves, and near-duplicates. :class:`SAM3LikeProposer` answers noun phrases as SAM 3
+does: every instance of the phrase or of a kind of it, scored by how close the phrase is to what it shows. Every
+draw is seeded: a world is a function of its seed, a scene of the world and its index.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from ..core import masks as M
 from ..core.labels import DEFAULT_NEGATIVES, DEFAULT_TEMPLATES
 from ..core.taxonomy import Taxonomy, TaxonomyNode, load_taxonomy
 from ..core.vocabulary import normal
-from ..models.base import PromptMasks, Proposal
+from ..models.base import ConceptHit, PromptMasks, Proposal
 
-__all__ = ["CLIPLikeEmbedder", "CLIPLikeWorld", "Instance", "SAMLikeProposer", "WorldParams", "WorldScene",
+__all__ = ["CLIPLikeEmbedder", "CLIPLikeWorld", "Instance", "SAM3LikeProposer", "SAMLikeProposer", "WorldParams",
+           "WorldScene",
            "absent_term", "basic_terms", "level_hits", "object_crops", "pooled_agreement", "query_counts",
            "template_label"]
 
@@ -304,12 +306,26 @@ class CLIPLikeWorld:
                 return cy, cx, ry, rx
         return cy, cx, ry, rx
 
-    def segmenter(self, scene: WorldScene, **kwargs: Any):
+    def node_for(self, phrase: str) -> TaxonomyNode | None:
+        """The taxonomy label a phrase names (a name, a synonym, or a part's ``"<whole> <part>"``), if any."""
+        key = self._alias.get(normal(phrase))
+        found = self.taxonomy.find(key) if key is not None and "/" in key else []
+        return found[0] if found else (self.taxonomy.find(key)[0] if key and self.taxonomy.find(key) else None)
+
+    def segmenter(self, scene: WorldScene, *, concepts: bool = False, **kwargs: Any):
         """A :class:`~clipsam.Segmenter` on this world's proposer and embedder, showing *scene* (the text bank
-        is shared across scenes: texts do not depend on the scene)."""
+        is shared across scenes: texts do not depend on the scene). With *concepts*, the proposer is the
+        SAM 3-like one, completed by the SAM-like one (``unknown_sam``)."""
         from ..segmenter import Segmenter
 
         self.embedder.scene = self.proposer.scene = scene
+        if concepts:
+            concept = SAM3LikeProposer(self)
+            concept.scene = scene
+            kwargs.setdefault("taxonomy", self.taxonomy)
+            kwargs.setdefault("text_cache", False)
+            kwargs.setdefault("unknown_sam", self.proposer)
+            return Segmenter.from_models(concept, self.embedder, **kwargs)
         kwargs.setdefault("taxonomy", self.taxonomy)
         kwargs.setdefault("text_cache", False)
         seg = Segmenter.from_models(self.proposer, self.embedder, **kwargs)
@@ -469,6 +485,63 @@ class SAMLikeProposer:
         hits = sorted(hits, key=lambda m: m.sum())[: (3 if multimask_output else 1)] or [np.zeros(size, bool)]
         iou = np.linspace(0.95, 0.85, len(hits)).astype(np.float32)
         return PromptMasks(np.stack(hits), iou, np.zeros((len(hits), 16, 16), np.float32))
+
+
+class SAM3LikeProposer:
+    """A :class:`~clipsam.models.base.ConceptProposer` that answers noun phrases on the scene it is shown, as
+    SAM 3 does: every instance the phrase names or that is a kind of it (``"animal"`` finds the dog), scored
+    ``0.55 + 0.4 cos`` (the cosine between the phrase's and the instance's concept vectors: "dog" on a puppy
+    scores higher than "animal" on it), and instances of other labels at ``0.45 cos`` (a sibling or a subtype the
+    instance is not: "puppy" on an adult dog), with seeded noise of 0.04; masks jitter by a pixel from phrase to
+    phrase. Stuff is never found. Instances under *threshold* are not returned (SAM 3's 0.5)."""
+
+    name = "sam3-like"
+
+    def __init__(self, world: CLIPLikeWorld, threshold: float = 0.5) -> None:
+        self.world = world
+        self.threshold = threshold
+        self.scene: WorldScene | None = None
+        self.asked: list[str] = []
+
+    def embed(self, image: np.ndarray) -> Any:
+        return {"shape": image.shape[:2]}
+
+    def find(self, embedding: Any, phrases: Sequence[str], *, threshold: float | None = None
+             ) -> list[list[ConceptHit]]:
+        scene = self.scene
+        if scene is None:
+            raise RuntimeError("SAM3LikeProposer: set .scene (CLIPLikeWorld.segmenter does) first")
+        cut = self.threshold if threshold is None else threshold
+        size = tuple(embedding["shape"])
+        self.asked += list(phrases)
+        out = []
+        for phrase in phrases:
+            q, qnode = self.world.vector(phrase), self.world.node_for(phrase)
+            hits = []
+            for k, inst in enumerate(scene.instances):
+                if inst.kind == "stuff":
+                    continue
+                key = "/".join(inst.path)
+                cos = float(q @ self.world._vectors[key])
+                related = qnode is not None and self.world.taxonomy.get(key).is_a(qnode)
+                rng = np.random.default_rng(_digest(scene.seed, "sam3", normal(phrase), k))
+                score = float(np.clip((0.55 + 0.4 * cos if related else 0.45 * max(cos, 0.0))
+                                      + rng.normal(0.0, 0.04), 0.0, 0.99))
+                if score < cut:
+                    continue
+                m = M.decode(inst.rle)
+                if rng.random() < 0.5:
+                    grown = m.copy()
+                    grown[1:] |= m[:-1]
+                    grown[:, 1:] |= m[:, :-1]
+                    m = grown
+                rle = M.encode(m)
+                if m.shape != size:
+                    rle = M.resize(rle, size)  # type: ignore[arg-type]
+                x, y, w, h = M.bbox_xywh(rle)
+                hits.append(ConceptHit(rle, score, (x, y, x + w, y + h)))  # type: ignore[arg-type]
+            out.append(sorted(hits, key=lambda h: -h.score))
+        return out
 
 
 # -- measuring a result against a scene's truth -------------------------------------------------------------
