@@ -76,3 +76,40 @@ def test_resize_by_integer_factor_is_exact_upsampling(mask, k):
 def test_uncompressed_rle_is_accepted():
     rle = {"size": [2, 3], "counts": [1, 2, 3]}
     assert M.area(rle) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_tiled_pairwise_intersections_are_exact(data):
+    h = data.draw(st.integers(1, 40), label="h")
+    w = data.draw(st.integers(1, 40), label="w")
+    n = data.draw(st.integers(1, 12), label="n")
+    tile = data.draw(st.integers(1, 16), label="tile")  # tiles that do not divide the image, down to 1 pixel
+    masks = []
+    for _ in range(n):
+        kind = data.draw(st.sampled_from(["noise", "box", "empty", "full"]))
+        if kind == "noise":
+            masks.append(data.draw(arrays(np.bool_, (h, w))))
+        elif kind == "box":
+            y0, x0 = data.draw(st.integers(0, h - 1)), data.draw(st.integers(0, w - 1))
+            m = np.zeros((h, w), bool)
+            m[y0: data.draw(st.integers(y0 + 1, h)), x0: data.draw(st.integers(x0 + 1, w))] = True
+            masks.append(m)
+        else:
+            masks.append(np.full((h, w), kind == "full"))
+    rles = [M.encode(m) for m in masks]
+    got = M.pairwise_intersections(rles, tile=tile, method="tiles")
+    dense = np.stack(masks).reshape(n, -1).astype(np.int64)
+    assert np.array_equal(got, dense @ dense.T)
+    assert np.array_equal(M.pairwise_intersections(rles, method="auto"), got)
+    assert np.array_equal(got, M.intersection_matrix(rles, rles))  # pycocotools agrees
+
+
+def test_tiled_intersections_past_the_batch_limit_and_at_scale():
+    rng = np.random.default_rng(0)
+    masks = rng.random((300, 50, 70)) < 0.3  # 300 noisy masks (> pycocotools' 255 batch), thousands of runs
+    masks[::7] = False  # some empty
+    rles = M.encode(masks)
+    got = M.pairwise_intersections(rles, method="tiles")
+    dense = masks.reshape(300, -1).astype(np.float64)
+    assert np.array_equal(got, np.rint(dense @ dense.T).astype(np.int64))

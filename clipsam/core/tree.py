@@ -31,11 +31,20 @@ def canonical_order(rles: Sequence[M.RLE]) -> np.ndarray:
     return np.asarray(sorted(range(len(rles)), key=keys.__getitem__), dtype=np.int64)
 
 
-def dedupe(rles: Sequence[M.RLE], quality: Sequence[float], iou_threshold: float = DEFAULT_DUPLICATE_IOU) -> np.ndarray:
+def _iou(inter: np.ndarray) -> np.ndarray:
+    areas = np.diag(inter).astype(np.float64)
+    union = areas[:, None] + areas[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1.0), 0.0)
+
+
+def dedupe(rles: Sequence[M.RLE], quality: Sequence[float], iou_threshold: float = DEFAULT_DUPLICATE_IOU,
+           inter: np.ndarray | None = None) -> np.ndarray:
     """Indices of the masks to keep (ascending) after merging near-duplicates.
 
     Greedy by *quality* (ties by canonical order): a mask whose IoU with an already kept one reaches
-    *iou_threshold* is dropped. Empty masks are dropped.
+    *iou_threshold* is dropped. Empty masks are dropped. *inter*: the masks' pairwise intersections, when already
+    computed (:func:`~clipsam.masks.pairwise_intersections`; :func:`nest` shares them with :func:`build_parents`).
     """
     n = len(rles)
     if n == 0:
@@ -44,8 +53,9 @@ def dedupe(rles: Sequence[M.RLE], quality: Sequence[float], iou_threshold: float
     rank[canonical_order(rles)] = np.arange(n)
     q = np.asarray(quality, dtype=np.float64)
     order = sorted(range(n), key=lambda i: (-q[i], rank[i]))
-    iou = M.iou_matrix(rles, rles)
-    areas = np.asarray(M.area(list(rles)))
+    inter = M.pairwise_intersections(rles) if inter is None else inter
+    iou = _iou(inter)
+    areas = np.diag(inter)
     kept: list[int] = []
     for i in order:
         if areas[i] == 0:
@@ -56,8 +66,10 @@ def dedupe(rles: Sequence[M.RLE], quality: Sequence[float], iou_threshold: float
     return np.asarray(sorted(kept), dtype=np.int64)
 
 
-def build_parents(rles: Sequence[M.RLE], containment: float = DEFAULT_CONTAINMENT) -> np.ndarray:
-    """``parent[i]`` = index of the smallest mask holding at least *containment* of mask *i*, or -1.
+def build_parents(rles: Sequence[M.RLE], containment: float = DEFAULT_CONTAINMENT,
+                  inter: np.ndarray | None = None) -> np.ndarray:
+    """``parent[i]`` = index of the smallest mask holding at least *containment* of mask *i*, or -1 (*inter*:
+    the pairwise intersections, when already computed).
 
     A parent always comes strictly before its child in canonical order (larger, or equal area and earlier), so
     the result is a forest.
@@ -66,7 +78,7 @@ def build_parents(rles: Sequence[M.RLE], containment: float = DEFAULT_CONTAINMEN
     parent = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return parent
-    share = M.contained_share(rles)
+    share = M.contained_share(rles, inter)
     rank = np.empty(n, dtype=np.int64)
     rank[canonical_order(rles)] = np.arange(n)
     # candidates of row i: masks earlier in canonical order holding >= containment of i; the parent is the latest

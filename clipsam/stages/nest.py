@@ -32,14 +32,16 @@ def nest(rles: Sequence[M.RLE], predicted_iou: Sequence[float], stability: Seque
     The returned ``ids`` are the input positions the regions came from."""
     piou = np.asarray(predicted_iou, dtype=np.float64)
     stab = np.asarray(stability, dtype=np.float64)
-    keep = T.dedupe(rles, piou * stab, duplicate_iou)
+    inter = M.pairwise_intersections(rles)  # once, for both the duplicates and the containment tree
+    keep = T.dedupe(rles, piou * stab, duplicate_iou, inter=inter)
     kept = [rles[i] for i in keep]
     order = T.canonical_order(kept)
     rows = keep[order]
     ordered = [rles[i] for i in rows]
     log.info("%d proposals -> %d regions after merging duplicates", len(rles), len(ordered))
     return Regions.from_rles(ordered, predicted_iou=piou[rows], stability_score=stab[rows],
-                             parent=T.build_parents(ordered, containment), ids=rows)
+                             parent=T.build_parents(ordered, containment, inter=inter[np.ix_(rows, rows)]),
+                             ids=rows)
 
 
 def nest_proposals(proposals: Sequence[Proposal], **kwargs: Any) -> Regions:
