@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 
 #: Rows from which an ANN index is built (exact search below).
 ANN_THRESHOLD = 100_000
+#: Finished images are written together: one append per this many images, or per :data:`FLUSH_SECONDS`, whichever
+#: comes first (a kill loses at most that much work, and the table does not grow a fragment per image).
+FLUSH_IMAGES = 64
+FLUSH_SECONDS = 30.0
+#: Every this many appends (and at the end of a run) the tables are compacted and old versions removed.
+COMPACT_EVERY = 16
+#: Versions younger than this survive a compaction, so that a search running meanwhile never loses its version.
+KEEP_VERSIONS_SECONDS = 60.0
 #: Query settings of the ANN index: IVF partitions probed, and candidates re-ranked exactly (x k).
 ANN_SEARCH = {"nprobes": 24, "refine_factor": 20}
 
@@ -223,7 +232,11 @@ class RegionIndex:
         taxonomy: labels given to indexed regions (default ``everyday``; ``None`` indexes unlabelled regions).
     """
 
-    def __init__(self, path: str | Path, segmenter: Any = None, *, taxonomy: Any = "everyday") -> None:
+    def __init__(self, path: str | Path, segmenter: Any = None, *, taxonomy: Any = "everyday",
+                 flush_images: int = FLUSH_IMAGES, flush_seconds: float = FLUSH_SECONDS) -> None:
+        if flush_images < 1:
+            raise ClipsamError(f"flush_images must be at least 1, got {flush_images}")
+        self.flush_images, self.flush_seconds = int(flush_images), float(flush_seconds)
         self.path = str(path)
         self._segmenter = segmenter
         self.taxonomy = taxonomy
@@ -325,6 +338,20 @@ class RegionIndex:
                 done = {r["image_hash"] for r in
                         db.open_table("images").to_arrow().select(["image_hash"]).to_pylist()}
             counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0}
+            pending: list[tuple[str, str, list[dict[str, Any]]]] = []  # finished images not yet written
+            last_flush = time.monotonic()
+            flushes = 0
+
+            def flush() -> None:
+                nonlocal last_flush, flushes
+                if pending:
+                    self._write_images(pending, int(meta["dim"]))  # type: ignore[index]
+                    pending.clear()
+                    flushes += 1
+                    if flushes % COMPACT_EVERY == 0:
+                        self.compact()
+                last_flush = time.monotonic()
+
             for path in paths:
                 try:
                     digest = file_hash(path)
@@ -349,13 +376,34 @@ class RegionIndex:
                     meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
                             "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
                     self._write_meta(meta)
-                n = self._write_image(path, digest, result, int(meta["dim"]))
+                rows = _rows(path, digest, result)
+                pending.append((path, digest, rows))
                 done.add(digest)
                 counts["added"] += 1
-                counts["regions"] += n
-                _report(on_result, path, "added", regions=n)
+                counts["regions"] += len(rows)
+                _report(on_result, path, "added", regions=len(rows))
+                if len(pending) >= self.flush_images or time.monotonic() - last_flush >= self.flush_seconds:
+                    flush()
+            flush()
+            if flushes:
+                self.compact()
             self._maybe_index(meta)
         return counts
+
+    def compact(self, keep_seconds: float | None = None) -> None:
+        """Merge the tables' small fragments and delete versions older than *keep_seconds* (default
+        :data:`KEEP_VERSIONS_SECONDS`; what LanceDB's ``optimize`` does), so that search stays as fast as on a
+        table written at once, however many runs added to it."""
+        import warnings
+        from datetime import timedelta
+
+        keep = KEEP_VERSIONS_SECONDS if keep_seconds is None else keep_seconds
+        db = self._connect(False)
+        for name in ("regions", "images"):
+            if name in self._tables():
+                with warnings.catch_warnings():  # its warning about concurrent readers: keep covers them
+                    warnings.simplefilter("ignore", UserWarning)
+                    db.open_table(name).optimize(cleanup_older_than=timedelta(seconds=keep))
 
     def _index_lock(self) -> Any:
         """An exclusive lock on a local database while indexing (object stores: no lock, one writer per share)."""
@@ -363,25 +411,29 @@ class RegionIndex:
             return contextlib.nullcontext()
         return FolderLock(self.path, "region database")
 
-    def _write_image(self, path: str, digest: str, result: Any, dim: int) -> int:
-        """Replace the rows of one image, then mark it done (so a kill in between is redone, never duplicated)."""
+    def _write_images(self, batch: Sequence[tuple[str, str, list[dict[str, Any]]]], dim: int) -> None:
+        """Replace the rows of a batch of images in one append, then mark them done in one append (a kill in
+        between leaves rows of images not marked done: they are redone, and their leftovers deleted, never
+        duplicated)."""
         _, pa = _require_lancedb()
         db = self._connect(create=True)
-        rows = _rows(path, digest, result)
+        rows = [r for _, _, image_rows in batch for r in image_rows]
         schema = _schema(dim)
         if "regions" in self._tables():
             table = db.open_table("regions")
-            table.delete(f"image_hash = {_quote(digest)}")  # leftovers of an interrupted run
+            hashes = ", ".join(_quote(d) for _, d, _ in batch)
+            table.delete(f"image_hash IN ({hashes})")  # leftovers of an interrupted run
             if rows:
                 table.add(pa.Table.from_pylist(rows, schema=schema))
         elif rows:
             db.create_table("regions", pa.Table.from_pylist(rows, schema=schema))
-        image_row = pa.table({"image_hash": [digest], "image_path": [_store_path(path)], "regions": [len(rows)]})
+        image_rows = pa.table({"image_hash": [d for _, d, _ in batch],
+                               "image_path": [_store_path(p) for p, _, _ in batch],
+                               "regions": [len(r) for _, _, r in batch]})
         if "images" in self._tables():
-            db.open_table("images").add(image_row)
+            db.open_table("images").add(image_rows)
         else:
-            db.create_table("images", image_row)
-        return len(rows)
+            db.create_table("images", image_rows)
 
     def _maybe_index(self, meta: dict[str, Any] | None) -> None:
         rows = len(self)

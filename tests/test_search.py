@@ -132,7 +132,7 @@ def test_killed_index_run_resumes_without_duplicates(tmp_path, chelsea):
     ref = json.loads(_cli("index", photos, "--db", tmp_path / "ref", *TINY, "--json").stdout)
     db = tmp_path / "db"
     proc = subprocess.Popen([sys.executable, "-m", "clipsam.cli", "index", str(photos), "--db", str(db), *TINY,
-                             "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--batch", "2", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_at_kill = 0
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -175,3 +175,34 @@ def test_ann_index_finds_the_exact_neighbours(tmp_path):
             ANN_SEARCH["refine_factor"]).limit(10).to_list()
         recall.append(len(exact & {r["id"] for r in got}) / 10)
     assert np.mean(recall) >= 0.9
+
+
+def test_index_writes_in_batches_and_compacts(tmp_path, scene, monkeypatch):
+    import lancedb
+
+    from clipsam import search as S
+
+    monkeypatch.setattr(S, "KEEP_VERSIONS_SECONDS", 0.0)  # a run keeps a minute of versions for live readers
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    base = scene.image
+    for k in range(7):  # seven different files (distinct hashes), same layout
+        img = base.copy()
+        img[0, 0] = (k, k, k)
+        Image.fromarray(img).save(folder / f"s{k}.png")
+    seg = Segmenter.from_models(OracleProposer(scene), OracleEmbedder(scene), text_cache=False)
+    index = RegionIndex(tmp_path / "db", seg, taxonomy=scene.taxonomy, flush_images=3)
+    seen = []
+    counts = index.add(folder, on_result=lambda r: seen.append(r["status"]))
+    assert counts["added"] == 7 and seen == ["added"] * 7 and len(index) == 70 and index.image_count() == 7
+    db = lancedb.connect(str(tmp_path / "db"))
+    for name in ("regions", "images"):
+        table = db.open_table(name)
+        assert len(table.list_versions()) == 1  # compacted, old versions removed: not two versions per image
+        files = list((tmp_path / "db" / f"{name}.lance" / "data").glob("*.lance"))
+        assert len(files) == 1, files  # one data file, not one per image
+    again = index.add(folder)
+    assert again["skipped"] == 7 and len(index) == 70
+    with pytest.raises(ClipsamError, match="flush_images"):
+        RegionIndex(tmp_path / "x", seg, flush_images=0)

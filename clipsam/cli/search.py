@@ -39,6 +39,8 @@ def index(
     device: str = device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
+    batch: int = typer.Option(64, "--batch", help="Write finished images N at a time (or every 30 s): fewer, larger "
+                              "table fragments; a kill loses at most this much work."),
     as_json: bool = json_option(),
 ) -> None:
     """Segment, label and embed every region of a collection into a searchable database (incremental)."""
@@ -50,13 +52,15 @@ def index(
 
     if db.exists() and not db.is_dir():
         fail(f"--db {db}: is a file; a region database is a folder (new, or one made by clipsam index)")
+    if batch < 1:
+        fail(f"--batch must be at least 1, got {batch}")
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
     segmenter = Segmenter(sam=sam, clip=clip, device=device, max_side=max_side,
                           generator_params=generator_params(points_per_side), text_cache=sam != "tiny-random")
     paths = [i.path for i in list_images(source)]
-    store = RegionIndex(db, segmenter, taxonomy=taxonomy)
+    store = RegionIndex(db, segmenter, taxonomy=taxonomy, flush_images=batch)
     store.check_models()
     ensure_weights([sam, clip], show=not as_json)
     progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
