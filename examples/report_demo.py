@@ -17,9 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipsam.dataset import Filters, LabelJob, list_images, run_local
 from clipsam.report import label_report, write_report
-from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.testing import oracle_label_run, synthetic_scene
 
 
 def main() -> None:
@@ -31,11 +30,7 @@ def main() -> None:
     photos.mkdir(parents=True, exist_ok=True)
     Image.fromarray(scene.image).save(photos / "scene.png")
     (photos / "broken.jpg").write_bytes(b"not a jpeg")  # shows up in the errors list
-    job = LabelJob(args.out / "labels", scene.taxonomy, filters=Filters(include_unknown=True),
-                   segmenter_spec={"sam": "oracle", "clip": "oracle"})
-    record = job.prepare(force=True)
-    run_local(job, job.pending(list_images(photos)), segmenter=oracle_segmenter(scene))
-    job.finish(record, {})
+    oracle_label_run(photos, args.out / "labels", scene, force=True)
     page, counts = label_report(args.out / "labels")
     html = args.out / "report.html"
     write_report(html, page)

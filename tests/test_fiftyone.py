@@ -7,13 +7,10 @@ FiftyOne runs its own database (MongoDB), so this test is not part of the defaul
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from PIL import Image
 
-from clipsam.dataset import Filters, LabelJob, list_images, run_local
-from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.testing import oracle_label_run, synthetic_scene
 
 pytestmark = pytest.mark.fiftyone
 
@@ -27,12 +24,7 @@ def labelled(tmp_path_factory):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(scene.image).save(photos / "scene.png")
-    job = LabelJob(tmp_path / "labels", scene.taxonomy, filters=Filters(include_unknown=True),
-                   segmenter_spec={"sam": "x", "clip": "y"})
-    record = job.prepare()
-    run_local(job, list_images(photos), segmenter=oracle_segmenter(scene))
-    job.finish(record, {})
-    coco = json.loads((tmp_path / "labels" / "annotations.json").read_text())
+    coco = oracle_label_run(photos, tmp_path / "labels", scene)
 
     names = {c["label_path"]: c["name"] for c in coco["categories"]}
     head_id = next(a["id"] for a in coco["annotations"] if a["label_path"] == "animal/dog/head")

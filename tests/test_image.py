@@ -130,3 +130,27 @@ def test_fit_long_side():
     small = fit_long_side(img, 100)
     assert small.shape == (67, 100, 3)
     assert fit_long_side(img, None) is img
+
+
+def test_broken_file_is_reported_as_such_after_ultralytics_patched_pil(tmp_path, monkeypatch):
+    """Ultralytics replaces PIL.Image.open with an opener that imports pi_heif on unknown files."""
+    from PIL import Image
+
+    from clipsam.core import image as I
+
+    original = I._PIL_OPEN
+
+    def patched(fp, *args, **kwargs):
+        try:
+            return original(fp, *args, **kwargs)
+        except Image.UnidentifiedImageError:
+            raise ModuleNotFoundError("No module named 'pi_heif'") from None
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    monkeypatch.setattr(Image, "open", patched)  # clipsam imported first: keeps Pillow's own
+    with pytest.raises(ImageError, match="not an image Pillow can read"):
+        I.load_image(bad)
+    monkeypatch.setattr(I, "_PIL_OPEN", patched)  # clipsam imported after the patch
+    with pytest.raises(ImageError, match="not an image Pillow can read"):
+        I.load_image(bad)

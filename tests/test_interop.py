@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsam.dataset import Filters, LabelJob, list_images, run_local
 from clipsam.export import category_table, unique_names
-from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.testing import oracle_label_run, oracle_segmenter, synthetic_scene
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +27,8 @@ def labelled(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     Image.fromarray(scene.image).save(images / "scene.png")
-    job = LabelJob(root / "out", scene.taxonomy, filters=Filters(include_unknown=True),
-                   segmenter_spec={"sam": "x", "clip": "y"})
-    record = job.prepare()
-    run_local(job, list_images(images), segmenter=oracle_segmenter(scene))
-    job.finish(record, {})
-    path = root / "out" / "annotations.json"
-    return images, path, json.loads(path.read_text())
+    coco = oracle_label_run(images, root / "out", scene)
+    return images, root / "out" / "annotations.json", coco
 
 
 def test_category_names_are_unique_and_supercategories_are_parents():

@@ -16,8 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clipsam.cli import app
-from clipsam.dataset import Filters, LabelJob, list_images, run_local
-from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.testing import oracle_label_run, synthetic_scene
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 ODD = os.fsdecode(b"caf\xe9 <b>&amp;.png")  # not UTF-8, and HTML in the name
@@ -50,12 +49,7 @@ def label_out(tmp_path_factory):
     Image.fromarray(scene.image).save(src / "scene.png")
     Image.fromarray(scene.image).save(src / ODD, format="PNG")
     (src / "broken.jpg").write_bytes(b"not a jpeg")
-    job = LabelJob(root / "out", scene.taxonomy, filters=Filters(include_unknown=True),
-                   segmenter_spec={"sam": "x", "clip": "y"})
-    record = job.prepare()
-    run_local(job, list_images(src), segmenter=oracle_segmenter(scene))
-    job.finish(record, {})
-    return root / "out", json.loads((root / "out" / "annotations.json").read_text())
+    return root / "out", oracle_label_run(src, root / "out", scene)
 
 
 @pytest.fixture(scope="module")

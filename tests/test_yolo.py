@@ -16,8 +16,8 @@ from PIL import Image
 from scipy import ndimage
 
 from clipsam.core import masks as M
-from clipsam.dataset import Filters, LabelJob, list_images, run_local
-from clipsam.testing import oracle_segmenter, synthetic_scene
+from clipsam.dataset import LabelJob, list_images, run_local
+from clipsam.testing import oracle_label_run, oracle_segmenter, synthetic_scene
 from clipsam.yolo import mask_polygon, yolo_lines
 
 
@@ -89,12 +89,8 @@ def yolo_run(tmp_path_factory):
     (src / "kitchen").mkdir(parents=True)
     Image.fromarray(scene.image).save(src / "kitchen" / "scene.png")
     Image.fromarray(scene.image[:, ::-1].copy()).save(src / "mirror.jpg", quality=98)
-    job = LabelJob(root / "out", scene.taxonomy, filters=Filters(include_unknown=True),
-                   segmenter_spec={"sam": "x", "clip": "y"}, formats=("yolo",))
-    record = job.prepare()
-    run_local(job, list_images(src), segmenter=oracle_segmenter(scene))
-    record = job.finish(record, {})
-    return root / "out", json.loads((root / "out" / "annotations.json").read_text()), record
+    coco = oracle_label_run(src, root / "out", scene, formats=("yolo",))
+    return root / "out", coco, json.loads((root / "out" / "run.json").read_text())
 
 
 def test_yolo_files_match_the_coco_output(yolo_run):
@@ -128,7 +124,10 @@ _ULTRALYTICS = textwrap.dedent("""
 
 
 def test_ultralytics_loads_the_yolo_dataset(yolo_run, tmp_path):
-    pytest.importorskip("ultralytics")
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None:  # not imported here: it patches PIL.Image.open globally
+        pytest.skip("needs ultralytics (in the dev extra)")
     out, coco, _ = yolo_run
     config = tmp_path / "ultralytics-config"
     config.mkdir()

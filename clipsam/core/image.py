@@ -40,6 +40,12 @@ __all__ = ["DEFAULT_MAX_PIXELS", "UNSUPPORTED_SUFFIXES", "ImageInput", "fit_long
            "source_name"]
 
 
+#: Pillow's own ``Image.open``, kept as clipsam found it: Ultralytics replaces ``PIL.Image.open`` process-wide with a
+#: wrapper that, on a file Pillow cannot identify, installs and imports ``pi-heif``, so a broken file would be
+#: reported as a missing module (and trigger a pip install). When clipsam is imported after Ultralytics, the
+#: wrapper's ImportError is reported as the unreadable image it is.
+_PIL_OPEN = Image.open
+
 def printable(text: str) -> str:
     """*text* with the undecodable bytes of a file name (Python keeps them as lone surrogates) shown as U+FFFD,
     so that it can be printed, logged or stored as UTF-8."""
@@ -111,7 +117,7 @@ def _from_path(path: Path, limit: int, background: tuple[int, int, int]) -> np.n
         with warnings.catch_warnings():
             # clipsam applies its own pixel limit below, before any pixel is decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as pil:
+            with _PIL_OPEN(path) as pil:
                 _check_pixels(pil.width, pil.height, str(path), limit)
                 pil.load()
                 return _from_pil(pil, str(path), limit, background)
@@ -119,7 +125,7 @@ def _from_path(path: Path, limit: int, background: tuple[int, int, int]) -> np.n
         raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from exc
-    except UnidentifiedImageError as exc:
+    except (UnidentifiedImageError, ImportError) as exc:  # ImportError: a third-party opener patched in (below)
         raise ImageError(f"{path}: not an image Pillow can read (unknown or corrupt format)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: could not be decoded ({exc})") from exc

@@ -32,7 +32,7 @@ from .world import CLIPLikeEmbedder, CLIPLikeWorld, Instance, SAMLikeProposer, W
 __all__ = [
     "SCENE_TAXONOMY", "TINY_GENERATOR_PARAMS", "CLIPLikeEmbedder", "CLIPLikeWorld", "Instance", "OracleEmbedder",
     "OracleProposer", "SAMLikeProposer", "Scene", "SceneShape", "WorldParams", "WorldScene", "oracle_segmenter",
-    "synthetic_scene", "tiny_clip", "tiny_sam", "tiny_segmenter",
+    "oracle_label_run", "synthetic_scene", "tiny_clip", "tiny_sam", "tiny_segmenter",
 ]
 
 
@@ -43,3 +43,22 @@ def tiny_segmenter(seed: int = 0, **kwargs: Any):
     kwargs.setdefault("device", "cpu")
     kwargs.setdefault("text_cache", False)
     return Segmenter(sam="tiny-random", clip="tiny-random", seed=seed, **kwargs)
+
+
+def oracle_label_run(photos: Any, out: Any, scene: Scene | None = None, *, include_unknown: bool = True,
+                     formats: tuple[str, ...] = (), pngs: bool = False, force: bool = False) -> dict[str, Any]:
+    """Label the images in *photos* into *out* through the real ``clipsam label`` job, with the exact world's
+    segmenter for *scene* (default :func:`synthetic_scene`): what the interop, YOLO and report tests (and
+    ``examples/report_demo.py``) load. Returns ``annotations.json`` as a dict."""
+    import json
+    from pathlib import Path
+
+    from ..dataset import Filters, LabelJob, list_images, run_local
+
+    scene = scene if scene is not None else synthetic_scene()
+    job = LabelJob(Path(out), scene.taxonomy, filters=Filters(include_unknown=include_unknown),
+                   segmenter_spec={"sam": "oracle", "clip": "oracle"}, pngs=pngs, formats=formats)
+    record = job.prepare(force=force)
+    run_local(job, job.pending(list_images(photos)), segmenter=oracle_segmenter(scene))
+    job.finish(record, {})
+    return json.loads((Path(out) / "annotations.json").read_text())
