@@ -75,4 +75,5 @@ def test_sam2_registry_entries():
     for name in ("sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"):
         ckpt = W.get(name)
         assert ckpt.extra["backend"] == "sam2" and ckpt.url.endswith(f"/092824/{name}.pt")
-    assert np.all([len(W.get(n).sha256) == 64 for n in W.REGISTRY])
+    published = [n for n in W.REGISTRY if W.get(n).extra.get("backend") != "sam3"]  # SAM 3: pinned on first use
+    assert np.all([len(W.get(n).sha256) == 64 for n in published]) and W.get("sam3").sha256 == ""
