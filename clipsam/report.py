@@ -16,7 +16,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,7 +234,7 @@ def render_report(images: Sequence[ReportImage], *, title: str, parameters: Mapp
     keys = sorted({r.path for im in images for r in im.regions if r.path})
     fixed = colour_map(keys)  # one colour per category for the whole report
     if category_counts is None:
-        category_counts = _count(images)
+        category_counts = _count(im.regions for im in images)
     rows = []
     for name, c in sorted(category_counts.items(), key=lambda kv: (-kv[1]["regions"], kv[0])):
         colour = fixed.get(c.get("path", ""), (160, 160, 160))
@@ -260,13 +260,15 @@ def render_report(images: Sequence[ReportImage], *, title: str, parameters: Mapp
             f"<h2>Run</h2>{params}<p class=\"meta\">clipsam {__version__}</p><script>{_JS}</script></body></html>")
 
 
-def _count(images: Sequence[ReportImage]) -> dict[str, dict[str, Any]]:
+def _count(region_lists: Iterable[Sequence[ReportRegion]]) -> dict[str, dict[str, Any]]:
+    """Regions per category over images: ``{name: {"path", "regions", "images", "score" (mean)}}``."""
     counts: dict[str, dict[str, Any]] = {}
-    for im in images:
+    for regions in region_lists:
         seen = set()
-        for r in im.regions:
+        for r in regions:
             name = r.category or r.path or r.kind
-            c = counts.setdefault(name, {"path": r.path, "regions": 0, "images": 0, "score": 0.0})
+            path = r.path or (r.category if r.kind.startswith("unknown") else "")
+            c = counts.setdefault(name, {"path": path, "regions": 0, "images": 0, "score": 0.0})
             c["regions"] += 1
             c["score"] += r.score
             if name not in seen:
@@ -321,20 +323,8 @@ def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: s
     by_image: dict[Any, list[Mapping[str, Any]]] = {}
     for a in annotations:
         by_image.setdefault(a["image_id"], []).append(a)
-    counts: dict[str, dict[str, Any]] = {}
-    for im in images:
-        seen = set()
-        for a in by_image.get(im["id"], []):
-            cat = cats.get(a.get("category_id"), {})
-            name = str(cat.get("name") or a.get("kind") or "?")
-            c = counts.setdefault(name, {"path": cat.get("label_path", ""), "regions": 0, "images": 0, "score": 0.0})
-            c["regions"] += 1
-            c["score"] += float(a.get("score", 0.0))
-            if name not in seen:
-                c["images"] += 1
-                seen.add(name)
-    for c in counts.values():
-        c["score"] /= c["regions"]
+    regions = {im["id"]: regions_of_coco(by_image.get(im["id"], []), cats) for im in images}
+    counts = _count(regions.values())
     shown = []
     for im in images[:max_images]:
         part = _read_json(root / "parts" / f"{im['id']}.json")
@@ -343,7 +333,7 @@ def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: s
             base = Path(image_root) if image_root is not None else None
             path = str(base / im["file_name"]) if base is not None else None
         shown.append(ReportImage(im["file_name"], (int(im["height"]), int(im["width"])),
-                                 regions_of_coco(by_image.get(im["id"], []), cats),
+                                 regions[im["id"]],
                                  path if path and os.path.isfile(path) else None))
     note = (f"Showing the first {len(shown)} of {len(images)} images (--max-images); the category counts cover all."
             if len(images) > len(shown) else None)

@@ -309,8 +309,8 @@ class CLIPLikeWorld:
     def node_for(self, phrase: str) -> TaxonomyNode | None:
         """The taxonomy label a phrase names (a name, a synonym, or a part's ``"<whole> <part>"``), if any."""
         key = self._alias.get(normal(phrase))
-        found = self.taxonomy.find(key) if key is not None and "/" in key else []
-        return found[0] if found else (self.taxonomy.find(key)[0] if key and self.taxonomy.find(key) else None)
+        found = self.taxonomy.find(key) if key else []
+        return found[0] if found else None
 
     def segmenter(self, scene: WorldScene, *, concepts: bool = False, **kwargs: Any):
         """A :class:`~clipsam.Segmenter` on this world's proposer and embedder, showing *scene* (the text bank
