@@ -10,6 +10,7 @@ interfaces; every labelling rule lives in :mod:`clipsam.stages.label`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +70,11 @@ class Segmenter(ModelOwner):
         clip: CLIP registry name (``ViT-B-16/openai`` …) or ``tiny-random``.
         device: ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         taxonomy: default taxonomy (shipped name, YAML path or :class:`Taxonomy`) for labels and trees.
-        max_side: long side of the processing size in pixels (``None``: full resolution).
+        max_side: long side of the processing size in pixels (``None``: full resolution). Nesting, crops and labels
+            work at this size; SAM sees the original image as stock SAM does.
+        full_resolution: give masks at the original resolution from SAM's logits upsampled there, as stock SAM does
+            (default; identical to stock's masks); ``False``: the processing-size masks scaled up nearest neighbour
+            (faster on large photos, staircase edges).
         templates: prompt templates averaged into each label's text embedding.
         negatives: background labels that compete with real labels, so that "nothing matches" is possible.
         min_confidence: softmax probability a top-level label needs to be accepted (else ``unknown``).
@@ -110,6 +115,7 @@ class Segmenter(ModelOwner):
         device: str = "auto",
         taxonomy: str | Taxonomy | None = None,
         max_side: int | None = DEFAULT_MAX_SIDE,
+        full_resolution: bool = True,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         negatives: Sequence[str] = DEFAULT_NEGATIVES,
         min_confidence: float = 0.3,
@@ -141,6 +147,7 @@ class Segmenter(ModelOwner):
         self.sam_name, self.clip_name, self.device_name = sam, clip, device
         self.taxonomy = load_taxonomy(taxonomy) if taxonomy is not None else None
         self.max_side = max_side
+        self.full_resolution = bool(full_resolution)
         self.templates, self.negatives = tuple(templates), tuple(negatives)
         self.min_confidence, self.descend_confidence = min_confidence, descend_confidence
         self.part_confidence = part_confidence
@@ -210,8 +217,8 @@ class Segmenter(ModelOwner):
 
     def config(self) -> dict[str, Any]:
         """Every parameter that changes results (for provenance files)."""
-        keys = ("max_side", "min_confidence", "descend_confidence", "part_confidence", "scoring", "vocabulary",
-                "union_margin", "crop_margin", "crop_fill", "region_features",
+        keys = ("max_side", "full_resolution", "min_confidence", "descend_confidence", "part_confidence", "scoring",
+                "vocabulary", "union_margin", "crop_margin", "crop_fill", "region_features",
                 "containment", "duplicate_iou", "part_pred_iou", "max_part_share", "precision")
         return {"sam": self.sam_name, "clip": self.clip_name, **{k: getattr(self, k) for k in keys},
                 "templates": list(self.templates), "negatives": list(self.negatives),
@@ -262,7 +269,8 @@ class Segmenter(ModelOwner):
         query_args = (work, emb, tax, bool(resolved), resolved, free, include_parts)
         regions, feats, matched, keep = self._match(*query_args, regions, feats, part_points)
         if refine and keep:  # refined masks are nested, embedded and labelled anew: labels describe the new masks
-            regions, feats = refine_masks(self.proposer, emb, regions, keep, feats, lambda r: self._embed(work, r))
+            regions, feats = refine_masks(work.sam(self.proposer), emb, regions, keep, feats,
+                                          lambda r: self._embed(work, r))
             regions = nest(regions.rles, regions.predicted_iou, regions.stability_score,
                            duplicate_iou=self.duplicate_iou, containment=self.containment)
             regions, feats, matched, keep = self._match(*query_args, regions, feats[regions.ids], 0)
@@ -331,31 +339,44 @@ class Segmenter(ModelOwner):
             ``low_res_logits`` for feeding back as ``mask=``. The image embedding is computed once per image
             and reused by every later prompt on the same image.
         """
-        work = prepare(image, self.max_side)
+        work = self._prepare(image)
         prompts = validate_prompts(points, labels, box, work.original_size)  # before SAM runs
-        out = predict_prompt(self.proposer, self._cache.get(work, self.proposer), work, *prompts, mask=mask,
-                             multimask=multimask)
+        emb = self._cache.get(work, self.proposer)
+        out = predict_prompt(self.proposer, emb, work, *prompts, mask=mask, multimask=multimask)
         pts, lbls, bx = prompts
         given = {**({"points": pts.tolist(), "labels": lbls.tolist()} if pts is not None else {}),
                  **({"box": bx.tolist()} if bx is not None else {})}
-        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self._model_names(), given)
+        logits = out.upscale_logits if out.upscale_logits is not None else out.low_res_logits
+        full = self.proposer.upscale(emb, logits) if work.embeds_original(self.proposer) else None
+        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self._model_names(), given,
+                             full_rles=full)
 
     # -- stages --------------------------------------------------------------------------------------------
+    def _prepare(self, image: ImageInput) -> Work:
+        return prepare(image, self.max_side, self.full_resolution)
+
     def _model_names(self) -> dict[str, str]:
         return {"sam": self.sam_name, "clip": self.clip_name}
 
     def _candidates(self, image: ImageInput, params: dict[str, Any], guide: tuple[list, list] | None = None
                     ) -> tuple[Work, Any, Regions]:
         """prepare -> propose (the point grid, or prompts guided by relevance maps for *guide*'s targets) -> nest."""
-        work = prepare(image, self.max_side)
+        t0 = time.perf_counter()
+        work = self._prepare(image)
         emb = self._cache.get(work, self.proposer)
+        t1 = time.perf_counter()
         props = self._guided(work, emb, *guide) if guide is not None else None
         if props is None:
             params = {**self.generator_params, **check_generator_params(params)}
-            props = propose(self.proposer, work.pixels, emb, params)
+            sam = work.sam(self.proposer)
+            props = propose(sam, work.input_for(sam), emb, params)
             side = params.get("points_per_side", 32)
             self.last_stats = {"strategy": "grid", "decoder_prompts": int(side) ** 2 if side else None}
-        return work, emb, nest_proposals(props, duplicate_iou=self.duplicate_iou, containment=self.containment)
+        t2 = time.perf_counter()
+        regions = nest_proposals(props, duplicate_iou=self.duplicate_iou, containment=self.containment)
+        self.last_stats["seconds"] = {"prepare_and_embed": round(t1 - t0, 4), "propose": round(t2 - t1, 4),
+                                      "nest": round(time.perf_counter() - t2, 4)}
+        return work, emb, regions
 
     def _dense(self, work: Work) -> np.ndarray:
         """The embedder's dense patch features of the image (one CLIP pass, cached per image)."""
@@ -368,8 +389,8 @@ class Segmenter(ModelOwner):
         if why:
             log.info("guided prompts unavailable (%s): using the point grid", why)
             return None
-        props, self.last_stats = propose_guided(self.proposer, emb, self._dense(work), self.text_bank, targets,
-                                                competitors, work.pixels.shape[:2])
+        props, self.last_stats = propose_guided(work.sam(self.proposer), emb, self._dense(work), self.text_bank,
+                                                targets, competitors, work.pixels.shape[:2])
         return props
 
     def _embed(self, work: Work, rles: Sequence[Any]) -> np.ndarray:
@@ -403,11 +424,11 @@ class Segmenter(ModelOwner):
         rles, ious = [], []
         if guided:
             rles, ious, calls = guided_part_candidates(
-                self.proposer, emb, self._dense(work), self.text_bank, regions,
+                work.sam(self.proposer), emb, self._dense(work), self.text_bank, regions,
                 [(i, labelled.decisions[i].node) for i in objects], self.negatives, **limits)
             self.last_stats["decoder_prompts"] = self.last_stats.get("decoder_prompts", 0) + calls
         if part_points > 0:
-            more, more_iou = part_candidates(self.proposer, emb, regions, objects, part_points, **limits)
+            more, more_iou = part_candidates(work.sam(self.proposer), emb, regions, objects, part_points, **limits)
             rles, ious = rles + more, ious + more_iou
         merged, feats = merge_candidates(regions, feats, rles, ious, embed=lambda r: self._embed(work, r),
                                          containment=self.containment, duplicate_iou=self.duplicate_iou)
@@ -471,7 +492,7 @@ class Segmenter(ModelOwner):
         from .core.vocabulary import query_taxonomy
         from .stages.concepts import ConceptQuery, object_queries
 
-        work = prepare(image, self.max_side)
+        work = self._prepare(image)
         objects = sorted({id(n.object_node()): n.object_node() for n in resolved}.values(), key=lambda n: n.path)
         queries = object_queries(objects)
         flat = query_taxonomy(free) if free else None
@@ -493,13 +514,14 @@ class Segmenter(ModelOwner):
         claimed join them, labelled by CLIP; then one containment tree over all."""
         from .stages.concepts import claimed, object_queries, reconcile
 
-        work = prepare(image, self.max_side)
+        work = self._prepare(image)
         rles, decisions, kinds = self._concepts(work, object_queries(tax.top), include_parts) if tax else ([], [], [])
         if self.unknown_sam is not None:
             params = {**(TINY_GENERATOR_PARAMS if self.unknown_sam == TINY else {}), **self.generator_params,
                       **check_generator_params(generator_params)}
             emb = self._unknown_cache.get(work, self.unknown_proposer)
-            rest = nest_proposals(propose(self.unknown_proposer, work.pixels, emb, params),
+            sam = work.sam(self.unknown_proposer)
+            rest = nest_proposals(propose(sam, work.input_for(sam), emb, params),
                                   duplicate_iou=self.duplicate_iou, containment=self.containment)
             free_rows = np.flatnonzero(~claimed(rest.rles, rles))
             if len(free_rows):

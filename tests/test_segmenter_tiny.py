@@ -20,14 +20,17 @@ def test_everything_returns_full_resolution_rles(tiny, chelsea):
     assert seg.models == {"sam": "tiny-random", "clip": "tiny-random"}
 
 
-def test_processing_size_is_bounded_but_masks_come_back_full_size(chelsea):
-    small = tiny_segmenter(max_side=128)
+@pytest.mark.parametrize("full_resolution, seen", [(True, (300, 451, 3)), (False, (85, 128, 3))])
+def test_processing_size_is_bounded_but_masks_come_back_full_size(chelsea, full_resolution, seen):
+    """SAM sees the original image as stock SAM does (or, without full resolution, the processing-size pixels);
+    the masks come back at the original size either way."""
+    small = tiny_segmenter(max_side=128, full_resolution=full_resolution)
     calls = []
     original_embed = small.proposer.embed
-    small.proposer.embed = lambda image: calls.append(image.shape) or original_embed(image)
+    small.proposer.embed = lambda image, **kw: calls.append((image.shape, kw)) or original_embed(image, **kw)
     seg = small.segment_everything(chelsea)
-    assert calls == [(85, 128, 3)]
-    assert all(r.rle["size"] == [300, 451] for r in seg)
+    assert calls == [(seen, {"work_size": (85, 128)} if full_resolution else {})]
+    assert len(seg) and all(r.rle["size"] == [300, 451] for r in seg)
 
 
 def test_same_seed_same_result(chelsea):

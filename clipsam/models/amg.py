@@ -9,7 +9,9 @@ work around them:
 * full-resolution logits exist for a few masks at a time (``chunk_pixels``), never for a whole batch, which bounds
   peak memory at high resolution;
 * RLE encoding and boxes come from pycocotools' C code instead of a Python loop over run lengths, and no
-  uncompressed RLE lists are deep-copied between batches.
+  uncompressed RLE lists are deep-copied between batches;
+* given a smaller ``work_size`` (clipsam's processing size), each mask is also returned there, taken nearest
+  neighbour from the full-resolution mask (``Proposal.rle``; the stock mask is ``Proposal.full_rle``).
 
 Used for the default single-crop setting (``crop_n_layers=0``, ``min_mask_region_area=0``); other settings run the
 stock generator.
@@ -60,9 +62,18 @@ def generate(
     input_size: tuple[int, int],
     *,
     chunk_pixels: int = DEFAULT_CHUNK_PIXELS,
+    image_size: tuple[int, int] | None = None,
+    work_size: tuple[int, int] | None = None,
     **params: Any,
 ) -> list[Proposal]:
-    """All masks of the image whose embedding is *features*, in stock ``SamAutomaticMaskGenerator`` order."""
+    """All masks of the image whose embedding is *features*, in stock ``SamAutomaticMaskGenerator`` order.
+
+    Args:
+        original_size: the size SAM saw (the image, padded for extreme strips).
+        image_size: the caller's image inside it (masks are cut to it and dropped when nothing is left).
+        work_size: also give each mask at this smaller size (nearest neighbour of the full mask) as ``rle``, the
+            full mask as ``full_rle``; ``None``: ``rle`` is the full mask.
+    """
     p = {**STOCK_DEFAULTS, **params}
     if not supports(p):
         raise ValueError("the fast generator handles crop_n_layers=0 and min_mask_region_area=0 only")
@@ -76,6 +87,8 @@ def generate(
     points_for_image = grid * np.array(original_size)[None, ::-1]
     per_chunk = max(1, chunk_pixels // (h * w))
     threshold = model.mask_threshold
+    ih, iw = image_size or original_size
+    small = None if work_size is None or tuple(work_size) == (ih, iw) else _nearest_index((ih, iw), work_size, device)
 
     rles: list[dict[str, Any]] = []
     iou_all, stab_all, box_all, pts_all = [], [], [], []
@@ -110,6 +123,8 @@ def generate(
             # stock boxes: inclusive x1/y1 pixel indices, zeros for an empty mask
             xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
             xyxy[bbox[:, 2] == 0] = 0
+            if (ih, iw) != (h, w) or small is not None:
+                encoded = _cut(masks, encoded, (ih, iw), small)
             rles.extend(encoded)
             iou_all.append(chunk_iou.float().cpu())
             stab_all.append(stab.float().cpu())
@@ -120,11 +135,41 @@ def generate(
     iou_t, stab_t, boxes = torch.cat(iou_all), torch.cat(stab_all), torch.cat(box_all)
     order = batched_nms(boxes.float(), iou_t, torch.zeros(len(boxes)), iou_threshold=p["box_nms_thresh"])
     points_np = np.concatenate(pts_all)
-    return [
-        Proposal(
-            rle={"size": [int(s) for s in rles[i]["size"]], "counts": rles[i]["counts"].decode("ascii")},
-            predicted_iou=float(iou_t[i]), stability_score=float(stab_t[i]),
-            point_xy=(float(points_np[i][0]), float(points_np[i][1])),
-        )
-        for i in order.tolist()
-    ]
+    out = []
+    for i in order.tolist():
+        rle, full = rles[i] if isinstance(rles[i], tuple) else (rles[i], None)
+        if rle is None:  # nothing left inside the caller's image
+            continue
+        out.append(Proposal(rle=_plain(rle), predicted_iou=float(iou_t[i]), stability_score=float(stab_t[i]),
+                            point_xy=(float(points_np[i][0]), float(points_np[i][1])),
+                            full_rle=None if full is None else _plain(full)))
+    return out
+
+
+def _plain(rle: dict[str, Any]) -> dict[str, Any]:
+    counts = rle["counts"]
+    return {"size": [int(s) for s in rle["size"]], "counts": counts.decode("ascii") if isinstance(counts, bytes)
+            else counts}
+
+
+def _nearest_index(src: tuple[int, int], dst: tuple[int, int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Rows and columns of a *src*-sized mask that give it at *dst* by nearest neighbour (pixel centres, as
+    :func:`clipsam.core.masks.resize`)."""
+    rows = np.minimum(((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(np.int64), src[0] - 1)
+    cols = np.minimum(((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(np.int64), src[1] - 1)
+    return torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
+
+
+def _cut(masks: torch.Tensor, encoded: list[dict[str, Any]], image_hw: tuple[int, int],
+         small: tuple[torch.Tensor, ...] | None) -> list[Any]:
+    """Per mask ``(rle, full_rle)``: cut to the caller's *image_hw* (``(None, None)`` when nothing is left), and with
+    *small* also at the work size. *encoded* are the uncut masks' RLEs."""
+    h, w = image_hw
+    if tuple(masks.shape[1:]) != (h, w):
+        masks = masks[:, :h, :w]
+        encoded = _encode(masks)
+    nonempty = masks.flatten(1).any(1).cpu().numpy()
+    if small is None:
+        return [(f, None) if ok else (None, None) for f, ok in zip(encoded, nonempty, strict=True)]
+    work = _encode(masks[:, small[0]][:, :, small[1]])
+    return [(w_, f) if ok else (None, None) for w_, f, ok in zip(work, encoded, nonempty, strict=True)]

@@ -28,12 +28,15 @@ class Proposal:
         predicted_iou: the model's own estimate of the mask's quality, in [0, 1] for SAM.
         stability_score: IoU between the mask thresholded a little above and below its cut-off.
         point_xy: the grid point (x, y pixels) that produced it, if any.
+        full_rle: the same mask at the original image's resolution, made from the model's logits there (as stock
+            SAM does), when the proposer embedded the original image for a smaller processing size; else ``None``.
     """
 
     rle: RLE
     predicted_iou: float
     stability_score: float
     point_xy: tuple[float, float] | None = None
+    full_rle: RLE | None = None
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,14 @@ class PromptMasks:
         masks: ``(N, H, W) bool`` at the embedded image's size (N is 1 or 3: few masks, dense is fine).
         iou_predictions: ``(N,) float32`` predicted IoU of each mask.
         low_res_logits: ``(N, h, w) float32`` logits that can be fed back as ``mask_input`` of a later call.
+        upscale_logits: the logits the masks are upsampled from when they differ from *low_res_logits* (SAM 2.1
+            clamps the ones it hands back to +-32), for the proposer's ``upscale``; ``None``: *low_res_logits*.
     """
 
     masks: np.ndarray
     iou_predictions: np.ndarray
     low_res_logits: np.ndarray
+    upscale_logits: np.ndarray | None = None
 
 
 @runtime_checkable

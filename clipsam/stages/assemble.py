@@ -27,7 +27,7 @@ def assemble(work: Work, regions: Regions, labelled: Labelled | None, keep: Sequ
     *labelled* ``None`` the regions are returned unlabelled (``label`` ``None``, kind ``unknown``).
     """
     rows = sorted({int(i) for i in keep})
-    rles = [M.resize(regions.rles[i], work.original_size) for i in rows]
+    rles = _full_size(work, [regions.rles[i] for i in rows])
     label, label_path, path_scores, score, kind = [], [], [], [], []
     for i in rows:
         if labelled is None:
@@ -58,11 +58,22 @@ def assemble(work: Work, regions: Regions, labelled: Labelled | None, keep: Sequ
                         taxonomy=taxonomy.name if taxonomy else None, models=dict(models or {}))
 
 
+def _full_size(work: Work, rles: list[M.RLE]) -> list[M.RLE]:
+    """Processing-size masks at the original size: from SAM's logits there when the proposer embedded the original
+    (:mod:`~clipsam.stages.fullres`), else nearest neighbour."""
+    if work.fullres is not None:
+        return work.fullres.many(rles)
+    return [M.resize(r, work.original_size) for r in rles]
+
+
 def prompt_result(work: Work, masks: np.ndarray, iou: np.ndarray, low_res_logits: np.ndarray,
-                  models: dict[str, str] | None = None, prompts: dict[str, Any] | None = None) -> Segmentation:
-    """A prompted result: SAM's masks (processing size, best first) as ``prompt`` regions at full resolution,
-    with the *prompts* that made them (see :attr:`Segmentation.prompts`)."""
-    rles = [M.resize(M.encode(m), work.original_size) for m in masks]  # type: ignore[arg-type]
+                  models: dict[str, str] | None = None, prompts: dict[str, Any] | None = None,
+                  full_rles: list[M.RLE] | None = None) -> Segmentation:
+    """A prompted result: SAM's masks (processing size, best first) as ``prompt`` regions at full resolution
+    (*full_rles* when the proposer made them there), with the *prompts* that made them (see
+    :attr:`Segmentation.prompts`)."""
+    rles = full_rles if full_rles is not None else \
+        [M.resize(M.encode(m), work.original_size) for m in masks]  # type: ignore[arg-type]
     n = len(rles)
     regions = Regions.from_rles(rles, predicted_iou=np.asarray(iou, dtype=np.float64),
                                 stability_score=np.ones(n), kind=("prompt",) * n)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..core.image import ImageInput, fit_long_side, load_image, source_name
+from .fullres import FullRes, supports_full_resolution
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +25,38 @@ class Work:
     Attributes:
         original_size: ``(H, W)`` of the image as given.
         pixels: ``(h, w, 3) uint8`` at processing size (long side at most ``max_side``).
-        key: content hash of *pixels*, for the embedding cache.
+        key: content hash of the image and the processing size, for the embedding caches.
         path: the file path when the image came from one.
+        image: the ``(H, W, 3) uint8`` image as given (*pixels* itself at full resolution).
+        fullres: with a smaller processing size and full-resolution results, the record of how each mask is made
+            again at the original size (see :mod:`clipsam.stages.fullres`); ``None``: masks are scaled up
+            nearest neighbour, or need no scaling.
     """
 
     original_size: tuple[int, int]
     pixels: np.ndarray
     key: str
     path: str | None
+    image: np.ndarray | None = field(default=None, repr=False)
+    fullres: FullRes | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(h, w)``: the processing size."""
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
+
+    def sam(self, proposer: Any) -> Any:
+        """*proposer* as the stages use it for this image: its masks remembered for full resolution when it can
+        give them (see :class:`~clipsam.stages.fullres.FullRes`)."""
+        return self.fullres.wrap(proposer) if self.fullres is not None else proposer
+
+    def embeds_original(self, proposer: Any) -> bool:
+        """*proposer* embeds the original image (and gives masks at the processing size and at the original's)."""
+        return self.fullres is not None and supports_full_resolution(proposer)
+
+    def input_for(self, proposer: Any) -> np.ndarray:
+        """The pixels *proposer* is given: the original image when it embeds it, else the processing-size pixels."""
+        return self.image if self.embeds_original(proposer) else self.pixels  # type: ignore[return-value]
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -39,14 +64,19 @@ class Work:
         return (self.pixels.shape[0] / self.original_size[0], self.pixels.shape[1] / self.original_size[1])
 
 
-def prepare(image: ImageInput, max_side: int | None) -> Work:
-    """Load *image* (path, PIL image or array) and fit it to *max_side* (``None``: full resolution)."""
+def prepare(image: ImageInput, max_side: int | None, full_resolution: bool = False) -> Work:
+    """Load *image* (path, PIL image or array) and fit it to *max_side* (``None``: full resolution).
+
+    *full_resolution*: results at the original size come from SAM's logits there (see
+    :mod:`clipsam.stages.fullres`), not from the processing-size masks scaled up."""
     pixels = load_image(image)
     work = fit_long_side(pixels, max_side)
-    key = hashlib.sha1(work.tobytes()).hexdigest() + f":{work.shape}"
+    key = hashlib.sha1(pixels.tobytes()).hexdigest() + f":{pixels.shape}:{work.shape}"
     path = str(image) if isinstance(image, str) or hasattr(image, "__fspath__") else None
     log.debug("image %s: %s -> processing %s", source_name(image), pixels.shape, work.shape)
-    return Work(original_size=(int(pixels.shape[0]), int(pixels.shape[1])), pixels=work, key=key, path=path)
+    size = (int(pixels.shape[0]), int(pixels.shape[1]))
+    fullres = FullRes(size) if full_resolution and work.shape[:2] != pixels.shape[:2] else None
+    return Work(original_size=size, pixels=work, key=key, path=path, image=pixels, fullres=fullres)
 
 
 class EmbeddingCache:
@@ -58,11 +88,15 @@ class EmbeddingCache:
         self._items: OrderedDict[str, Any] = OrderedDict()
 
     def get(self, work: Work, proposer: Any) -> Any:
-        if work.key in self._items:
-            self._items.move_to_end(work.key)
-            return self._items[work.key]
-        emb = proposer.embed(work.pixels)
-        self._items[work.key] = emb
+        key = work.key + (":original" if work.embeds_original(proposer) else "")
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        if work.embeds_original(proposer):  # SAM sees the image as stock SAM would; the pipeline works smaller
+            emb = proposer.embed(work.image, work_size=work.shape)
+        else:
+            emb = proposer.embed(work.pixels)
+        self._items[key] = emb
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return emb

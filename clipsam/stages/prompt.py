@@ -49,13 +49,16 @@ def validate_prompts(points: Any, labels: Any, box: Any, size_hw: tuple[int, int
 
 def predict_prompt(proposer: Any, embedding: Any, work: Any, points: np.ndarray | None, labels: np.ndarray | None,
                    box: np.ndarray | None, *, mask: Any = None, multimask: bool | None = None) -> Any:
-    """SAM's masks for validated prompts in original-image pixels (scaled here to the processing size).
+    """SAM's masks (processing size) for validated prompts in original-image pixels.
 
     *multimask* ``None``: 3 masks for a single click with nothing else, else 1, as SAM's authors recommend."""
     if points is None and box is None and mask is None:
         raise PromptError("segment_prompt needs at least one of points=, box= or mask=")
     if multimask is None:
         multimask = points is not None and len(points) == 1 and box is None and mask is None
+    if work.embeds_original(proposer):  # SAM embedded the original: the prompts go in as given, as to stock SAM
+        return proposer.predict(embedding, point_coords=points, point_labels=labels, box=box, mask_input=mask,
+                                multimask_output=bool(multimask), frame="image")
     sy, sx = work.scale
     scale = np.asarray([sx, sy], dtype=np.float64)
     return proposer.predict(embedding, point_coords=None if points is None else points * scale, point_labels=labels,
