@@ -36,6 +36,58 @@ def test_generate_matches_stock_sam2_and_reuses_the_embedding(proposer, sam2_mod
     assert [p.rle["counts"] for p in ours] == [s["segmentation"]["counts"] for s in stock]
 
 
+@pytest.mark.parametrize("params, chunk_pixels", [
+    ({"points_per_side": 7, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}, None),
+    ({"points_per_side": 5, "points_per_batch": 10, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+      "box_nms_thresh": 0.9, "stability_score_offset": 0.5}, 300_000),  # batches and chunks that cut across points
+    ({"points_per_side": 5, "multimask_output": False, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+      "mask_threshold": 0.5, "box_nms_thresh": 1.0}, 1),
+    ({"point_grids": [np.random.default_rng(0).random((20, 2))], "points_per_side": None, "pred_iou_thresh": 0.05,
+      "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}, None),
+])
+def test_fast_generator_is_identical_to_stock_sam2(sam2_model, chelsea, params, chunk_pixels):
+    """clipsam's SAM 2.1 generator (amg2): stock's RLEs, predicted IoUs, stability scores and points, in order."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    fast = Sam2Proposer(sam2_model, "cpu")
+    if chunk_pixels:
+        fast.chunk_pixels = chunk_pixels
+    stock = SAM2AutomaticMaskGenerator(sam2_model, output_mode="coco_rle", **params).generate(chelsea)
+    ours = fast.generate(chelsea, fast.embed(chelsea), **params)
+    assert len(ours) == len(stock) > 0
+    assert [p.rle["counts"] for p in ours] == [s["segmentation"]["counts"] for s in stock]
+    assert [p.predicted_iou for p in ours] == [s["predicted_iou"] for s in stock]
+    assert [p.stability_score for p in ours] == [s["stability_score"] for s in stock]
+    assert [list(p.point_xy) for p in ours] == [s["point_coords"][0] for s in stock]
+
+
+def test_full_resolution_masks_are_stock_sam2s(sam2_model, chelsea):
+    """At a processing size smaller than the photo, SAM 2.1's results are still stock's at the original size."""
+    from PIL import Image
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from clipsam.core import masks as M
+
+    big = np.asarray(Image.fromarray(chelsea).resize((902, 600), Image.Resampling.BICUBIC))
+    params = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    seg = Segmenter.from_models(Sam2Proposer(sam2_model, "cpu"), max_side=256, duplicate_iou=1.0, text_cache=False)
+    stock = SAM2AutomaticMaskGenerator(sam2_model, output_mode="coco_rle", **params).generate(big)
+    ours = seg.segment_everything(big, label=False, **params)
+    assert len(ours) > 10 and {r.rle["counts"] for r in ours} == {s["segmentation"]["counts"] for s in stock}
+    pred = SAM2ImagePredictor(sam2_model)
+    pred.set_image(big)
+    for kwargs in ({"points": [[301.5, 222.0]]}, {"box": [100.0, 50.0, 700.0, 500.0]}):
+        masks, iou, low = pred.predict(point_coords=np.asarray(kwargs["points"]) if "points" in kwargs else None,
+                                       point_labels=np.asarray([1]) if "points" in kwargs else None,
+                                       box=np.asarray(kwargs["box"]) if "box" in kwargs else None,
+                                       multimask_output="points" in kwargs)
+        order = np.argsort(-iou, kind="stable")
+        out = seg.segment_prompt(big, **kwargs)
+        assert [r.rle for r in out] == [M.encode(masks[k].astype(bool)) for k in order]
+        np.testing.assert_array_equal(out.low_res_logits, low[order])
+
+
 def test_prompts_through_the_segmenter(proposer, chelsea):
     seg = Segmenter.from_models(proposer, generator_params=PARAMS, text_cache=False)
     click = seg.segment_prompt(chelsea, points=[[200, 150]])
