@@ -51,6 +51,10 @@ DEFAULT_SAM = "vit_b"
 DEFAULT_CLIP = "ViT-B-16/openai"
 #: Images are processed with their long side at most this many pixels; masks come back at full resolution.
 DEFAULT_MAX_SIDE = 1024
+#: ``Segmenter(speed=...)`` values.
+SPEEDS = ("exact", "fast")
+#: The generator grid of ``speed="fast"`` (a quarter of SAM's 32x32 decoder prompts) unless the caller sets one.
+FAST_GRID: dict[str, Any] = {"points_per_side": 16}
 _EMBED_CACHE_SIZE = 4
 #: Parameters that must be numbers in [0, 1].
 #: How regions are embedded: a masked crop each, or dense features pooled inside each mask.
@@ -100,6 +104,9 @@ class Segmenter(ModelOwner):
         text_cache: keep text embeddings on disk under ``$CLIPSAM_HOME/text-embeddings``.
         precision: ``fp32`` (default; SAM masks identical to stock) or ``bf16`` (autocast on CUDA: faster,
             masks differ slightly).
+        speed: ``exact`` (default: stock SAM's masks) or ``fast`` for approximate masks sooner: SAM 1's image encoder
+            in int8 on a CPU (bf16 on CUDA) and, unless you set ``points_per_side``, a 16x16 point grid instead of
+            32x32. Measured in ``benchmarks/speed_fast.py`` (``benchmarks/RESULTS.md``).
         seed: seed of the ``tiny-random`` models.
         unknown_sam: with a SAM 3 *sam* (which only finds what it is asked for), the SAM 1 / 2.1 model whose
             automatic masks that no concept claimed join ``segment_everything`` as regions labelled by CLIP (the
@@ -135,12 +142,16 @@ class Segmenter(ModelOwner):
         download: bool = True,
         text_cache: bool = True,
         precision: str = "fp32",
+        speed: str = "exact",
         seed: int = 0,
         unknown_sam: Any = "auto",
     ) -> None:
         args = locals()
         checked = ("max_side", "crop_fill", "precision", "device", "scoring", "union_margin", *_UNIT_ARGS)
         check_segmenter_args(**{k: args[k] for k in checked})
+        if speed not in SPEEDS:
+            raise ConfigError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
+        self.speed = speed
         if region_features not in REGION_FEATURES:
             raise ConfigError(f"region_features must be one of {', '.join(REGION_FEATURES)}, got {region_features!r}")
         self.region_features = region_features
@@ -156,7 +167,7 @@ class Segmenter(ModelOwner):
         self.containment, self.duplicate_iou = containment, duplicate_iou
         self.part_pred_iou, self.max_part_share = part_pred_iou, max_part_share
         # the entry's own generator defaults (tiny-random keeps its masks), then the caller's
-        entry_defaults = TINY_GENERATOR_PARAMS if sam == TINY else {}
+        entry_defaults = TINY_GENERATOR_PARAMS if sam == TINY else FAST_GRID if speed == "fast" else {}
         self.generator_params = {**entry_defaults, **check_generator_params(dict(generator_params or {}))}
         self.download, self.text_cache, self.precision, self.seed = download, text_cache, precision, seed
         self._proposer = self._embedder = self._bank = None
@@ -219,7 +230,7 @@ class Segmenter(ModelOwner):
         """Every parameter that changes results (for provenance files)."""
         keys = ("max_side", "full_resolution", "min_confidence", "descend_confidence", "part_confidence", "scoring",
                 "vocabulary", "union_margin", "crop_margin", "crop_fill", "region_features",
-                "containment", "duplicate_iou", "part_pred_iou", "max_part_share", "precision")
+                "containment", "duplicate_iou", "part_pred_iou", "max_part_share", "precision", "speed")
         return {"sam": self.sam_name, "clip": self.clip_name, **{k: getattr(self, k) for k in keys},
                 "templates": list(self.templates), "negatives": list(self.negatives),
                 "generator_params": dict(self.generator_params),

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -131,3 +132,23 @@ def test_taxonomy_verbs(run, tmp_path):
     bad.write_text("nodes: [dog, dog]")
     res = run("taxonomy", "validate", bad)
     assert res.exit_code == 2 and "bad.yaml" in res.output and "duplicate" in res.output
+
+
+def test_segment_full_resolution_flag(run, chelsea_path):
+    """--max-side below the photo: masks come back at the photo's size both ways; by default they are stock SAM's
+    (from logits at full resolution), with --no-full-resolution the processing-size masks scaled up."""
+    from PIL import Image
+    from segment_anything import SamPredictor
+
+    from clipsam.core import masks as M
+    from clipsam.testing import tiny_sam
+
+    args = ("segment", chelsea_path, "--points", "200,150", *TINY, "--max-side", "128", "--json")
+    full, fast = run(*args), run(*args, "--no-full-resolution")
+    assert full.exit_code == 0 and fast.exit_code == 0, full.output + fast.output
+    pred = SamPredictor(tiny_sam(0))
+    pred.set_image(np.asarray(Image.open(chelsea_path).convert("RGB")))
+    masks, iou, _ = pred.predict(point_coords=np.array([[200.0, 150.0]]), point_labels=np.array([1]))
+    stock = [M.encode(masks[k])["counts"] for k in np.argsort(-iou, kind="stable")]
+    assert [r["rle"]["counts"] for r in json.loads(full.stdout)["regions"]] == stock
+    assert [r["rle"]["counts"] for r in json.loads(fast.stdout)["regions"]] != stock

@@ -68,7 +68,11 @@ def label(
     clip: str = clip_option(),
     device: str = device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
+    full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
+                                         help="Masks at the original size from SAM's logits (default), or the "
+                                         "processing-size masks scaled up."),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
+    speed: str = typer.Option("exact", "--speed", help="exact (stock SAM's masks) or fast (approximate)."),
     part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine part prompts per object."),
     strategy: str = typer.Option("grid", "--strategy", help="grid (SAM's point grid) or guided (prompts placed by "
                                  "CLIP's relevance maps, level by level)."),
@@ -95,7 +99,10 @@ def label(
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
-    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side,
+    if speed not in ("exact", "fast"):
+        fail(f"--speed must be exact or fast, got {show(speed)!r}")
+    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side, "full_resolution": full_resolution,
+            "speed": speed,
             "generator_params": generator_params(points_per_side), "text_cache": sam != "tiny-random"}
     filters = Filters(min_score=min_score, min_area=min_area,
                       labels=tuple(t.strip() for t in (labels or "").split(",") if t.strip()),

@@ -112,8 +112,14 @@ def segment(
     device: str = device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Process at this long side (pixels); masks come back "
                                  "at full resolution."),
+    full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
+                                         help="Masks at the original size from SAM's logits, as stock SAM (default); "
+                                         "--no-full-resolution scales the processing-size masks up (faster, "
+                                         "staircase edges)."),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
-                                                  "(default 32; 8 for tiny-random)."),
+                                                  "(default 32; 16 with --speed fast; 8 for tiny-random)."),
+    speed: str = typer.Option("exact", "--speed", help="exact (stock SAM's masks) or fast (approximate: int8 image "
+                              "encoder on CPU, a 16x16 grid)."),
     min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
     scoring: str = typer.Option("subtree", "--scoring", help="How taxonomy labels are scored: subtree (every label "
                                 "in one softmax, summed up the tree) or top-down (level by level)."),
@@ -146,7 +152,8 @@ def segment(
     check_model(clip, "clip")
     check_device(device)
     for flag, value, allowed in (("--scoring", scoring, SCORINGS), ("--strategy", strategy, STRATEGIES),
-                                 ("--region-features", region_features, REGION_FEATURES)):
+                                 ("--region-features", region_features, REGION_FEATURES),
+                                 ("--speed", speed, ("exact", "fast"))):
         if value not in allowed:
             fail(f"{flag} must be one of {', '.join(allowed)}, got {show(value)!r}")
     if strategy == "guided" and prompted:
@@ -154,7 +161,8 @@ def segment(
     if strategy == "guided" and not terms and taxonomy is None:
         fail("--strategy guided needs a text query or --taxonomy (their labels guide the prompts)")
     segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
-                          min_confidence=min_confidence, scoring=scoring, region_features=region_features,
+                          full_resolution=full_resolution, speed=speed, min_confidence=min_confidence, scoring=scoring,
+                          region_features=region_features,
                           generator_params=generator_params(points_per_side))
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
