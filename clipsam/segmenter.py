@@ -104,9 +104,11 @@ class Segmenter(ModelOwner):
         text_cache: keep text embeddings on disk under ``$CLIPSAM_HOME/text-embeddings``.
         precision: ``fp32`` (default; SAM masks identical to stock) or ``bf16`` (autocast on CUDA: faster,
             masks differ slightly).
-        speed: ``exact`` (default: stock SAM's masks) or ``fast`` for approximate masks sooner: SAM 1's image encoder
-            in int8 on a CPU (bf16 on CUDA) and, unless you set ``points_per_side``, a 16x16 point grid instead of
-            32x32. Measured in ``benchmarks/speed_fast.py`` (``benchmarks/RESULTS.md``).
+        speed: ``exact`` (default: stock SAM's masks) or ``fast`` for approximate masks sooner: unless you set
+            ``points_per_side``, a 16x16 point grid instead of SAM's 32x32 (a quarter of the decoder prompts), and on
+            CUDA bf16 autocast (``precision="bf16"``). On a CPU this measured 2.2-2.5x faster, each exact mask's best
+            match at a mean IoU of 0.94-0.95; an int8 image encoder was measured too and did not pay off there
+            (``benchmarks/speed_fast.py``, ``benchmarks/RESULTS.md``).
         seed: seed of the ``tiny-random`` models.
         unknown_sam: with a SAM 3 *sam* (which only finds what it is asked for), the SAM 1 / 2.1 model whose
             automatic masks that no concept claimed join ``segment_everything`` as regions labelled by CLIP (the
@@ -152,6 +154,8 @@ class Segmenter(ModelOwner):
         if speed not in SPEEDS:
             raise ConfigError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
         self.speed = speed
+        if speed == "fast" and precision == "fp32":
+            precision = "bf16"  # autocast on CUDA only: CPU runs stay fp32
         if region_features not in REGION_FEATURES:
             raise ConfigError(f"region_features must be one of {', '.join(REGION_FEATURES)}, got {region_features!r}")
         self.region_features = region_features

@@ -183,24 +183,6 @@ def test_fast_generator_falls_back_to_stock_for_crop_layers(chelsea):
     assert [p.rle["counts"] for p in ours] == [s["segmentation"]["counts"] for s in stock]
 
 
-def test_fast_speed_quantises_a_copy_of_the_encoder_and_stays_close(chelsea):
-    """speed="fast" on a CPU: the image encoder's linear layers run in int8 on a copy (the caller's model is left
-    as it is); the masks are approximate -- close to the exact path's, not equal."""
-    from clipsam.models.sam import SamProposer
-
-    model = tiny_sam(seed=4)
-    exact, fast = SamProposer(model, "cpu"), SamProposer(model, "cpu", speed="fast")
-    kinds = {type(m).__module__ for m in fast.model.image_encoder.modules()}
-    assert any("quantized" in k for k in kinds)
-    assert not any("quantized" in type(m).__module__ for m in model.modules())  # the caller's model untouched
-    assert fast.model.mask_decoder is model.mask_decoder  # only the encoder is replaced
-    params = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
-    a, b = exact.generate(chelsea, **params), fast.generate(chelsea, **params)
-    assert len(a) == len(b) > 5
-    iou = M.iou_matrix([p.rle for p in a], [p.rle for p in b]).max(axis=1)
-    assert iou.mean() > 0.8
-
-
 def test_fast_speed_halves_the_default_grid_and_is_checked():
     from clipsam.errors import ConfigError
 
@@ -208,5 +190,6 @@ def test_fast_speed_halves_the_default_grid_and_is_checked():
     assert Segmenter("vit_b", speed="fast", generator_params={"points_per_side": 24}).generator_params == {
         "points_per_side": 24}
     assert Segmenter("vit_b").generator_params == {} and Segmenter("vit_b", speed="fast").config()["speed"] == "fast"
+    assert Segmenter("vit_b", speed="fast").precision == "bf16"  # autocast on CUDA; CPU runs stay fp32
     with pytest.raises(ConfigError, match="speed must be one of exact, fast"):
         Segmenter("vit_b", speed="turbo")

@@ -57,18 +57,14 @@ def clip_names() -> list[str]:
 
 def build_proposer(
     name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
-    precision: str = "fp32", speed: str = "exact",
+    precision: str = "fp32",
 ) -> SamProposer:
     """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed (a
-    :class:`~clipsam.models.sam3.Sam3Proposer` for SAM 3 entries). *speed* ``fast``: SAM 1's approximate path
-    (see :class:`SamProposer`); SAM 2.1 and SAM 3 run exact."""
-    if speed != "exact" and (name == TINY_SAM3 or (name in weights.REGISTRY
-                                                    and weights.REGISTRY[name].extra.get("backend"))):
-        log.info("speed=%r: %s has no approximate path; it runs exact", speed, name)
+    :class:`~clipsam.models.sam3.Sam3Proposer` for SAM 3 entries)."""
     if name == TINY:
         from .tiny import tiny_sam
 
-        return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision, speed=speed)
+        return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
     if name == TINY_SAM3:
         from .sam3 import TINY_MAX_INSTANCES, TINY_THRESHOLD, Sam3Proposer, build_sam3_model, tiny_sam3_config
 
@@ -98,7 +94,7 @@ def build_proposer(
     model = sam_model_registry[ckpt.arch](checkpoint=None)
     model.load_state_dict(weights.load_state_dict(path, ckpt))
     log.info("loaded SAM %s from %s", ckpt.name, path)
-    return SamProposer(model, device, name=ckpt.name, precision=precision, speed=speed)
+    return SamProposer(model, device, name=ckpt.name, precision=precision)
 
 
 def _sam3_config(ckpt: weights.Checkpoint) -> Any:
@@ -147,14 +143,14 @@ def _checkpoint(name: str, family: str, known: list[str]) -> weights.Checkpoint:
     return ckpt
 
 
-def wrap_proposer(sam: Any, device: str | torch.device = "auto", speed: str = "exact") -> MaskProposer:
+def wrap_proposer(sam: Any, device: str | torch.device = "auto") -> MaskProposer:
     """A user's ``segment_anything`` ``Sam`` model as a proposer; a :class:`MaskProposer` as it is."""
     if isinstance(sam, MaskProposer):
         return sam
     from segment_anything.modeling import Sam
 
     if isinstance(sam, Sam):
-        return SamProposer(sam, resolve_device(device), name="custom-sam", speed=speed)
+        return SamProposer(sam, resolve_device(device), name="custom-sam")
     raise ModelError(f"sam must be a segment_anything Sam model or a MaskProposer, got {type(sam).__name__}")
 
 

@@ -44,9 +44,8 @@ class ModelOwner:
 
     def _load(self, builder: str, name: str) -> Any:
         build = _build()
-        extra = {"speed": getattr(self, "speed", "exact")} if builder == "build_proposer" else {}
         return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
-                                       seed=self.seed, precision=self.precision, **extra)
+                                       seed=self.seed, precision=self.precision)
 
     @property
     def text_bank(self) -> TextBank:
@@ -63,7 +62,7 @@ class ModelOwner:
         model (with its *preprocess* and *tokenizer*) or any :class:`RegionEmbedder`."""
         if sam is not None:
             self._proposer = sam if isinstance(sam, MaskProposer) or is_concept_proposer(sam) else \
-                _build().wrap_proposer(sam, self.device_name, getattr(self, "speed", "exact"))
+                _build().wrap_proposer(sam, self.device_name)
             self.sam_name = getattr(self._proposer, "name", "<custom>")
         if clip is not None:
             self._embedder = clip if isinstance(clip, RegionEmbedder) else \

@@ -18,24 +18,6 @@ from .base import PromptMasks, Proposal, proposals_from_records
 
 log = logging.getLogger(__name__)
 
-#: ``exact``: stock SAM's computation; ``fast``: approximate (int8 image encoder on CPU, bf16 on CUDA).
-SPEEDS = ("exact", "fast")
-
-
-def int8_image_encoder(model: Sam) -> Sam:
-    """A copy of *model* whose image encoder's ``nn.Linear`` layers run in int8 (dynamic quantisation: int8 weights,
-    activations quantised on the fly; CPU only). *model* itself is left as it is."""
-    import copy
-    import warnings
-
-    out = copy.copy(model)
-    out._modules = dict(model._modules)  # the copy's own sub-module table: replacing the encoder leaves *model*'s
-    with warnings.catch_warnings():  # torch points at torchao for new code; this API still runs and is measured
-        warnings.simplefilter("ignore")
-        out.image_encoder = torch.ao.quantization.quantize_dynamic(model.image_encoder, {torch.nn.Linear},
-                                                                   dtype=torch.qint8)
-    return out.eval()
-
 #: Parameters of ``SamAutomaticMaskGenerator`` that ``generate`` passes through.
 GENERATOR_PARAMS = tuple(
     p for p in inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
@@ -140,9 +122,6 @@ class SamProposer:
         fast: generate with :mod:`clipsam.models.amg` (stock-identical masks, less time and memory) when the
             parameters allow; ``False`` always runs the stock ``SamAutomaticMaskGenerator``.
         precision: ``fp32`` (default, identical to stock) or ``bf16`` (autocast on CUDA only).
-        speed: ``exact`` (default) or ``fast``: approximate masks, faster -- on a CPU the image encoder's linear layers
-            run in int8 (dynamic quantisation, on a copy of *model*); on CUDA, bf16 autocast (see
-            ``benchmarks/speed_fast.py`` for the measured agreement with the exact path).
 
     Embed the original image with a smaller ``work_size`` and the proposer works at that size (prompts in its
     pixels, masks at its size, for the pipeline's cheap stages), while :meth:`upscale` and the generator's
@@ -155,19 +134,11 @@ class SamProposer:
     chunk_pixels = fast_amg.DEFAULT_CHUNK_PIXELS
 
     def __init__(self, model: Sam, device: torch.device | str = "cpu", name: str = "sam", fast: bool = True,
-                 precision: str = "fp32", speed: str = "exact") -> None:
+                 precision: str = "fp32") -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        if speed not in SPEEDS:
-            raise ValueError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.speed = speed
-        if speed == "fast":
-            if self.device.type == "cpu":
-                self.model = int8_image_encoder(self.model)
-            else:
-                precision = "bf16"
         self.name = name
         self.fast = fast
         self.precision = precision
