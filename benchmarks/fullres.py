@@ -54,6 +54,7 @@ def worker(args: argparse.Namespace) -> None:
     image = photo(long_side=int(args.size)) if args.size != "12mp" else photo(pixels=12_000_000)
     h, w = image.shape[:2]
     model, kind = sam_model(args.sam)
+    model = model.to(args.device)
     params = {"points_per_side": args.points_per_side, "points_per_batch": args.points_per_batch,
               "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
     rles: list = []
@@ -78,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
         else:
             from clipsam import Segmenter
 
-            seg = Segmenter.from_models(model, device="cpu", max_side=1024, duplicate_iou=1.0,
+            seg = Segmenter.from_models(model, device=args.device, max_side=1024, duplicate_iou=1.0,
                                         full_resolution=args.path == "clipsam")
             if args.task == "everything":
                 rles = [r.rle for r in seg.segment_everything(image, label=False, **params)]
@@ -94,27 +95,10 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _mean_best_iou(ours: list, stock: list) -> float:
-    """Mean over *stock*'s masks of the best IoU with any of *ours* (1.0: every stock mask is there), exactly: the
-    masks bit-packed once, each pair's intersection a popcount of their AND (ragged 12 MP masks have too many runs
-    for pycocotools' pairwise IoU)."""
-    import numpy as np
+    """Mean over *stock*'s masks of the best IoU with any of *ours* (1.0: every stock mask is there)."""
+    from _common import best_ious
 
-    from clipsam.core import masks as M
-
-    if not ours or not stock:
-        return float("nan")
-
-    def packed(rles: list) -> np.ndarray:
-        return np.stack([np.packbits(M.decode(r).ravel()) for r in rles])
-
-    a, b = packed(stock), packed(ours)
-    area_a, area_b = np.bitwise_count(a).sum(1), np.bitwise_count(b).sum(1)
-    best = []
-    for i in range(len(a)):
-        inter = np.bitwise_count(a[i][None] & b).sum(1)
-        union = area_a[i] + area_b - inter
-        best.append(float(np.max(np.where(union > 0, inter / np.maximum(union, 1), 0.0))))
-    return float(sum(best) / len(best))
+    return float(best_ious(stock, ours).mean()) if ours and stock else float("nan")
 
 
 def main() -> None:
@@ -125,6 +109,7 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=8)
     ap.add_argument("--points-per-batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", default=None)
     ap.add_argument("--worker", choices=["stock", "clipsam", "nearest"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--size", default="2048", help=argparse.SUPPRESS)
@@ -139,7 +124,7 @@ def main() -> None:
 
     from _common import machine
 
-    results = {"machine": machine(), "sam": args.sam, "date": time.strftime("%Y-%m-%d"),
+    results = {"machine": machine(), "sam": args.sam, "device": args.device, "date": time.strftime("%Y-%m-%d"),
                "command": " ".join(sys.argv), "points_per_side": args.points_per_side, "runs": []}
     tmp = Path(tempfile.mkdtemp(prefix="clipsam-fullres-"))
     for size in args.sizes.split(","):
@@ -149,7 +134,8 @@ def main() -> None:
                 out = tmp / f"{size}-{task}-{path}.json"
                 cmd = [sys.executable, __file__, "--worker", path, "--size", size, "--task", task, "--sam", args.sam,
                        "--points-per-side", str(args.points_per_side), "--points-per-batch",
-                       str(args.points_per_batch), "--threads", str(args.threads), "--out", str(out)]
+                       str(args.points_per_batch), "--threads", str(args.threads), "--device", args.device,
+                       "--out", str(out)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
                     sys.exit(f"{path} {task} at {size} failed:\n{proc.stderr[-3000:]}")

@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=16)
     ap.add_argument("--sam2", default="sam2.1_hiera_tiny")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -46,9 +47,10 @@ def main() -> None:
         sam2.load_state_dict(W.load_state_dict(W.ensure(ckpt.name, download=False), ckpt))
         sam2_kind = "real"
     rows, rles = [], {}
-    for name, proposer, kind in (("vit_b", SamProposer(vitb, "cpu"), vitb_kind),
-                                 (args.sam2, Sam2Proposer(sam2, "cpu"), sam2_kind),
-                                 (args.sam2 + " (stock generator)", Sam2Proposer(sam2, "cpu", fast=False), sam2_kind)):
+    dev = args.device
+    for name, proposer, kind in (("vit_b", SamProposer(vitb, dev), vitb_kind),
+                                 (args.sam2, Sam2Proposer(sam2, dev), sam2_kind),
+                                 (args.sam2 + " (stock generator)", Sam2Proposer(sam2, dev, fast=False), sam2_kind)):
         with Timer() as embed:
             emb = proposer.embed(image)
         with Timer() as gen:
@@ -59,7 +61,8 @@ def main() -> None:
                      "embed_s": round(embed.seconds, 2), "generate_s": round(gen.seconds, 2),
                      "total_s": round(embed.seconds + gen.seconds, 2), "masks": len(masks)})
         print(json.dumps(rows[-1]), flush=True)
-    result = {"machine": machine(), "image_hw": list(image.shape[:2]), "points_per_side": args.points_per_side,
+    result = {"machine": machine(), "device": dev, "image_hw": list(image.shape[:2]),
+              "points_per_side": args.points_per_side,
               "runs": rows, "sam2_vs_vitb_total": round(rows[1]["total_s"] / rows[0]["total_s"], 2),
               "sam2_generator_speedup": round(rows[2]["generate_s"] / rows[1]["generate_s"], 2),
               "sam2_identical_to_stock": rles[args.sam2] == rles[args.sam2 + " (stock generator)"]}

@@ -11,6 +11,7 @@ option's masks ("mean IoU of matched masks"), and the share of exact masks match
   quantised on the fly; ``torch.ao.quantization.quantize_dynamic``);
 * ``int8-all``: the same for the whole model (mask decoder included);
 * ``half-grid``: half the points per side (a quarter of the decoder prompts), exact model;
+* ``fast``: what ``Segmenter(speed="fast")`` does on a CPU: ``int8-encoder`` and ``half-grid`` together;
 * ``bf16``: CPU autocast to bfloat16, only where the CPU has native bf16 (AVX512-BF16 / AMX; else skipped);
 * ``compile`` (``--compile``): ``torch.compile`` of the image encoder (steady-state time; first call reported apart).
 """
@@ -47,13 +48,11 @@ def _scene_image(side: int) -> np.ndarray:
 
 
 def _agreement(exact: list, approx: list) -> tuple[float, float]:
-    from clipsam.core import masks as M
+    from _common import best_ious
 
     if not exact:
         return float("nan"), float("nan")
-    if not approx:
-        return 0.0, 0.0
-    best = np.concatenate([M.iou_matrix(exact[k:k + 256], approx).max(axis=1) for k in range(0, len(exact), 256)])
+    best = best_ious(exact, approx)
     return float(best.mean()), float((best >= 0.9).mean())
 
 
@@ -83,6 +82,8 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--options", default="int8-encoder,int8-all,half-grid,fast,bf16",
+                    help="comma-separated options to run (bf16 only where the CPU has it)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,11 +96,16 @@ def main() -> None:
         exact, e_embed, e_gen = _run(model, image, params)
         base = {"image": name, "image_hw": list(image.shape[:2]), "weights": kind, "masks_exact": len(exact),
                 "exact_embed_s": round(e_embed, 2), "exact_generate_s": round(e_gen, 2)}
-        options = [("int8-encoder", _quantised(model, False), params, False),
-                   ("int8-all", _quantised(model, True), params, False), ("half-grid", model, half, False)]
+        wanted = args.options.split(",")
+        options = [("int8-encoder", lambda: _quantised(model, False), params, False),
+                   ("int8-all", lambda: _quantised(model, True), params, False),
+                   ("half-grid", lambda: model, half, False), ("fast", lambda: _quantised(model, False), half, False)]
         if _cpu_has_bf16():
-            options.append(("bf16", model, params, True))
-        for opt, m, p, bf16 in options:
+            options.append(("bf16", lambda: model, params, True))
+        for opt, make, p, bf16 in options:
+            if opt not in wanted:
+                continue
+            m = make()
             masks, o_embed, o_gen = _run(m, image, p, bf16)
             miou, share = _agreement(exact, masks)
             rows.append({**base, "option": opt, "masks": len(masks), "embed_s": round(o_embed, 2),

@@ -44,8 +44,11 @@ ANN_THRESHOLD = 100_000
 #: comes first (a kill loses at most that much work, and the table does not grow a fragment per image).
 FLUSH_IMAGES = 64
 FLUSH_SECONDS = 30.0
-#: Every this many appends (and at the end of a run) the tables are compacted and old versions removed.
+#: The tables are compacted and old versions removed after this many appends, then after twice as many, and so on up
+#: to every :data:`COMPACT_MAX_EVERY` appends (and at the end of a run): a compaction rewrites the fragments under
+#: LanceDB's target size, the growing table included, so a fixed interval would rewrite it over and over.
 COMPACT_EVERY = 16
+COMPACT_MAX_EVERY = 256
 #: Versions younger than this survive a compaction, so that a search running meanwhile never loses its version.
 KEEP_VERSIONS_SECONDS = 60.0
 #: Query settings of the ANN index: IVF partitions probed, and candidates re-ranked exactly (x k).
@@ -222,6 +225,15 @@ def example_crop(image: np.ndarray, box: Sequence[float] | None, *, size: int, m
     return crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=size, margin=margin, fill=fill)
 
 
+def compaction_due(appends: int) -> bool:
+    """After the *appends*-th append of a run: time to compact (16, 32, 64, 128, 256, then every 256)?"""
+    if appends < COMPACT_EVERY:
+        return False
+    if appends <= COMPACT_MAX_EVERY:
+        return appends & (appends - 1) == 0  # a power of two
+    return appends % COMPACT_MAX_EVERY == 0
+
+
 class RegionIndex:
     """A searchable table of image regions.
 
@@ -348,7 +360,7 @@ class RegionIndex:
                     self._write_images(pending, int(meta["dim"]))  # type: ignore[index]
                     pending.clear()
                     flushes += 1
-                    if flushes % COMPACT_EVERY == 0:
+                    if compaction_due(flushes):
                         self.compact()
                 last_flush = time.monotonic()
 

@@ -177,6 +177,17 @@ def test_ann_index_finds_the_exact_neighbours(tmp_path):
     assert np.mean(recall) >= 0.9
 
 
+def test_compactions_thin_out_as_a_run_grows():
+    """A compaction rewrites the growing table: at a fixed interval a long run rewrites it over and over (quadratic);
+    doubling the interval up to a cap keeps the rows rewritten within a few times the rows written."""
+    from clipsam.search import COMPACT_MAX_EVERY, compaction_due
+
+    due = [n for n in range(1, 2001) if compaction_due(n)]
+    assert due[:6] == [16, 32, 64, 128, 256, 512] and all(b - a <= COMPACT_MAX_EVERY for a, b in zip(due, due[1:]))
+    rewritten = sum(due)  # appends' worth of rows each compaction may rewrite
+    assert rewritten < 6 * 2000 and len(due) < 2000 / 16 / 5  # the fixed 16 would rewrite ~62x the table
+
+
 def test_index_writes_in_batches_and_compacts(tmp_path, scene, monkeypatch):
     import lancedb
 

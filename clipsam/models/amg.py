@@ -119,21 +119,33 @@ def generate(
             if masks.shape[0] == 0:
                 continue
             encoded = _encode(masks)
-            bbox = coco_mask.toBbox(encoded).reshape(-1, 4)
-            # stock boxes: inclusive x1/y1 pixel indices, zeros for an empty mask
-            xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
-            xyxy[bbox[:, 2] == 0] = 0
+            box_all.append(stock_boxes(encoded))
             if (ih, iw) != (h, w) or small is not None:
                 encoded = _cut(masks, encoded, (ih, iw), small)
             rles.extend(encoded)
             iou_all.append(chunk_iou.float().cpu())
             stab_all.append(stab.float().cpu())
-            box_all.append(torch.as_tensor(xyxy.astype(np.int64)))
             pts_all.append(chunk_pts)
+    return nms_proposals(rles, iou_all, stab_all, box_all, pts_all, p["box_nms_thresh"])
+
+
+def stock_boxes(encoded: list[dict[str, Any]]) -> torch.Tensor:
+    """Stock SAM's boxes of RLE-encoded masks: ``(k, 4) int64`` inclusive x0, y0, x1, y1; zeros for an empty mask."""
+    bbox = coco_mask.toBbox(encoded).reshape(-1, 4)
+    xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
+    xyxy[bbox[:, 2] == 0] = 0
+    return torch.as_tensor(xyxy.astype(np.int64))
+
+
+def nms_proposals(rles: list[Any], iou_all: list[torch.Tensor], stab_all: list[torch.Tensor],
+                  box_all: list[torch.Tensor], pts_all: list[np.ndarray], nms_thresh: float) -> list[Proposal]:
+    """The generators' last step, as stock: box NMS by predicted IoU over every kept mask, then the proposals in
+    NMS order. *rles* items are RLEs or ``(rle, full_rle)`` pairs from :func:`_cut` (``rle`` ``None``: the mask lies
+    wholly in a strip's padding)."""
     if not rles:
         return []
     iou_t, stab_t, boxes = torch.cat(iou_all), torch.cat(stab_all), torch.cat(box_all)
-    order = batched_nms(boxes.float(), iou_t, torch.zeros(len(boxes)), iou_threshold=p["box_nms_thresh"])
+    order = batched_nms(boxes.float(), iou_t, torch.zeros(len(boxes)), iou_threshold=nms_thresh)
     points_np = np.concatenate(pts_all)
     out = []
     for i in order.tolist():

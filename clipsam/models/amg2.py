@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops.boxes import batched_nms
 
 from . import amg
 from .base import Proposal
@@ -109,23 +108,9 @@ def generate(predictor: Any, original_size: tuple[int, int], *, chunk_pixels: in
             if masks.shape[0] == 0:
                 continue
             encoded = amg._encode(masks)
-            bbox = amg.coco_mask.toBbox(encoded).reshape(-1, 4)
-            xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
-            xyxy[bbox[:, 2] == 0] = 0
+            box_all.append(amg.stock_boxes(encoded))
             rles.extend(amg._cut(masks, encoded, (h, w), small) if small is not None else encoded)
             iou_all.append(chunk_iou.float().cpu())
             stab_all.append(stab.float().cpu())
-            box_all.append(torch.as_tensor(xyxy.astype(np.int64)))
-            pts_all.append(chunk_pts.cpu())
-    if not rles:
-        return []
-    iou_t, stab_t, boxes = torch.cat(iou_all), torch.cat(stab_all), torch.cat(box_all)
-    order = batched_nms(boxes.float(), iou_t, torch.zeros(len(boxes)), iou_threshold=p["box_nms_thresh"])
-    points_t = torch.cat(pts_all)
-    out = []
-    for i in order.tolist():
-        rle, full = rles[i] if isinstance(rles[i], tuple) else (rles[i], None)
-        out.append(Proposal(rle=amg._plain(rle), predicted_iou=float(iou_t[i]), stability_score=float(stab_t[i]),
-                            point_xy=(float(points_t[i][0]), float(points_t[i][1])),
-                            full_rle=None if full is None else amg._plain(full)))
-    return out
+            pts_all.append(chunk_pts.cpu().numpy())
+    return amg.nms_proposals(rles, iou_all, stab_all, box_all, pts_all, p["box_nms_thresh"])

@@ -57,6 +57,27 @@ class PromptMasks:
     upscale_logits: np.ndarray | None = None
 
 
+def check_mask_input(mask_input: Any, expected_hw: tuple[int, int]) -> np.ndarray:
+    """A prompt's ``mask_input`` as ``(1, h, w) float32`` low-resolution logits, or a
+    :class:`~clipsam.errors.PromptError` saying what shape it must have."""
+    from ..errors import PromptError
+
+    arr = np.asarray(mask_input, dtype=np.float32)
+    arr = arr[None] if arr.ndim == 2 else arr
+    if tuple(arr.shape[-2:]) != tuple(expected_hw):
+        raise PromptError(f"mask prompt must be the low-resolution logits of an earlier call, shape "
+                          f"(1, {expected_hw[0]}, {expected_hw[1]}), got {tuple(arr.shape)}")
+    return arr
+
+
+def work_to_image(xy: np.ndarray, image_hw: tuple[int, int], work_hw: tuple[int, int]) -> np.ndarray:
+    """``(..., 2)`` (x, y) pixels at the processing size *work_hw* in the pixels of the image of size *image_hw*."""
+    (h, w), (wh, ww) = image_hw, work_hw
+    if (h, w) == (wh, ww):
+        return xy
+    return np.asarray(xy, dtype=np.float64) * np.array([w / ww, h / wh])
+
+
 @runtime_checkable
 class MaskProposer(Protocol):
     """Gives candidate masks: automatically, or for point / box / mask prompts."""

@@ -14,7 +14,7 @@ from segment_anything.modeling import Sam
 
 from ..errors import PromptError
 from . import amg as fast_amg
-from .base import PromptMasks, Proposal, proposals_from_records
+from .base import PromptMasks, Proposal, check_mask_input, proposals_from_records, work_to_image
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ class SamEmbedding:
 
     def to_image(self, xy: np.ndarray) -> np.ndarray:
         """``(..., 2)`` (x, y) work-size pixels in the caller's image's pixels."""
-        (h, w), (wh, ww) = self.image_hw, self.work_hw
-        if (h, w) == (wh, ww):
-            return xy
-        return np.asarray(xy, dtype=np.float64) * np.array([w / ww, h / wh])
+        return work_to_image(xy, self.image_hw, self.work_hw)
 
 
 def pad_for_sam(image: np.ndarray, target: int) -> np.ndarray:
@@ -184,14 +181,7 @@ class SamProposer:
         """Masks at the work size for prompts in work-size pixels (``frame="image"``: in the original image's
         pixels, exactly as stock ``SamPredictor.predict`` takes them)."""
         if mask_input is not None:
-            mask_input = np.asarray(mask_input, dtype=np.float32)
-            if mask_input.ndim == 2:
-                mask_input = mask_input[None]
-            if tuple(mask_input.shape[-2:]) != self.mask_input_size:
-                raise PromptError(
-                    f"mask prompt must be the low-resolution logits of an earlier call, shape "
-                    f"(1, {self.mask_input_size[0]}, {self.mask_input_size[1]}), got {tuple(mask_input.shape)}"
-                )
+            mask_input = check_mask_input(mask_input, self.mask_input_size)
         if frame not in ("work", "image"):
             raise ValueError(f"frame must be 'work' or 'image', got {frame!r}")
         if frame == "work":

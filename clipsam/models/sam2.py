@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, PromptError
-from .base import PromptMasks, Proposal, proposals_from_records
+from .base import PromptMasks, Proposal, check_mask_input, proposals_from_records, work_to_image
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class Sam2Embedding:
         return tuple(self.work_size or self.original_size)  # type: ignore[return-value]
 
     def to_image(self, xy: np.ndarray) -> np.ndarray:
-        (h, w), (wh, ww) = self.original_size, self.work_hw
-        if (h, w) == (wh, ww):
-            return xy
-        return np.asarray(xy, dtype=np.float64) * np.array([w / ww, h / wh])
+        return work_to_image(xy, self.original_size, self.work_hw)
 
 
 class Sam2Proposer:
@@ -120,12 +117,7 @@ class Sam2Proposer:
         """Masks at the work size for prompts in work-size pixels (``frame="image"``: the original image's pixels,
         as stock ``SAM2ImagePredictor.predict`` takes them); ``low_res_logits`` clamped as stock's."""
         if mask_input is not None:
-            mask_input = np.asarray(mask_input, dtype=np.float32)
-            if mask_input.ndim == 2:
-                mask_input = mask_input[None]
-            if tuple(mask_input.shape[-2:]) != self.mask_input_size:
-                raise PromptError(f"mask prompt must be low-resolution logits of shape (1, {self.mask_input_size[0]}, "
-                                  f"{self.mask_input_size[1]}), got {tuple(mask_input.shape)}")
+            mask_input = check_mask_input(mask_input, self.mask_input_size)
         if frame not in ("work", "image"):
             raise ValueError(f"frame must be 'work' or 'image', got {frame!r}")
         if frame == "work":
