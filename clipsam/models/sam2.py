@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, PromptError
+from .amg import DEFAULT_CHUNK_PIXELS
 from .base import PromptMasks, Proposal, check_mask_input, proposals_from_records, work_to_image
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Sam2Proposer:
     """
 
     full_resolution = True
-    chunk_pixels = 64_000_000
+    chunk_pixels = DEFAULT_CHUNK_PIXELS  # as SAM 1: full-resolution float logits held at once
 
     def __init__(self, model: Any, device: torch.device | str = "cpu", name: str = "sam2", fast: bool = True) -> None:
         _require_sam2()
