@@ -26,10 +26,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,18 @@ import numpy as np
 from ._version import __version__
 from .core.image import UNSUPPORTED_SUFFIXES
 from .core.taxonomy import load_taxonomy
-from .errors import ClipsamError, ImageError
+from .errors import ClipsamError, ImageError, OutputError
 from .export import annotations as annotations_of
 from .export import category_key, category_table, coco_info, paint
+from .files import (
+    NAME_MAX,
+    SOFTWARE,
+    atomic_write,
+    bounded_name,
+    read_text_capped,
+    same_file,
+    written_by_clipsam,
+)
 from .lock import FolderLock
 from .result import Region, Segmentation
 
@@ -49,6 +60,13 @@ log = logging.getLogger(__name__)
 
 #: Exports :class:`LabelJob` can write besides ``annotations.json``.
 EXPORT_FORMATS = ("yolo",)
+
+#: Bytes the longest ending clipsam adds to an output stem may take (``.jpeg``, ``.tiff``, ``.webp``).
+MAX_ADDED_SUFFIX = 5
+#: Names of part files: ``<image id>.json`` and ``<image id>.error.json``; anything else in ``parts/`` is ignored.
+PART_NAME = re.compile(r"^(-?\d{1,19})(\.error)?\.json$")
+#: Sub-folders of OUT that clipsam writes into (never through a link).
+OUTPUT_FOLDERS = ("parts", "semantic", "instances", "labels", "images")
 
 #: File endings treated as images when a folder is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -76,7 +94,9 @@ def output_stems(file_names: Sequence[str], image_ids: Sequence[int] | None = No
     """Names for per-image outputs from COCO ``file_name``s: the relative path without its ending
     (``kitchen/cat.jpg`` -> ``kitchen/cat``), so masks sit beside the images' own names. Absolute paths and
     ``..`` keep only their safe parts (outputs never leave ``OUT``); names that would repeat (``cat.jpg`` and
-    ``cat.png``) keep their ending (``cat.jpg``, ``cat.png``); the image id is added as the last resort."""
+    ``cat.png``) keep their ending (``cat.jpg``, ``cat.png``); the image id is added as the last resort. A name
+    too long for the file system once an ending is added is cut and tagged with a hash of the whole name
+    (:func:`clipsam.files.bounded_name`); each part file records its stem (``source.stem``)."""
     def parts_of(name: str) -> list[str]:
         return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")] or ["image"]
 
@@ -96,7 +116,8 @@ def output_stems(file_names: Sequence[str], image_ids: Sequence[int] | None = No
     names = [f if s in twice else s for s, f in zip(short, full, strict=True)]
     twice = repeated(names)
     ids = list(image_ids) if image_ids is not None else list(range(len(names)))
-    return [f"{n}-{i}" if n in twice else n for n, i in zip(names, ids, strict=True)]
+    names = [f"{n}-{i}" if n in twice else n for n, i in zip(names, ids, strict=True)]
+    return ["/".join(bounded_name(part, NAME_MAX - MAX_ADDED_SUFFIX) for part in n.split("/")) for n in names]
 
 
 @dataclass(frozen=True)
@@ -157,8 +178,8 @@ def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None 
     elif src.is_file():
         root = Path(image_root) if image_root else src.parent
         try:
-            lines = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines()]
-        except UnicodeDecodeError:
+            lines = [ln.strip() for ln in read_text_capped(src, "list of image paths").splitlines()]
+        except ClipsamError:
             raise ClipsamError(f"{src}: not a text file of image paths (not UTF-8 text); give a folder of images, "
                                "a text file of paths, or a COCO JSON") from None
         names = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -176,7 +197,7 @@ def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None 
 
 def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageItem]:
     try:
-        data = json.loads(src.read_text(encoding="utf-8"))
+        data = json.loads(read_text_capped(src, "COCO JSON"))
         images = data["images"]
         if not isinstance(images, list):
             raise TypeError("'images' is not a list")
@@ -202,30 +223,16 @@ def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageIt
     return items
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write *data* to *path* all or nothing: a temporary file, fsync, rename. On any failure (a full disk) the
-    temporary file is removed and *path* keeps its old content."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def _write_png(path: Path, array: np.ndarray) -> None:
     import io
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"{SOFTWARE} {__version__}")  # so that a later run knows the file is clipsam's
     buf = io.BytesIO()
-    Image.fromarray(array.astype(np.uint16)).save(buf, format="PNG")
-    _atomic_write(path, buf.getvalue())
+    Image.fromarray(array.astype(np.uint16)).save(buf, format="PNG", pnginfo=info)
+    atomic_write(path, buf.getvalue())
 
 
 @dataclass
@@ -281,17 +288,22 @@ class LabelJob:
         params = self.parameters() if parameters is None else parameters
         return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
-    def prepare(self, force: bool = False) -> dict[str, Any]:
+    def prepare(self, force: bool = False, items: Sequence[ImageItem] | None = None, *,
+                overwrite: bool = False) -> dict[str, Any]:
         """Lock ``out``, create it or check that it was made with the same parameters; returns the run record.
 
         The lock (``out/.clipsam.lock``) is held until :meth:`finish` or :meth:`close`; a second run on the same
         ``out`` meanwhile raises :class:`~clipsam.errors.LockError` naming the holder, also with ``force``.
+
+        With *items* (the images to label), the files the run would write are checked first (:meth:`check_outputs`):
+        none may be an input, and a folder that holds no earlier clipsam run may not hold files at those paths
+        unless *overwrite*.
         """
         if self.out.exists() and not self.out.is_dir():
             raise ClipsamError(f"{self.out}: is a file; the output must be a folder (new, or one of an earlier run)")
         self._lock.acquire()
         try:
-            return self._prepare_locked(force)
+            return self._prepare_locked(force, items, overwrite)
         except BaseException:
             self._lock.release()
             raise
@@ -300,8 +312,14 @@ class LabelJob:
         """Release the lock on ``out`` (done by :meth:`finish`; call it when a run stops early)."""
         self._lock.release()
 
-    def _prepare_locked(self, force: bool) -> dict[str, Any]:
+    def _prepare_locked(self, force: bool, items: Sequence[ImageItem] | None, overwrite: bool) -> dict[str, Any]:
         run_path = self.out / "run.json"
+        for sub in OUTPUT_FOLDERS:
+            if (self.out / sub).is_symlink():
+                raise OutputError(f"{self.out / sub}: is a symbolic link; clipsam writes only into real folders "
+                                  "inside --out (remove the link, or choose another --out)")
+        if items is not None:
+            self.check_outputs(items, claimed=run_path.is_file(), overwrite=overwrite)
         params = self.parameters()
         fp = self.fingerprint(params)
         if run_path.is_file():
@@ -333,8 +351,69 @@ class LabelJob:
         record = {"clipsam_version": __version__, "fingerprint": fp, "parameters": params,
                   "models": {"sam": self.segmenter_spec.get("sam"), "clip": self.segmenter_spec.get("clip")},
                   "weights": _weight_hashes(self.segmenter_spec), "started": _now(), "finished": None}
-        _atomic_write(run_path, json.dumps(record, indent=2, default=str).encode())
+        atomic_write(run_path, json.dumps(record, indent=2, default=str).encode())
         return record
+
+    def inputs(self, items: Sequence[ImageItem]) -> list[ImageItem]:
+        """*items* without this job's own outputs, for a source folder that holds ``out``: its PNGs, part files and
+        the links it made in ``images/`` are never labelled as images."""
+        root = os.path.abspath(self.out)
+        own = tuple(os.path.join(root, sub) + os.sep for sub in ("parts", "semantic", "instances", "labels"))
+        links = os.path.join(root, "images") + os.sep
+        return [i for i in items if not (os.path.abspath(i.path).startswith(own) or (
+            os.path.abspath(i.path).startswith(links) and os.path.islink(i.path)))]
+
+    def output_paths(self, items: Sequence[ImageItem]) -> Iterator[tuple[str, ImageItem | None]]:
+        """Every file this job may write, relative to ``out``, with the item it belongs to (``None``: the run's)."""
+        yield from ((name, None) for name in ("annotations.json", "errors.jsonl", "run.json"))
+        if "yolo" in self.formats:
+            yield "data.yaml", None
+        for item in items:
+            stem = item.output_stem
+            if self.pngs:
+                yield f"semantic/{stem}.png", item
+                yield f"instances/{stem}.png", item
+            if "yolo" in self.formats:
+                yield f"labels/{stem}.txt", item
+                yield f"images/{stem}{Path(item.file_name).suffix.lower()}", item
+
+    def check_outputs(self, items: Sequence[ImageItem], *, claimed: bool, overwrite: bool = False) -> None:
+        """Refuse a run that would change the user's files, before anything is written.
+
+        No output may be an input image (hard links and links followed); a YOLO ``images/`` entry that *is* the
+        item's own image (labelling a YOLO layout in place) is left as it is. Files that exist at output paths of a
+        folder no clipsam run has *claimed* (it has no ``run.json``), and regular files where clipsam puts image
+        links, are not clipsam's: they are replaced only with *overwrite*.
+
+        Raises:
+            OutputError: naming the first files and how many.
+        """
+        inputs = {}
+        for item in items:
+            with contextlib.suppress(OSError):
+                st = os.stat(item.path)
+                inputs[(st.st_dev, st.st_ino)] = item.path
+        foreign: list[str] = []
+        for rel, item in self.output_paths(items):
+            path = self.out / rel
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):  # a link is replaced, never written through: its target is safe
+                continue
+            image_link = rel.startswith("images/")
+            if (st.st_dev, st.st_ino) in inputs:
+                if image_link and item is not None and same_file(path, item.path):
+                    continue  # the image already lies where Ultralytics looks for it: nothing to link
+                raise OutputError(f"{path}: is the input image {inputs[(st.st_dev, st.st_ino)]}; clipsam never "
+                                  "writes over its inputs (choose another --out)")
+            if not overwrite and (image_link or not claimed) and not written_by_clipsam(path):
+                foreign.append(rel)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3:,} more" if len(foreign) > 3 else "")
+            raise OutputError(f"{self.out}: holds {len(foreign):,} file(s) clipsam did not write where this run would "
+                              f"write ({shown}); choose a new --out, or pass --overwrite to replace them")
 
     def pending(self, items: Sequence[ImageItem]) -> list[ImageItem]:
         """Items without a finished part file (failed ones are tried again)."""
@@ -351,14 +430,14 @@ class LabelJob:
             reason = str(exc) if isinstance(exc, (ImageError, ClipsamError)) else f"{type(exc).__name__}: {exc}"
             log.warning("%s: %s", item.path, reason)
             record = {"path": item.path, "image_id": item.image_id, "file_name": item.file_name, "reason": reason}
-            _atomic_write(parts / f"{item.image_id}.error.json", json.dumps(record).encode())
+            atomic_write(parts / f"{item.image_id}.error.json", json.dumps(record).encode())
             return {"image_id": item.image_id, "status": "error", "reason": record["reason"]}
         h, w = seg.image_size
         if self.pngs:
             self._write_pngs(item.output_stem, (h, w), regions)
         part = {"image": {"id": item.image_id, "file_name": item.file_name, "height": h, "width": w},
                 "source": {"path": item.path, "stem": item.output_stem}, "regions": [r.to_dict() for r in regions]}
-        _atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
+        atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
         (parts / f"{item.image_id}.error.json").unlink(missing_ok=True)
         return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
 
@@ -377,16 +456,16 @@ class LabelJob:
         try:
             sources: dict[int, tuple[str, str]] = {}
             coco, errors = assemble(self.out, self.categories, sources)
-            _atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
+            atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
             if "yolo" in self.formats:
                 from .yolo import write_yolo
 
                 counts = dict(counts, yolo_polygons=write_yolo(self.out, coco, sources)["polygons"])
-            _atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
+            atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
             counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]),
                           errors=len(errors))
             record = dict(record, finished=_now(), counts=counts)
-            _atomic_write(self.out / "run.json", json.dumps(record, indent=2, default=str).encode())
+            atomic_write(self.out / "run.json", json.dumps(record, indent=2, default=str).encode())
         finally:
             self.close()
         return record
@@ -398,18 +477,29 @@ def assemble(out: Path, categories: list[dict[str, Any]], sources: dict[int, tup
     *sources* with ``{image id: (image path, output stem)}`` when given."""
     cat_ids = {c["label_path"]: c["id"] for c in categories}
     images, annotations, errors = [], [], []
-    parts = sorted((out / "parts").glob("*.json"), key=lambda p: (int(p.name.split(".")[0]), p.name))
+    parts = []
+    for path in (out / "parts").glob("*.json"):
+        match = PART_NAME.match(path.name)
+        if match is None:  # macOS ._ files, editor backups: not clipsam's
+            log.warning("%s: not a part file clipsam wrote (expected <image id>.json); ignored", path)
+            continue
+        parts.append((int(match.group(1)), path.name, path))
     next_id = 1
-    for path in parts:
-        data = json.loads(path.read_text())
-        if path.name.endswith(".error.json"):
-            if not (out / "parts" / f"{data['image_id']}.json").is_file():
-                errors.append({"path": data["path"], "image_id": data["image_id"], "reason": data["reason"]})
+    for _, _, path in sorted(parts):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if path.name.endswith(".error.json"):
+                if not (out / "parts" / f"{data['image_id']}.json").is_file():
+                    errors.append({"path": data["path"], "image_id": data["image_id"], "reason": data["reason"]})
+                continue
+            regions = [Region.from_dict(d) for d in data["regions"]]
+            data["image"]["id"]  # noqa: B018 - a part without an image id is not one of clipsam's
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: unreadable part file (%s: %s); ignored", path, type(exc).__name__, exc)
             continue
         images.append(data["image"])
         if sources is not None and "source" in data:
             sources[data["image"]["id"]] = (data["source"]["path"], data["source"]["stem"])
-        regions = [Region.from_dict(d) for d in data["regions"]]
         annotations += annotations_of(regions, data["image"]["id"], cat_ids, first_id=next_id)
         next_id += len(regions)
     coco = {"info": coco_info("clipsam pseudo-labels"), "licenses": [],

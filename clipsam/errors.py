@@ -49,3 +49,7 @@ class ConfigError(ClipsamError, ValueError):
 
 class LockError(ClipsamError):
     """An output folder or database is in use by another clipsam run (the message names it)."""
+
+
+class OutputError(ClipsamError):
+    """An output that would change the user's files: an input, a file clipsam did not write, a planted link."""

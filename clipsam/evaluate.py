@@ -30,6 +30,7 @@ import numpy as np
 from .core import masks as M
 from .errors import ClipsamError
 from .export import paint, path_tuple
+from .files import read_text_capped
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def _load_json(obj: Any, what: str) -> dict[str, Any]:
         return obj
     path = Path(obj)
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_capped(path, "COCO JSON"))
     except FileNotFoundError:
         raise ClipsamError(f"{path}: no such {what} file") from None
     except ValueError as exc:
@@ -305,7 +306,7 @@ def _evaluate_png(p: dict[str, Any], folder: Path, classes: Any) -> EvalReport:
     if classes is None:
         raise ClipsamError("PNG ground truth needs a class list: --classes classes.txt (one name per line)")
     if isinstance(classes, (str, os.PathLike)):
-        names = [ln.strip() for ln in Path(classes).read_text().splitlines() if ln.strip()]
+        names = [ln.strip() for ln in read_text_capped(classes, "class list").splitlines() if ln.strip()]
     else:
         names = [str(c) for c in classes]
     index = {n: i for i, n in enumerate(names)}

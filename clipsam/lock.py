@@ -2,7 +2,9 @@
 
 A lock is an advisory ``flock`` on a small file inside the folder (``.clipsam.lock``), which records who holds it
 (pid, host, start time, command). The operating system releases it when the holder exits, however it exits
-(``kill -9`` included), so a stale lock file never blocks a later run. Pure standard library; no torch.
+(``kill -9`` included), so a stale lock file never blocks a later run. The lock file is opened without following
+links and must be a regular file owned by the user (:func:`clipsam.files.open_owned`). Pure standard library; no
+torch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError
+from .files import open_owned
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,9 @@ class FolderLock:
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # never through a link, and only a regular file of this user: another user of a shared OUT could plant a
+        # link to one of this user's files, which the holder record below would overwrite
+        fd = open_owned(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             _lock(fd)
         except BlockingIOError:

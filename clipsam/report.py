@@ -28,6 +28,7 @@ from ._version import __version__
 from .core import masks as M
 from .core.polygons import mask_rings
 from .errors import ClipsamError
+from .files import read_text_capped
 from .overlay import Shape, colour_map, draw_shapes
 
 if TYPE_CHECKING:
@@ -307,7 +308,7 @@ def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: s
     if not ann_path.is_file():
         raise ClipsamError(f"{root}: no annotations.json here; give the --out folder of a finished clipsam label run")
     try:
-        coco = json.loads(ann_path.read_text(encoding="utf-8"))
+        coco = json.loads(read_text_capped(ann_path, "COCO JSON"))
         images, annotations, categories = coco["images"], coco["annotations"], coco["categories"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ClipsamError(f"{ann_path}: not a COCO file clipsam can read ({exc})") from None
@@ -356,6 +357,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def write_report(path: str | os.PathLike, page: str) -> None:
     """Write *page* to *path* atomically (a half-written report never replaces a good one)."""
-    from .dataset import _atomic_write
+    from .files import atomic_write
 
-    _atomic_write(Path(path), page.encode("utf-8"))
+    atomic_write(Path(path), page.encode("utf-8"))

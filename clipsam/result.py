@@ -10,12 +10,15 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._version import __version__
 from .core.regions import KINDS, Region, Regions
+from .errors import OutputError
+from .files import SOFTWARE, atomic_write, same_file
 
 __all__ = ["KINDS", "Region", "Regions", "Segmentation"]
 
@@ -170,8 +173,8 @@ class Segmentation:
         """JSON text of :meth:`to_dict`; also written to *path* when given."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            self._check_not_input(path)
+            atomic_write(path, text.encode("utf-8"))
         return text
 
     @classmethod
@@ -209,8 +212,34 @@ class Segmentation:
 
     def save_overlay(self, path: str | os.PathLike, image: Any = None, *, alpha: float = 0.5,
                      draw_labels: bool = True) -> None:
-        """Draw the regions over the image (from *image*, or re-read from ``image_path``) and save as PNG/JPEG."""
-        self.overlay(image, alpha=alpha, draw_labels=draw_labels).save(path)
+        """Draw the regions over the image (from *image*, or re-read from ``image_path``) and save as PNG/JPEG (the
+        format from the suffix), atomically and marked as clipsam's (``Software`` in PNG text / EXIF). Refuses to
+        write over the image the result was made from (:class:`~clipsam.errors.OutputError`)."""
+        import io
+
+        from PIL import Image, PngImagePlugin
+
+        self._check_not_input(path)
+        picture = self.overlay(image, alpha=alpha, draw_labels=draw_labels)
+        fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+        if fmt is None:
+            raise ValueError(f"{path}: unknown image file ending; use .png or .jpg")
+        tag = f"{SOFTWARE} {__version__}"
+        kwargs: dict[str, Any] = {}
+        if fmt == "PNG":
+            kwargs["pnginfo"] = PngImagePlugin.PngInfo()
+            kwargs["pnginfo"].add_text("Software", tag)
+        elif fmt in ("JPEG", "WEBP", "TIFF"):
+            exif = Image.Exif()
+            exif[0x0131] = tag
+            kwargs["exif"] = exif
+        buf = io.BytesIO()
+        picture.save(buf, format=fmt, **kwargs)
+        atomic_write(path, buf.getvalue())
+
+    def _check_not_input(self, path: str | os.PathLike) -> None:
+        if self.image_path is not None and same_file(path, self.image_path):
+            raise OutputError(f"{path}: is the image this result was made from; clipsam never writes over its inputs")
 
     def _repr_png_(self) -> bytes | None:
         """Notebooks show a result made from a file as its overlay."""

@@ -112,6 +112,11 @@ class SearchHit:
 
 
 def file_hash(path: str | Path) -> str:
+    """SHA-256 of an image file's bytes; a FIFO, a device or a file over :data:`~clipsam.files.MAX_IMAGE_BYTES` is
+    refused before it is opened (``/dev/zero`` in a list file must not hang the run)."""
+    from .files import MAX_IMAGE_BYTES, check_regular
+
+    check_regular(path, "image file", MAX_IMAGE_BYTES)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

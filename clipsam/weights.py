@@ -22,13 +22,16 @@ are verified against the SHA-256 that OpenAI publishes in their URL and read wit
 from __future__ import annotations
 
 import hashlib
+import hmac
 import http.client
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -36,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ChecksumError, UnsafeCheckpointError, WeightsError, WeightsMissingError
+from .errors import ChecksumError, ClipsamError, UnsafeCheckpointError, WeightsError, WeightsMissingError
+from .files import atomic_write, open_owned
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +199,20 @@ def _pins_path() -> Path:
 
 
 def _pins() -> dict[str, str]:
+    """The hashes pinned on first use. A missing file is no pins; a corrupt one is an error, never a reset (a reset
+    would trust whatever copy comes next)."""
+    path = _pins_path()
     try:
-        data = json.loads(_pins_path().read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
         return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: the pinned checkpoint hashes cannot be read ({exc}); restore the file, or delete "
+                           "it to trust the next verified copy of each unpinned checkpoint again") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) and len(v) == 64 for v in data.values()):
+        raise WeightsError(f"{path}: not a file of pinned checkpoint hashes ({{name: 64 hex digits}}); restore it, or "
+                           "delete it to trust the next verified copy of each unpinned checkpoint again")
+    return {str(k): v for k, v in data.items()}
 
 
 def expected_sha256(ckpt: Checkpoint) -> str | None:
@@ -218,9 +231,7 @@ def _pin(ckpt: Checkpoint, sha256: str) -> None:
     pins[ckpt.name] = sha256
     path = _pins_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".pins.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(pins, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(pins, indent=2, sort_keys=True).encode("utf-8"))
     log.warning("%s has no published SHA-256: pinned this copy's %s (in %s)", ckpt.name, sha256, path)
 
 
@@ -233,23 +244,74 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
 
 
+def _stamp_key() -> bytes | None:
+    """This user's secret for signing verification stamps (``$CLIPSAM_HOME/weights/.stamp-key``, mode 0600, made on
+    first use). ``None`` when it cannot be trusted (a link, another owner, readable by others): then every use
+    hashes the checkpoint again."""
+    path = cache_dir() / ".stamp-key"
+    try:
+        fd = open_owned(path, os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except OSError:
+            return None
+        key = secrets.token_bytes(32)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+    except (OSError, WeightsError, ClipsamError):
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        key = fh.read(64)
+    return key if len(key) == 32 and not mode & 0o077 else None
+
+
+def _stamp_fields(st: os.stat_result, sha256: str) -> dict[str, Any]:
+    # ctime changes with every write, rename or utime, so a same-size copy with its mtime restored does not match
+    return {"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino, "device": st.st_dev}
+
+
+def _sign(fields: Mapping[str, Any], key: bytes) -> str:
+    return hmac.new(key, json.dumps(fields, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
 def _write_stamp(path: Path, sha256: str) -> None:
-    st = path.stat()
-    _stamp_path(path).write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    """Record that *path* was hashed and matched, signed with this user's key (no key: no stamp)."""
+    key = _stamp_key()
+    if key is None:
+        return
+    fields = _stamp_fields(path.stat(), sha256)
+    atomic_write(_stamp_path(path), json.dumps({**fields, "signature": _sign(fields, key)}).encode())
 
 
 def _stamp_ok(path: Path, sha256: str) -> bool:
-    """The file was verified before and has not changed since (size and mtime), so hashing can be skipped."""
+    """Hashing can be skipped: a stamp signed with this user's key (:func:`_stamp_key`) says the file was verified
+    and it has not changed since: same size, mtime, ctime, inode and device. A forged or copied stamp, a stamp
+    of another file and any change to the file fail, and the file is hashed again."""
+    key = _stamp_key()
+    if key is None:
+        return False
     try:
-        stamp = json.loads(_stamp_path(path).read_text())
+        stamp = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
         st = path.stat()
     except (OSError, ValueError):
         return False
-    return stamp.get("sha256") == sha256 and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+    if not isinstance(stamp, dict):
+        return False
+    fields = _stamp_fields(st, sha256)
+    return {k: stamp.get(k) for k in fields} == fields and hmac.compare_digest(
+        str(stamp.get("signature", "")), _sign(fields, key))
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, streamed."""
+    """SHA-256 of a regular file, streamed (a FIFO or device is refused: it would never end)."""
+    from .files import check_regular
+
+    check_regular(path, "checkpoint file")
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK), b""):
@@ -358,7 +420,7 @@ def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, tim
         headers["Authorization"] = f"Bearer {token.strip()}"
     request = urllib.request.Request(ckpt.url, headers=headers)
     start = time.monotonic()
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _opener().open(request, timeout=timeout) as response:
         ctype = (response.headers.get("Content-Type") or "").lower()
         if ctype.startswith("text/html"):
             raise WeightsError(
@@ -414,6 +476,35 @@ def _stream(ckpt: Checkpoint, part: Path, progress: ProgressCallback | None, tim
                 f"download of {ckpt.name} from {ckpt.url} stopped early: got {done:,} of {expected:,} bytes; "
                 "nothing was saved, run the command again"
             )
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+class _CredentialSafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but send credentials only to the origin they were given for: urllib copies every header,
+    ``Authorization`` included, onto a redirect, so a 302 from the model host to any other host would receive the
+    user's token. Like ``requests`` and ``huggingface_hub``, drop it when scheme, host or port change (Hugging Face's
+    CDN links are signed and need no token)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            for name in ("Authorization", "Cookie", "Proxy-Authorization"):
+                new.headers.pop(name, None)
+                new.headers.pop(name.capitalize(), None)
+                new.unredirected_hdrs.pop(name.capitalize(), None)
+            log.info("redirected to another host (%s): credentials not forwarded", _origin(newurl)[1])
+        return new
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """urllib's default opener (proxies from the environment included) with :class:`_CredentialSafeRedirects`."""
+    return urllib.request.build_opener(_CredentialSafeRedirects)
 
 
 def _check_sha256(path: Path, ckpt: Checkpoint, source: str) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from .core.polygons import mask_polygon
+from .errors import OutputError
+from .files import atomic_write, replace_link, same_file
 
 __all__ = ["mask_polygon", "write_yolo", "yolo_lines"]
 
@@ -39,11 +41,15 @@ def yolo_lines(annotations: Sequence[Mapping[str, Any]], size: tuple[int, int], 
     return lines
 
 
-def _replace_link(target: str, link: Path) -> None:
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.abspath(target), tmp)
-    os.replace(tmp, link)
+def _link_image(source: str, link: Path) -> None:
+    """Put a link to *source* at *link*, unless the image itself already lies there (a YOLO layout labelled in
+    place); a regular file that is not that image is never replaced by a link."""
+    if link.exists() and not link.is_symlink():
+        if same_file(link, source):
+            return
+        raise OutputError(f"{link}: is a file clipsam did not write (it writes links to the images here); move it, "
+                          "or choose another --out")
+    replace_link(source, link)
 
 
 def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping[int, tuple[str, str]],
@@ -52,11 +58,11 @@ def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping
     ``images``, pseudo-labels have no split), ``labels/<stem>.txt`` and ``images/<stem><ending>`` links.
 
     *sources* maps each image id to ``(image path, output stem)``; images without one are left out. Files are
-    written atomically; a rerun replaces them. Returns counts of images and polygons written.
+    written atomically; a rerun replaces them. An image that already lies at ``images/<name>`` (a YOLO layout
+    labelled in place) is left there; any other regular file there is refused (:class:`~clipsam.errors.OutputError`),
+    never replaced. Returns counts of images and polygons written.
     """
     import yaml
-
-    from .dataset import _atomic_write
 
     root = Path(out)
     by_image: dict[int, list[Mapping[str, Any]]] = {}
@@ -70,10 +76,10 @@ def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping
         lines = yolo_lines(by_image.get(im["id"], []), (int(im["height"]), int(im["width"])), tolerance)
         label = root / "labels" / f"{stem}.txt"
         label.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(label, "".join(line + "\n" for line in lines).encode())
+        atomic_write(label, "".join(line + "\n" for line in lines).encode())
         link = root / "images" / f"{stem}{Path(im['file_name']).suffix.lower()}"
         link.parent.mkdir(parents=True, exist_ok=True)
-        _replace_link(path, link)
+        _link_image(path, link)
         images += 1
         polygons += len(lines)
     cats = sorted(coco["categories"], key=lambda c: c["id"])
@@ -82,5 +88,5 @@ def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping
     data = {"train": "images", "val": "images", "nc": len(cats), "names": {c["id"] - 1: c["name"] for c in cats}}
     header = ("# YOLO segmentation dataset written by clipsam (class = COCO category id - 1).\n"
               "# train and val are the same pseudo-labelled images: split them before training.\n")
-    _atomic_write(root / "data.yaml", (header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode())
+    atomic_write(root / "data.yaml", (header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode())
     return {"images": images, "polygons": polygons}

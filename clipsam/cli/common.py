@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,9 +35,38 @@ JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
 OVERLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
+#: Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: a terminal obeys them (ESC starts
+#: colour, title and hyperlink sequences; CR and newline forge lines), so user strings show them as escapes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def plain(text: Any) -> str:
+    """A user-provided string made safe for a terminal: undecodable bytes of file names shown as U+FFFD, control
+    characters as escapes (``\\x1b``, ``\\n``), so that one message stays one line and sends no terminal
+    sequence."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1] if m.group() not in "\u2028\u2029" else
+                        f"\\u{ord(m.group()):04x}", printable(str(text)))
+
+
 def show(text: Any) -> str:
-    """A user-provided string made safe for rich: undecodable bytes of file names replaced, markup escaped."""
-    return escape(printable(str(text)))
+    """A user-provided string made safe for rich: :func:`plain`, with rich markup escaped."""
+    return escape(plain(text))
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines with every user string shown by :func:`plain` (one line, no terminal sequences)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return plain(super().format(record))
+
+
+def verbose_logging(level: int = logging.INFO) -> None:
+    """``--verbose``: clipsam's log on stderr, made safe for the terminal."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PlainFormatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -102,6 +134,12 @@ def check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         fail(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):  # a read-only disk or folder: say so before any model runs
+        fail(f"{option} {path}: folder {parent} is not writable (read-only disk or no permission)")
+
+
+def overwrite_option() -> Any:
+    return typer.Option(False, "--overwrite", help="Replace output files that clipsam did not write (never an input).")
 
 
 def check_device(device: str) -> None:

@@ -60,6 +60,8 @@ def label(
     formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written) and/or "
                                 "yolo (OUT/data.yaml, labels/*.txt polygons, images/ links), comma-separated."),
     force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in OUT that clipsam did not write "
+                                   "(never an input image)."),
     image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
                                               "text file or COCO JSON (default: its own folder)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a COCO JSON's file_name "
@@ -114,7 +116,8 @@ def label(
     job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params,
                    formats=tuple(f for f in dict.fromkeys(wanted) if f != "coco"))
     check_labels(list(filters.labels), job.tax, "--labels")
-    record = job.prepare(force=force)
+    items = job.inputs(items)
+    record = job.prepare(force=force, items=items, overwrite=overwrite)
     todo = job.pending(items)
     ensure_weights([sam, clip], show=not as_json)
     counts = {"found": len(items), "resumed": len(items) - len(todo), "processed": 0, "failed": 0}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
+from ..files import atomic_write, check_outputs
 from .common import (
     OVERLAY_SUFFIXES,
     check_device,
@@ -27,10 +27,12 @@ from .common import (
     json_option,
     nullcontext,
     out,
+    overwrite_option,
     parse_box,
     parse_point,
     sam_option,
     show,
+    verbose_logging,
 )
 
 
@@ -127,6 +129,7 @@ def segment(
                                  "guided (CLIP's relevance map places a few SAM prompts; see README)."),
     region_features: str = typer.Option("crops", "--region-features", help="How regions are embedded: crops (a "
                                         "masked crop each) or pooled (dense CLIP features averaged in each mask)."),
+    overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
 ) -> None:
@@ -136,7 +139,7 @@ def segment(
     from ..stages.guide import STRATEGIES
 
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        verbose_logging()
     terms = [t.strip() for q in (query or []) for t in q.split(",") if t.strip()]
     clicks = [parse_point(p) for p in (points or [])]
     bx = parse_box(box) if box else None
@@ -148,6 +151,8 @@ def segment(
     check_output_file(save_json, "--save-json")
     check_output_file(coco_path, "--coco", (".json",))
     check_output_file(html_path, "--html", (".html", ".htm"))
+    check_outputs([("--out", out_path), ("--save-json", save_json), ("--coco", coco_path), ("--html", html_path)],
+                  [image], overwrite=overwrite)
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
@@ -186,7 +191,8 @@ def segment(
     if save_json is not None:
         result.to_json(save_json, indent=2)
     if coco_path is not None:
-        coco_path.write_text(json.dumps(result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)))
+        coco = result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)
+        atomic_write(coco_path, json.dumps(coco).encode("utf-8"))
     if html_path is not None:
         from ..report import segmentation_report, write_report
 

@@ -14,6 +14,7 @@ from .common import (
     guard,
     json_option,
     out,
+    show,
 )
 
 
@@ -22,10 +23,10 @@ def _taxonomy_tree(node: Any, tree: Tree, depth: int | None, level: int = 1) -> 
         return
     for child in node.children:
         syn = [p for p in child.prompts if p != child.name]
-        branch = tree.add(f"[bold]{child.name}[/]" + (f" [dim]({', '.join(syn)})[/]" if syn else ""))
+        branch = tree.add(f"[bold]{show(child.name)}[/]" + (f" [dim]({show(', '.join(syn))})[/]" if syn else ""))
         _taxonomy_tree(child, branch, depth, level + 1)
     for part in node.parts:
-        branch = tree.add(f"[cyan]{part.name}[/] [dim]part[/]")
+        branch = tree.add(f"[cyan]{show(part.name)}[/] [dim]part[/]")
         _taxonomy_tree(part, branch, depth, level + 1)
 
 
@@ -46,7 +47,7 @@ def taxonomy_list(as_json: bool = json_option()) -> None:
     for col in ("name", "labels", "top level", "parts", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], str(r["labels"]), str(r["top_level"]), str(r["parts"]), r["description"])
+        table.add_row(show(r["name"]), str(r["labels"]), str(r["top_level"]), str(r["parts"]), show(r["description"]))
     out.print(table)
 
 
@@ -63,7 +64,7 @@ def taxonomy_show(
     if as_json:
         emit_json(t.to_dict())
         return
-    tree = Tree(f"[bold]{t.name}[/] ({len(t)} labels){' — ' + t.description if t.description else ''}")
+    tree = Tree(f"[bold]{show(t.name)}[/] ({len(t)} labels){' — ' + show(t.description) if t.description else ''}")
     _taxonomy_tree(t.root, tree, depth)
     out.print(tree)
 
@@ -82,7 +83,7 @@ def taxonomy_path(
         emit_json([{"path": n.path_str, "is_part": n.is_part} for n in hits])
     elif hits:
         for n in hits:
-            out.print(n.path_str + (" [dim](part)[/]" if n.is_part else ""), highlight=False)
+            out.print(show(n.path_str) + (" [dim](part)[/]" if n.is_part else ""), highlight=False)
     if not hits:
         fail(f"{label!r} is not in taxonomy {taxonomy!r}; try `clipsam taxonomy search {label}`", 1)
 
@@ -101,9 +102,10 @@ def taxonomy_search(
         emit_json([{"path": n.path_str, "prompts": list(n.prompts), "is_part": n.is_part} for n in hits])
         return
     if not hits:
-        out.print(f"no label in {taxonomy!r} mentions {word!r}")
+        out.print(f"no label in {show(repr(taxonomy))} mentions {show(repr(word))}", highlight=False)
     for n in hits:
-        out.print(f"{n.path_str}  [dim]{', '.join(n.prompts)}{' (part)' if n.is_part else ''}[/]", highlight=False)
+        out.print(f"{show(n.path_str)}  [dim]{show(', '.join(n.prompts))}{' (part)' if n.is_part else ''}[/]",
+                  highlight=False)
 
 
 @guard
@@ -120,5 +122,5 @@ def taxonomy_validate(
     if as_json:
         emit_json(summary)
     else:
-        out.print(f"[green]ok[/] {file}: {summary['labels']} labels, {summary['top_level']} top-level, "
+        out.print(f"[green]ok[/] {show(file)}: {summary['labels']} labels, {summary['top_level']} top-level, "
                   f"{summary['parts']} parts")

@@ -15,6 +15,7 @@ from .common import (
     guard,
     json_option,
     out,
+    show,
 )
 
 
@@ -61,7 +62,7 @@ def weights_download(
         emit_json(done)
     else:
         for d in done:
-            out.print(f"[green]ok[/] {d['name']} -> {d['path']}")
+            out.print(f"[green]ok[/] {show(d['name'])} -> {show(d['path'])}")
 
 
 @guard
@@ -75,7 +76,7 @@ def weights_import(
     if as_json:
         emit_json({"name": W.get(name).name, "path": str(path), "sha256": W.get(name).sha256})
     else:
-        out.print(f"[green]ok[/] imported {file} as {W.get(name).name} -> {path}")
+        out.print(f"[green]ok[/] imported {show(file)} as {show(W.get(name).name)} -> {show(path)}")
 
 
 @guard
@@ -93,9 +94,9 @@ def weights_verify(
         emit_json([{"name": r.name, "path": str(r.path), "status": r.status, "sha256": r.sha256} for r in results])
     else:
         if not results:
-            out.print(f"no checkpoints cached in {W.cache_dir()}")
+            out.print(f"no checkpoints cached in {show(W.cache_dir())}")
         for r in results:
             colour = {"ok": "green", "missing": "yellow", "mismatch": "red"}[r.status]
-            out.print(f"[{colour}]{r.status}[/] {r.name} ({r.path})")
+            out.print(f"[{colour}]{r.status}[/] {show(r.name)} ({show(r.path)})")
     if bad:
         raise typer.Exit(1)

@@ -15,7 +15,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ClipsamError, ImageError
+from ..files import MAX_IMAGE_BYTES, check_regular
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias on 3.10)
 
@@ -108,6 +109,10 @@ def _from_path(path: Path, limit: int, background: tuple[int, int, int]) -> np.n
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image file")
+    try:  # a FIFO or a device would block or never end
+        check_regular(path, "image file", MAX_IMAGE_BYTES)
+    except ClipsamError as exc:
+        raise ImageError(str(exc)) from None
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: file is empty (0 bytes)")
     if path.suffix.lower() in UNSUPPORTED_SUFFIXES:

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from ..errors import TaxonomyError
+from ..files import read_text_capped
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "find_taxonomy", "load_taxonomy",
            "shipped_taxonomies"]
@@ -282,7 +283,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise TaxonomyError(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a taxonomy file")
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        text = read_text_capped(path, "taxonomy file", MAX_FILE_BYTES)  # a FIFO named as a taxonomy must not hang
+        data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
     except RecursionError:
         raise TaxonomyError(f"{path}: nested too deeply (taxonomies may be at most {MAX_DEPTH} levels deep)") from None
     except yaml.YAMLError as exc:

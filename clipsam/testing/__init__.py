@@ -46,7 +46,8 @@ def tiny_segmenter(seed: int = 0, **kwargs: Any):
 
 
 def oracle_label_run(photos: Any, out: Any, scene: Scene | None = None, *, include_unknown: bool = True,
-                     formats: tuple[str, ...] = (), pngs: bool = False, force: bool = False) -> dict[str, Any]:
+                     formats: tuple[str, ...] = (), pngs: bool = False, force: bool = False,
+                     overwrite: bool = False) -> dict[str, Any]:
     """Label the images in *photos* into *out* through the real ``clipsam label`` job, with the exact world's
     segmenter for *scene* (default :func:`synthetic_scene`): what the interop, YOLO and report tests (and
     ``examples/report_demo.py``) load. Returns ``annotations.json`` as a dict."""
@@ -58,7 +59,8 @@ def oracle_label_run(photos: Any, out: Any, scene: Scene | None = None, *, inclu
     scene = scene if scene is not None else synthetic_scene()
     job = LabelJob(Path(out), scene.taxonomy, filters=Filters(include_unknown=include_unknown),
                    segmenter_spec={"sam": "oracle", "clip": "oracle"}, pngs=pngs, formats=formats)
-    record = job.prepare(force=force)
-    run_local(job, job.pending(list_images(photos)), segmenter=oracle_segmenter(scene))
+    items = job.inputs(list_images(photos))
+    record = job.prepare(force=force, items=items, overwrite=overwrite)
+    run_local(job, job.pending(items), segmenter=oracle_segmenter(scene))
     job.finish(record, {})
     return json.loads((Path(out) / "annotations.json").read_text())
