@@ -212,7 +212,14 @@ def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageIt
         if not isinstance(name, str) or not name.strip():
             raise ClipsamError(f"{src}: images[{k}] (id {image_id!r}) has no 'file_name'")
         if isinstance(image_id, bool) or not isinstance(image_id, int):
-            raise ClipsamError(f"{src}: images[{k}] ({name!r}) has id {image_id!r}; COCO image ids are integers")
+            raise ClipsamError(f"{src}: images[{k}] ({name!r}) has id {str(image_id)[:40]!r}; COCO image ids are "
+                               "integers")
+        if not -(2**63) <= image_id < 2**63:
+            raise ClipsamError(f"{src}: images[{k}] ({name!r}) has id {str(image_id)[:20]}… ({len(str(image_id))} "
+                               "digits); COCO image ids must fit 64 bits")
+        if "\0" in name:
+            raise ClipsamError(f"{src}: images[{k}] (id {image_id}) has a NUL byte in its file_name, which no file "
+                               "name can hold")
         path = root / name
         if not allow_outside_root:
             inside = os.path.commonpath([base, path.resolve()]) == str(base) if not Path(name).is_absolute() else False

@@ -129,11 +129,17 @@ def open_owned(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
     """
     try:
         fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC, mode)
-    except OSError as exc:
-        if os.path.islink(path):
+    except OSError:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and stat.S_ISLNK(mode):
             raise OutputError(f"{path}: is a symbolic link; clipsam does not write through links here (remove it)"
                               ) from None
-        raise exc
+        if mode is not None and not stat.S_ISREG(mode):
+            raise OutputError(f"{path}: is not a regular file; clipsam does not write to it (remove it)") from None
+        raise
     st = os.fstat(fd)
     problem = ""
     if not stat.S_ISREG(st.st_mode):

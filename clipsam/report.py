@@ -294,14 +294,19 @@ def segmentation_report(seg: Segmentation, image: Any = None, *, title: str | No
 
 
 def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: str | os.PathLike | None = None,
-                 thumb_side: int = THUMB_SIDE) -> tuple[str, dict[str, int]]:
+                 thumb_side: int = THUMB_SIDE, allow_outside_root: bool = False) -> tuple[str, dict[str, int]]:
     """The report page of a ``clipsam label`` output folder and its counts (``images``, ``shown``,
-    ``regions``, ``errors``). Category counts cover every image; thumbnails the first *max_images* (in
-    ``annotations.json`` order). Images are found where the run read them (``parts/``), else under
+    ``regions``, ``errors``, ``outside_root``). Category counts cover every image; thumbnails the first
+    *max_images* (in ``annotations.json`` order). Images are found where the run read them (``parts/``), else under
     *image_root* by ``file_name``.
 
+    An output folder may come from someone else, so it does not choose which local files go into the page: an image
+    is embedded only when it lies inside *image_root* (default: the folder that holds *out*, where ``clipsam label
+    photos/ --out labels/`` leaves both), links resolved, unless
+    *allow_outside_root*; the others are shown without a thumbnail and counted in ``outside_root``.
+
     Raises:
-        ClipsamError: *out* is not a finished ``clipsam label`` output.
+        ClipsamError: *out* is not a finished ``clipsam label`` output, or its files are malformed.
     """
     root = Path(out)
     ann_path = root / "annotations.json"
@@ -309,33 +314,36 @@ def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: s
         raise ClipsamError(f"{root}: no annotations.json here; give the --out folder of a finished clipsam label run")
     try:
         coco = json.loads(read_text_capped(ann_path, "COCO JSON"))
-        images, annotations, categories = coco["images"], coco["annotations"], coco["categories"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ClipsamError(f"{ann_path}: not a COCO file clipsam can read ({exc})") from None
+        base = Path(image_root) if image_root is not None else root.resolve().parent
+        return _label_report(root, coco, max_images, base,
+                             thumb_side, allow_outside_root)
+    except ClipsamError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ClipsamError(f"{ann_path}: not a COCO file clipsam can read ({type(exc).__name__}: {exc})") from None
+
+
+def _label_report(root: Path, coco: Mapping[str, Any], max_images: int, image_root: Path, thumb_side: int,
+                  allow_outside_root: bool) -> tuple[str, dict[str, int]]:
+    images, annotations, categories = coco["images"], coco["annotations"], coco["categories"]
     run = _read_json(root / "run.json")
-    errors = []
-    if (root / "errors.jsonl").is_file():
-        for line in (root / "errors.jsonl").read_text(encoding="utf-8").splitlines():
-            try:
-                errors.append(json.loads(line))
-            except ValueError:
-                continue
+    errors = _read_errors(root / "errors.jsonl")
     cats = {c["id"]: c for c in categories}
     by_image: dict[Any, list[Mapping[str, Any]]] = {}
     for a in annotations:
         by_image.setdefault(a["image_id"], []).append(a)
     regions = {im["id"]: regions_of_coco(by_image.get(im["id"], []), cats) for im in images}
     counts = _count(regions.values())
-    shown = []
+    base = image_root.resolve()
+    shown, outside = [], 0
     for im in images[:max_images]:
         part = _read_json(root / "parts" / f"{im['id']}.json")
-        path = (part.get("source") or {}).get("path")
-        if not path or not os.path.isfile(path):
-            base = Path(image_root) if image_root is not None else None
-            path = str(base / im["file_name"]) if base is not None else None
-        shown.append(ReportImage(im["file_name"], (int(im["height"]), int(im["width"])),
-                                 regions[im["id"]],
-                                 path if path and os.path.isfile(path) else None))
+        candidates = [(part.get("source") or {}).get("path"), base / str(im["file_name"])]
+        found = [str(c) for c in candidates if c and os.path.isfile(c)]
+        allowed = [c for c in found if allow_outside_root or _inside(c, base)]
+        outside += bool(found) and not allowed
+        shown.append(ReportImage(str(im["file_name"]), (int(im["height"]), int(im["width"])), regions[im["id"]],
+                                 allowed[0] if allowed else None))
     note = (f"Showing the first {len(shown)} of {len(images)} images (--max-images); the category counts cover all."
             if len(images) > len(shown) else None)
     summary = {"images": len(images), "regions": len(annotations), "errors": len(errors),
@@ -344,7 +352,29 @@ def label_report(out: str | os.PathLike, *, max_images: int = 200, image_root: s
         summary["finished"] = run["finished"]
     page = render_report(shown, title=f"clipsam label: {root.resolve().name}", parameters=run.get("parameters"),
                          errors=errors, summary=summary, note=note, category_counts=counts, thumb_side=thumb_side)
-    return page, {"images": len(images), "shown": len(shown), "regions": len(annotations), "errors": len(errors)}
+    return page, {"images": len(images), "shown": len(shown), "regions": len(annotations), "errors": len(errors),
+                  "outside_root": outside}
+
+
+def _inside(path: str, base: Path) -> bool:
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return resolved == base or base in resolved.parents
+
+
+def _read_errors(path: Path) -> list[dict[str, Any]]:
+    errors = []
+    if path.is_file():
+        for line in read_text_capped(path, "error list").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                errors.append(row)
+    return errors
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,15 @@ class SearchHit:
 
     def mask(self) -> np.ndarray:
         return M.decode(self.rle)
+
+    def file_status(self) -> str:
+        """``ok``, ``missing`` (nothing readable at ``image_path`` any more) or ``changed`` (the file's content is
+        not what was indexed: its regions no longer fit it). ``clipsam index`` of the new location or content
+        brings the rows up to date."""
+        try:
+            return "ok" if file_hash(self.image_path) == self.image_hash else "changed"
+        except (OSError, ClipsamError):
+            return "missing"
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -339,31 +348,34 @@ class RegionIndex:
             on_result: Callable[[dict[str, Any]], None] | None = None) -> dict[str, int]:
         """Segment, label and embed *images* (a folder, a list file, a COCO JSON, or a list of paths), adding one row
         per region. Images already indexed (same content hash) are skipped; unreadable ones are reported and
-        skipped. Returns counts: ``added``, ``skipped``, ``failed``, ``regions``."""
+        skipped. An image found at a new path whose indexed path is gone (a moved folder) keeps its rows, under the
+        new path; an image whose content changed at an indexed path replaces that path's rows. Returns counts:
+        ``added``, ``skipped`` (``moved`` of them with a new path), ``failed``, ``regions``."""
         from .dataset import list_images
 
         single = isinstance(images, (str, Path))
         paths = [i.path for i in list_images(images)] if single else [str(p) for p in images]
         paths = [os.path.abspath(p) for p in paths]  # hits must open from any working directory
-        db = self._connect(create=True)
+        self._connect(create=True)
         with self._index_lock():
             seg = self.segmenter
             meta = self.meta()
+            if meta is not None and not meta.get("dim"):  # written by a run whose first image had no region
+                meta = None
             self.check_models(meta)
-            done = set()
-            if "images" in self._tables():
-                done = {r["image_hash"] for r in
-                        db.open_table("images").to_arrow().select(["image_hash"]).to_pylist()}
-            counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0}
+            done = self._indexed()  # hash -> path
+            counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0, "moved": 0}
             pending: list[tuple[str, str, list[dict[str, Any]]]] = []  # finished images not yet written
+            moved: dict[str, str] = {}  # hash -> new path of images found elsewhere than indexed
             last_flush = time.monotonic()
             flushes = 0
 
             def flush() -> None:
                 nonlocal last_flush, flushes
-                if pending:
-                    self._write_images(pending, int(meta["dim"]))  # type: ignore[index]
+                if pending or moved:
+                    self._write_images(pending, int(meta["dim"]) if meta else 0, moved)
                     pending.clear()
+                    moved.clear()
                     flushes += 1
                     if compaction_due(flushes):
                         self.compact()
@@ -372,11 +384,15 @@ class RegionIndex:
             for path in paths:
                 try:
                     digest = file_hash(path)
-                except OSError as exc:
+                except (OSError, ClipsamError) as exc:
                     counts["failed"] += 1
-                    _report(on_result, path, "error", f"{printable(path)}: {exc.strerror or exc}")
+                    reason = str(exc) if isinstance(exc, ClipsamError) else f"{printable(path)}: {exc.strerror or exc}"
+                    _report(on_result, path, "error", reason)
                     continue
                 if digest in done:
+                    if done[digest] != path and not os.path.isfile(done[digest]):  # the same image, moved
+                        moved[digest] = done[digest] = path
+                        counts["moved"] += 1
                     counts["skipped"] += 1
                     _report(on_result, path, "skipped")
                     continue
@@ -388,14 +404,14 @@ class RegionIndex:
                     log.warning("%s: %s", printable(path), reason)
                     _report(on_result, path, "error", reason)
                     continue
-                if meta is None:
-                    dim = int(result.embeddings.shape[1]) if result.embeddings is not None else 0
+                if meta is None and result.embeddings is not None and len(result):  # the embedding size is known
+                    dim = int(result.embeddings.shape[1])
                     meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
                             "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
                     self._write_meta(meta)
                 rows = _rows(path, digest, result)
                 pending.append((path, digest, rows))
-                done.add(digest)
+                done[digest] = path
                 counts["added"] += 1
                 counts["regions"] += len(rows)
                 _report(on_result, path, "added", regions=len(rows))
@@ -428,27 +444,53 @@ class RegionIndex:
             return contextlib.nullcontext()
         return FolderLock(self.path, "region database")
 
-    def _write_images(self, batch: Sequence[tuple[str, str, list[dict[str, Any]]]], dim: int) -> None:
+    def _indexed(self) -> dict[str, str]:
+        """``{content hash: path}`` of the images marked done."""
+        if "images" not in self._tables():
+            return {}
+        rows = self._connect(False).open_table("images").to_arrow().select(["image_hash", "image_path"]).to_pylist()
+        return {r["image_hash"]: _load_path(r["image_path"]) for r in rows}
+
+    def _write_images(self, batch: Sequence[tuple[str, str, list[dict[str, Any]]]], dim: int,
+                      moved: Mapping[str, str] | None = None) -> None:
         """Replace the rows of a batch of images in one append, then mark them done in one append (a kill in
         between leaves rows of images not marked done: they are redone, and their leftovers deleted, never
-        duplicated)."""
+        duplicated). The rows of an image indexed before under the same path (an edited file: another hash) go
+        too; images in *moved* (``{hash: new path}``) get their new path."""
         _, pa = _require_lancedb()
         db = self._connect(create=True)
         rows = [r for _, _, image_rows in batch for r in image_rows]
-        schema = _schema(dim)
+        stale = ""
+        if batch:
+            hashes = ", ".join(_quote(d) for _, d, _ in batch)
+            paths = ", ".join(_quote(_store_path(p)) for p, _, _ in batch)
+            stale = f"image_hash IN ({hashes}) OR image_path IN ({paths})"
+        for name, keys in (("regions", ["image_hash", "region_id"]), ("images", ["image_hash"])) if moved else ():
+            if name in self._tables():  # one commit per table: the rows of moved images, with their new paths
+                table = db.open_table(name)
+                where = f"image_hash IN ({', '.join(_quote(d) for d in moved)})"
+                old = table.search().where(where).limit(None).to_arrow()
+                if old.num_rows:
+                    paths = pa.array([_store_path(moved[d]) for d in old.column("image_hash").to_pylist()], pa.string())
+                    new = old.set_column(old.schema.get_field_index("image_path"), "image_path", paths)
+                    table.merge_insert(keys).when_matched_update_all().execute(new)
         if "regions" in self._tables():
             table = db.open_table("regions")
-            hashes = ", ".join(_quote(d) for _, d, _ in batch)
-            table.delete(f"image_hash IN ({hashes})")  # leftovers of an interrupted run
+            if stale:
+                table.delete(stale)  # leftovers of an interrupted run, and rows of the file's earlier content
             if rows:
-                table.add(pa.Table.from_pylist(rows, schema=schema))
+                table.add(pa.Table.from_pylist(rows, schema=_schema(dim)))
         elif rows:
-            db.create_table("regions", pa.Table.from_pylist(rows, schema=schema))
+            db.create_table("regions", pa.Table.from_pylist(rows, schema=_schema(dim)))
+        if not batch:
+            return
         image_rows = pa.table({"image_hash": [d for _, d, _ in batch],
                                "image_path": [_store_path(p) for p, _, _ in batch],
                                "regions": [len(r) for _, _, r in batch]})
         if "images" in self._tables():
-            db.open_table("images").add(image_rows)
+            table = db.open_table("images")
+            table.delete(stale)
+            table.add(image_rows)
         else:
             db.create_table("images", image_rows)
 

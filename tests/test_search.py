@@ -40,7 +40,7 @@ def _oracle_index(path, scene):
 def test_text_and_example_search_with_oracle_semantics(tmp_path, scene, scene_files):
     index = _oracle_index(tmp_path / "db", scene)
     counts = index.add(scene_files)
-    assert counts == {"added": 2, "skipped": 0, "failed": 0, "regions": 20}
+    assert counts == {"added": 2, "skipped": 0, "failed": 0, "regions": 20, "moved": 0}
     assert len(index) == 20 and index.image_count() == 2
 
     cats = index.search("cat", k=2)

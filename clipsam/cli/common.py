@@ -244,11 +244,13 @@ def parse_point(text: str) -> tuple[float, float, int]:
 
 
 def parse_box(text: str) -> list[float]:
+    import math
+
     try:
         vals = [float(v) for v in text.split(",")]
     except ValueError:
         vals = []
-    if len(vals) != 4:
+    if len(vals) != 4 or not all(math.isfinite(v) for v in vals):
         raise typer.BadParameter(f"{text!r}: expected x0,y0,x1,y1 in pixels")
     return vals
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import check_output_file, emit_json, err, fail, guard, json_option, out, show
+from ..files import check_outputs
+from .common import check_output_file, emit_json, err, fail, guard, json_option, out, overwrite_option, show
 
 
 @guard
@@ -16,8 +17,12 @@ def report(
                                           "(default FOLDER/report.html)."),
     max_images: int = typer.Option(200, "--max-images", help="Show at most N images (the category counts cover "
                                    "all)."),
-    image_root: Path | None = typer.Option(None, "--image-root", help="Where to find the images when they are no "
-                                           "longer where the run read them (joined with each file_name)."),
+    image_root: Path | None = typer.Option(None, "--image-root", help="Where the images are: only images inside it "
+                                           "are embedded (default: the folder that holds FOLDER); also where to "
+                                           "find images that moved (joined with each file_name)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Embed images from anywhere the "
+                                            "output folder names (trust the folder)."),
+    overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Write a self-contained HTML report of a label run: thumbnails with overlays, part-whole trees, counts."""
@@ -29,8 +34,10 @@ def report(
         fail(f"--max-images must be at least 1, got {max_images}")
     target = html_path if html_path is not None else folder / "report.html"
     check_output_file(target, "--out", (".html", ".htm"))
+    check_outputs([("--out", target)], [], overwrite=overwrite)
     with err.status("writing the report…", spinner="dots") if not as_json else _quiet():
-        page, counts = label_report(folder, max_images=max_images, image_root=image_root)
+        page, counts = label_report(folder, max_images=max_images, image_root=image_root,
+                                    allow_outside_root=allow_outside_root)
         write_report(target, page)
     summary = {"report": str(target), **counts, "bytes": target.stat().st_size}
     if as_json:
@@ -38,6 +45,10 @@ def report(
         return
     out.print(f"report of {counts['shown']} of {counts['images']} images ({counts['regions']} regions, "
               f"{counts['errors']} errors) written to [bold]{show(target)}[/]")
+    if counts["outside_root"]:
+        root = image_root if image_root is not None else folder.resolve().parent
+        out.print(f"[yellow]{counts['outside_root']} image(s) lie outside {show(root)} and are shown without a "
+                  "thumbnail[/]: pass --image-root FOLDER (or --allow-outside-root if you trust this output folder)")
 
 
 def _quiet():

@@ -134,25 +134,31 @@ def search(
         ensure_weights([name], show=not as_json)
     hits = store.search(query if like is None else like, k=k, box=parse_box(box) if box else None,
                         label=label_filter, min_area=min_area)
-    if save_crops is not None:
-        _save_hits(hits, save_crops)
+    files = [h.file_status() for h in hits]  # moved or edited since indexing: said per hit, never a failed search
+    saved = _save_hits(hits, files, save_crops) if save_crops is not None else 0
     if as_json:
-        emit_json([h.to_dict() | {"rle": None} for h in hits])
+        emit_json([h.to_dict() | {"rle": None, "file": f} for h, f in zip(hits, files, strict=True)])
         return
     table = Table(title=show(f"{len(hits)} regions for {query or str(like)!r}"), title_justify="left",
                   header_style="bold")
     for col in ("#", "similarity", "image", "region", "label path", "score", "area", "bbox x,y,w,h"):
         table.add_column(col)
-    for n, h in enumerate(hits, 1):
-        table.add_row(str(n), f"{h.similarity:.3f}", show(h.image_path), str(h.region_id),
+    for n, (h, f) in enumerate(zip(hits, files, strict=True), 1):
+        where = show(h.image_path) + ("" if f == "ok" else f" [yellow]({f} since indexing)[/]")
+        table.add_row(str(n), f"{h.similarity:.3f}", where, str(h.region_id),
                       show("/".join(h.label_path) or h.kind), f"{h.score:.2f}", f"{h.area:,}",
                       ",".join(f"{v:.0f}" for v in h.bbox_xywh))
     out.print(table)
     if save_crops is not None:
-        out.print(f"crops and overlays written to [bold]{show(save_crops)}[/]")
+        out.print(f"crops and overlays of {saved} hit(s) written to [bold]{show(save_crops)}[/]")
+    stale = sum(f != "ok" for f in files)
+    if stale:
+        out.print(f"[yellow]{stale} hit(s) point at images moved, deleted or edited since indexing[/]: run clipsam "
+                  "index on their folder again to update the database")
 
 
-def _save_hits(hits: list[Any], folder: Path) -> None:
+def _save_hits(hits: list[Any], files: list[str], folder: Path) -> int:
+    """A masked crop and an overlay per hit whose image is still the one indexed; returns how many."""
     import numpy as np
     from PIL import Image
 
@@ -162,7 +168,10 @@ def _save_hits(hits: list[Any], folder: Path) -> None:
     from ..result import Region, Segmentation
 
     folder.mkdir(parents=True, exist_ok=True)
-    for n, h in enumerate(hits, 1):
+    saved = 0
+    for n, (h, f) in enumerate(zip(hits, files, strict=True), 1):
+        if f != "ok":
+            continue
         image = load_image(h.image_path)
         mask = h.mask()
         side = int(max(h.bbox_xywh[2], h.bbox_xywh[3], 1))
@@ -172,3 +181,5 @@ def _save_hits(hits: list[Any], folder: Path) -> None:
                         score=h.score, label_path=h.label_path, kind=h.kind)
         seg = Segmentation(image_size=mask.shape, regions=(region,))
         render_overlay(seg, np.asarray(image)).save(folder / f"{n:03d}_overlay.png")
+        saved += 1
+    return saved

@@ -169,6 +169,10 @@ def segment(
                           full_resolution=full_resolution, speed=speed, min_confidence=min_confidence, scoring=scoring,
                           region_features=region_features,
                           generator_params=generator_params(points_per_side))
+    if terms:  # a query that names nothing it could (a '/' outside the taxonomy's paths) fails before any download
+        from ..stages.label import resolve_query
+
+        resolve_query(terms, segmenter.taxonomy)
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
     with err.status("segmenting…", spinner="dots") if not as_json else nullcontext():

@@ -324,6 +324,11 @@ def _read_with_includes(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     return merged
 
 
+#: Names no label may have: the categories of regions that match no label (a label of that name would share their
+#: COCO category name, which Datumaro refuses, and its regions would be filed under them).
+RESERVED_NAMES = frozenset({"unknown", "unknown part"})
+
+
 def _normalise(item: Any, origin: str, parent: tuple[str, ...], seen: frozenset[int]) -> dict[str, Any]:
     if isinstance(item, str):
         item = {"name": item}
@@ -342,6 +347,9 @@ def _normalise(item: Any, origin: str, parent: tuple[str, ...], seen: frozenset[
                             f"{'/'.join(parent[:3])}/…); taxonomies may be at most {MAX_DEPTH} levels deep")
     if "/" in name:
         raise TaxonomyError(f"{origin}: node name {name!r} under {where} may not contain '/'")
+    if name.casefold() in RESERVED_NAMES:
+        raise TaxonomyError(f"{origin}: node name {name!r} under {where} is reserved for regions that match no label "
+                            "(clipsam's 'unknown' and 'unknown part' categories); rename it, e.g. 'other'")
     unknown = set(item) - _NODE_KEYS
     if unknown:
         raise TaxonomyError(f"{origin}: node {'/'.join((*parent, name))} has unknown key(s) {sorted(unknown)}; "

@@ -305,13 +305,22 @@ def parse_query(query: str | Sequence[str]) -> list[str]:
 
 
 def resolve_query(terms: Sequence[str], taxonomy: Taxonomy | None) -> tuple[list[TaxonomyNode], list[str]]:
-    """Split query terms into taxonomy nodes they name (``animal``, ``animal/dog``, a synonym) and free text."""
+    """Split query terms into taxonomy nodes they name (``animal``, ``animal/dog``, a synonym) and free text.
+
+    Raises:
+        PromptError: a free-text term holds ``/`` (it separates label paths, so it only names a taxonomy path),
+            before any model runs.
+    """
     resolved: list[TaxonomyNode] = []
     free: list[str] = []
     for term in terms:
         hits = taxonomy.find(term) if taxonomy is not None else []
         if hits:
             resolved.extend(hits)
+        elif "/" in term:
+            where = f"no label path of taxonomy {taxonomy.name!r}" if taxonomy is not None else "no taxonomy is given"
+            raise PromptError(f"query {term!r}: '/' separates label paths (animal/dog), but {where}; write free "
+                              "text without '/'")
         else:
             free.append(term)
     return resolved, free
