@@ -46,9 +46,9 @@ from .export import annotations as annotations_of
 from .export import category_key, category_table, coco_info, paint
 from .files import (
     NAME_MAX,
-    SOFTWARE,
     atomic_write,
     bounded_name,
+    marked_image_bytes,
     read_text_capped,
     same_file,
     written_by_clipsam,
@@ -231,15 +231,10 @@ def _coco_items(src: Path, root: Path, allow_outside_root: bool) -> list[ImageIt
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    import io
+    from PIL import Image
 
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", f"{SOFTWARE} {__version__}")  # so that a later run knows the file is clipsam's
-    buf = io.BytesIO()
-    Image.fromarray(array.astype(np.uint16)).save(buf, format="PNG", pnginfo=info)
-    atomic_write(path, buf.getvalue())
+    # marked, so that a later run knows the file is clipsam's
+    atomic_write(path, marked_image_bytes(Image.fromarray(array.astype(np.uint16)), ".png"))
 
 
 @dataclass

@@ -26,12 +26,13 @@ import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .errors import ClipsamError, OutputError
 
 __all__ = ["MAX_DATA_BYTES", "MAX_IMAGE_BYTES", "NAME_MAX", "atomic_write", "bounded_name", "check_outputs",
-           "check_regular", "fs_bytes", "open_owned", "read_capped", "read_text_capped", "replace_link", "same_file",
-           "temp_path", "written_by_clipsam"]
+           "check_regular", "fs_bytes", "marked_image_bytes", "open_owned", "read_capped", "read_text_capped",
+           "replace_link", "same_file", "temp_path", "written_by_clipsam"]
 
 #: Longest file name (one path component) in bytes on the file systems clipsam writes to (ext4, XFS, APFS, NTFS…).
 NAME_MAX = 255
@@ -233,6 +234,37 @@ def written_by_clipsam(path: str | os.PathLike) -> bool:
     if suffix in (".html", ".htm"):
         return bool(_HTML_MARK.search(head[:4096]))
     return _image_software(p).startswith(SOFTWARE)
+
+
+def marked_image_bytes(picture: Any, suffix: str) -> bytes:
+    """*picture* (a ``PIL.Image``) encoded in the format of the file ending *suffix* (``.png``, ``.jpg`` …), with
+    ``Software: clipsam <version>`` in its PNG text or EXIF, the marker :func:`written_by_clipsam` reads (BMP has no
+    place for it).
+
+    Raises:
+        OutputError: an ending Pillow cannot write.
+    """
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from ._version import __version__
+
+    fmt = Image.registered_extensions().get(suffix.lower())
+    if fmt is None:
+        raise OutputError(f"unknown image file ending {suffix!r}; use .png or .jpg")
+    tag = f"{SOFTWARE} {__version__}"
+    kwargs: dict[str, Any] = {}
+    if fmt == "PNG":
+        kwargs["pnginfo"] = PngImagePlugin.PngInfo()
+        kwargs["pnginfo"].add_text("Software", tag)
+    elif fmt in ("JPEG", "WEBP", "TIFF"):
+        exif = Image.Exif()
+        exif[0x0131] = tag
+        kwargs["exif"] = exif
+    buf = io.BytesIO()
+    picture.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
 
 
 def _image_software(path: Path) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from ._version import __version__
 from .core.regions import KINDS, Region, Regions
 from .errors import OutputError
-from .files import SOFTWARE, atomic_write, same_file
+from .files import atomic_write, marked_image_bytes, same_file
 
 __all__ = ["KINDS", "Region", "Regions", "Segmentation"]
 
@@ -215,27 +215,9 @@ class Segmentation:
         """Draw the regions over the image (from *image*, or re-read from ``image_path``) and save as PNG/JPEG (the
         format from the suffix), atomically and marked as clipsam's (``Software`` in PNG text / EXIF). Refuses to
         write over the image the result was made from (:class:`~clipsam.errors.OutputError`)."""
-        import io
-
-        from PIL import Image, PngImagePlugin
-
         self._check_not_input(path)
         picture = self.overlay(image, alpha=alpha, draw_labels=draw_labels)
-        fmt = Image.registered_extensions().get(Path(path).suffix.lower())
-        if fmt is None:
-            raise ValueError(f"{path}: unknown image file ending; use .png or .jpg")
-        tag = f"{SOFTWARE} {__version__}"
-        kwargs: dict[str, Any] = {}
-        if fmt == "PNG":
-            kwargs["pnginfo"] = PngImagePlugin.PngInfo()
-            kwargs["pnginfo"].add_text("Software", tag)
-        elif fmt in ("JPEG", "WEBP", "TIFF"):
-            exif = Image.Exif()
-            exif[0x0131] = tag
-            kwargs["exif"] = exif
-        buf = io.BytesIO()
-        picture.save(buf, format=fmt, **kwargs)
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, marked_image_bytes(picture, Path(path).suffix))
 
     def _check_not_input(self, path: str | os.PathLike) -> None:
         if self.image_path is not None and same_file(path, self.image_path):

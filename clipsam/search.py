@@ -239,6 +239,61 @@ def example_crop(image: np.ndarray, box: Sequence[float] | None, *, size: int, m
     return crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=size, margin=margin, fill=fill)
 
 
+def _indexed(db: Any, tables: set[str]) -> dict[str, str]:
+    """``{content hash: path}`` of the images marked done."""
+    if "images" not in tables:
+        return {}
+    rows = db.open_table("images").to_arrow().select(["image_hash", "image_path"]).to_pylist()
+    return {r["image_hash"]: _load_path(r["image_path"]) for r in rows}
+
+
+def _write_images(db: Any, tables: set[str], batch: Sequence[tuple[str, str, list[dict[str, Any]]]], dim: int,
+                  moved: Mapping[str, str] | None = None) -> None:
+    """Replace the rows of a batch of images in one append, then mark them done in one append (a kill in
+    between leaves rows of images not marked done: they are redone, and their leftovers deleted, never
+    duplicated). The rows of an image indexed before under the same path (an edited file: another hash) go
+    too; images in *moved* (``{hash: new path}``) get their new path."""
+    _, pa = _require_lancedb()
+    rows = [r for _, _, image_rows in batch for r in image_rows]
+    stale = ""
+    if batch:
+        hashes = ", ".join(_quote(d) for _, d, _ in batch)
+        paths = ", ".join(_quote(_store_path(p)) for p, _, _ in batch)
+        stale = f"image_hash IN ({hashes}) OR image_path IN ({paths})"
+    for name, keys in (("regions", ["image_hash", "region_id"]), ("images", ["image_hash"])) if moved else ():
+        if name in tables:
+            _repath(db.open_table(name), keys, moved or {})
+    if "regions" in tables:
+        table = db.open_table("regions")
+        if stale:
+            table.delete(stale)  # leftovers of an interrupted run, and rows of the file's earlier content
+        if rows:
+            table.add(pa.Table.from_pylist(rows, schema=_schema(dim)))
+    elif rows:
+        db.create_table("regions", pa.Table.from_pylist(rows, schema=_schema(dim)))
+    if not batch:
+        return
+    image_rows = pa.table({"image_hash": [d for _, d, _ in batch],
+                           "image_path": [_store_path(p) for p, _, _ in batch],
+                           "regions": [len(r) for _, _, r in batch]})
+    if "images" in tables:
+        table = db.open_table("images")
+        table.delete(stale)
+        table.add(image_rows)
+    else:
+        db.create_table("images", image_rows)
+
+
+def _repath(table: Any, keys: list[str], moved: Mapping[str, str]) -> None:
+    """Give the rows of moved images (``{hash: new path}``) their new path, in one commit (a merge on *keys*)."""
+    _, pa = _require_lancedb()
+    old = table.search().where(f"image_hash IN ({', '.join(_quote(d) for d in moved)})").limit(None).to_arrow()
+    if old.num_rows:
+        paths = pa.array([_store_path(moved[d]) for d in old.column("image_hash").to_pylist()], pa.string())
+        new = old.set_column(old.schema.get_field_index("image_path"), "image_path", paths)
+        table.merge_insert(keys).when_matched_update_all().execute(new)
+
+
 def compaction_due(appends: int) -> bool:
     """After the *appends*-th append of a run: time to compact (16, 32, 64, 128, 256, then every 256)?"""
     if appends < COMPACT_EVERY:
@@ -363,7 +418,7 @@ class RegionIndex:
             if meta is not None and not meta.get("dim"):  # written by a run whose first image had no region
                 meta = None
             self.check_models(meta)
-            done = self._indexed()  # hash -> path
+            done = _indexed(self._connect(True), self._tables())  # hash -> path
             counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0, "moved": 0}
             pending: list[tuple[str, str, list[dict[str, Any]]]] = []  # finished images not yet written
             moved: dict[str, str] = {}  # hash -> new path of images found elsewhere than indexed
@@ -373,7 +428,8 @@ class RegionIndex:
             def flush() -> None:
                 nonlocal last_flush, flushes
                 if pending or moved:
-                    self._write_images(pending, int(meta["dim"]) if meta else 0, moved)
+                    _write_images(self._connect(True), self._tables(), pending, int(meta["dim"]) if meta else 0,
+                                  moved)
                     pending.clear()
                     moved.clear()
                     flushes += 1
@@ -443,56 +499,6 @@ class RegionIndex:
         if "://" in self.path:
             return contextlib.nullcontext()
         return FolderLock(self.path, "region database")
-
-    def _indexed(self) -> dict[str, str]:
-        """``{content hash: path}`` of the images marked done."""
-        if "images" not in self._tables():
-            return {}
-        rows = self._connect(False).open_table("images").to_arrow().select(["image_hash", "image_path"]).to_pylist()
-        return {r["image_hash"]: _load_path(r["image_path"]) for r in rows}
-
-    def _write_images(self, batch: Sequence[tuple[str, str, list[dict[str, Any]]]], dim: int,
-                      moved: Mapping[str, str] | None = None) -> None:
-        """Replace the rows of a batch of images in one append, then mark them done in one append (a kill in
-        between leaves rows of images not marked done: they are redone, and their leftovers deleted, never
-        duplicated). The rows of an image indexed before under the same path (an edited file: another hash) go
-        too; images in *moved* (``{hash: new path}``) get their new path."""
-        _, pa = _require_lancedb()
-        db = self._connect(create=True)
-        rows = [r for _, _, image_rows in batch for r in image_rows]
-        stale = ""
-        if batch:
-            hashes = ", ".join(_quote(d) for _, d, _ in batch)
-            paths = ", ".join(_quote(_store_path(p)) for p, _, _ in batch)
-            stale = f"image_hash IN ({hashes}) OR image_path IN ({paths})"
-        for name, keys in (("regions", ["image_hash", "region_id"]), ("images", ["image_hash"])) if moved else ():
-            if name in self._tables():  # one commit per table: the rows of moved images, with their new paths
-                table = db.open_table(name)
-                where = f"image_hash IN ({', '.join(_quote(d) for d in moved)})"
-                old = table.search().where(where).limit(None).to_arrow()
-                if old.num_rows:
-                    paths = pa.array([_store_path(moved[d]) for d in old.column("image_hash").to_pylist()], pa.string())
-                    new = old.set_column(old.schema.get_field_index("image_path"), "image_path", paths)
-                    table.merge_insert(keys).when_matched_update_all().execute(new)
-        if "regions" in self._tables():
-            table = db.open_table("regions")
-            if stale:
-                table.delete(stale)  # leftovers of an interrupted run, and rows of the file's earlier content
-            if rows:
-                table.add(pa.Table.from_pylist(rows, schema=_schema(dim)))
-        elif rows:
-            db.create_table("regions", pa.Table.from_pylist(rows, schema=_schema(dim)))
-        if not batch:
-            return
-        image_rows = pa.table({"image_hash": [d for _, d, _ in batch],
-                               "image_path": [_store_path(p) for p, _, _ in batch],
-                               "regions": [len(r) for _, _, r in batch]})
-        if "images" in self._tables():
-            table = db.open_table("images")
-            table.delete(stale)
-            table.add(image_rows)
-        else:
-            db.create_table("images", image_rows)
 
     def _maybe_index(self, meta: dict[str, Any] | None) -> None:
         rows = len(self)

@@ -230,7 +230,7 @@ _PLANTS = st.lists(st.sampled_from(["link_to_input", "user_label", "user_png", "
                                     "user_annotations"]), max_size=3, unique=True)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(names=st.lists(_NAMES, min_size=1, max_size=4, unique=True), layout=_LAYOUTS, plants=_PLANTS,
        formats=st.sampled_from([(), ("yolo",)]), pngs=st.booleans())
 def test_no_input_file_ever_changes(tmp_path_factory, scene, names, layout, plants, formats, pngs):
@@ -257,9 +257,11 @@ def test_no_input_file_ever_changes(tmp_path_factory, scene, names, layout, plan
     for what in plants:
         path, target = plant[what]()
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():  # two plants for one path: the first stays
+            continue
         if target is not None:
             path.symlink_to(target)
-        elif not path.exists():
+        else:
             path.write_bytes(b"the user's")
     inputs = _snapshot(source)
     inputs = {k: v for k, v in inputs.items() if not k.startswith(str(out) + os.sep) or k in

@@ -135,7 +135,8 @@ def test_taxonomy_names_are_shown_not_interpreted(tmp_path):
     tax = tmp_path / "evil.yaml"
     tax.write_text('name: evil\nnodes:\n  - name: "[link=mailto:me@attacker.example]click"\n'
                    '    prompts: ["\\e]8;;http://x\\e\\\\x", "[bold]b[/bold]", "[/x]"]\n  - name: "\\e[31mred"\n')
-    for args in (["taxonomy", "show", str(tax)], ["taxonomy", "path", "[link=mailto:me@attacker.example]click", "-t", str(tax)],
+    link = "[link=mailto:me@attacker.example]click"
+    for args in (["taxonomy", "show", str(tax)], ["taxonomy", "path", link, "-t", str(tax)],
                  ["taxonomy", "search", "link", "-t", str(tax)], ["taxonomy", "validate", str(tax)]):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, (args, res.output)

@@ -24,6 +24,7 @@ from .common import (
     guard,
     json_option,
     out,
+    overwrite_option,
     sam_option,
     show,
 )
@@ -60,8 +61,7 @@ def label(
     formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written) and/or "
                                 "yolo (OUT/data.yaml, labels/*.txt polygons, images/ links), comma-separated."),
     force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace files in OUT that clipsam did not write "
-                                   "(never an input image)."),
+    overwrite: bool = overwrite_option(),
     image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
                                               "text file or COCO JSON (default: its own folder)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a COCO JSON's file_name "

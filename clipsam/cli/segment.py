@@ -71,6 +71,22 @@ def _rich_tree(seg: Any) -> Tree:
     return root
 
 
+def _write_outputs(result: Any, image: Path, segmenter: Any, paths: dict[str, Path | None]) -> list[tuple[str, Path]]:
+    """Write the outputs asked for (each atomically, marked as clipsam's); returns ``(what, path)`` of each."""
+    if paths["overlay"] is not None:
+        result.save_overlay(paths["overlay"], image)
+    if paths["JSON"] is not None:
+        result.to_json(paths["JSON"], indent=2)
+    if paths["COCO"] is not None:
+        coco = result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)
+        atomic_write(paths["COCO"], json.dumps(coco).encode("utf-8"))
+    if paths["HTML report"] is not None:
+        from ..report import segmentation_report, write_report
+
+        write_report(paths["HTML report"], segmentation_report(result, image, parameters=segmenter.config()))
+    return [(what, path) for what, path in paths.items() if path is not None]
+
+
 def _check_combination(query_given: bool, terms: list[str], prompted: bool, taxonomy: str | None, refine: bool,
                        part_points: int, points_per_side: int | None) -> None:
     """Refuse empty queries and options that have no effect together, before anything runs."""
@@ -190,17 +206,8 @@ def segment(
             result = segmenter.segment_everything(image, part_points=part_points, strategy=strategy)
             title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
                                                 " (unlabelled: give a query or --taxonomy to label them)")
-    if out_path is not None:
-        result.save_overlay(out_path, image)
-    if save_json is not None:
-        result.to_json(save_json, indent=2)
-    if coco_path is not None:
-        coco = result.to_coco(taxonomy=segmenter.taxonomy, file_name=image.name)
-        atomic_write(coco_path, json.dumps(coco).encode("utf-8"))
-    if html_path is not None:
-        from ..report import segmentation_report, write_report
-
-        write_report(html_path, segmentation_report(result, image, parameters=segmenter.config()))
+    written = _write_outputs(result, image, segmenter, {"overlay": out_path, "JSON": save_json, "COCO": coco_path,
+                                                        "HTML report": html_path})
     if as_json:
         emit_json(result.to_dict())
         return
@@ -210,11 +217,5 @@ def segment(
         out.print(_regions_table(result, title))
     if not len(result) and terms:
         out.print(f"[yellow]nothing matched {show(', '.join(terms))!r}[/] (lower --min-confidence to be less strict)")
-    if out_path is not None:
-        out.print(f"overlay written to [bold]{show(out_path)}[/]")
-    if save_json is not None:
-        out.print(f"JSON written to [bold]{show(save_json)}[/]")
-    if coco_path is not None:
-        out.print(f"COCO written to [bold]{show(coco_path)}[/]")
-    if html_path is not None:
-        out.print(f"HTML report written to [bold]{show(html_path)}[/]")
+    for what, path in written:
+        out.print(f"{what} written to [bold]{show(path)}[/]")
