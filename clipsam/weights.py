@@ -335,6 +335,33 @@ def _missing_message(ckpt: Checkpoint, reason: str) -> str:
     )
 
 
+def missing_message(names: list[str], reason: str, verb: str | None = None) -> str:
+    """One message for every checkpoint of *names* that is not cached: each file, its size and address, and the
+    import command of each, so that one trip to a machine with internet access brings them all."""
+    ckpts = [get(n) for n in dict.fromkeys(names)]
+    if len(ckpts) == 1:
+        return _missing_message(ckpts[0], reason)
+    files = "; ".join(f"{c.name!r}: {c.url}" + (f" ({c.size / 1e6:,.0f} MB)" if c.size else "") for c in ckpts)
+    imports = " and ".join(f"`clipsam weights import {c.name} /path/to/{c.url.rsplit('/', 1)[1]}`" for c in ckpts)
+    online = f"`clipsam weights download --for {verb}`" if verb else \
+        f"`clipsam weights download {' '.join(c.name for c in ckpts)}`"
+    return (f"{len(ckpts)} checkpoints this command needs are not in the cache {cache_dir()} and {reason}. On a "
+            f"machine with internet access download {files}; copy them here, then run {imports} (each SHA-256 is "
+            f"checked), or run {online} once online; CLIPSAM_HOME chooses the cache folder.")
+
+
+def ensure_all(names: list[str], *, verb: str | None = None, progress: Callable[[str], ProgressCallback | None] |
+               None = None) -> list[Path]:
+    """:func:`ensure` for each of *names*; offline, every missing one is named in one :class:`WeightsMissingError`
+    (with the import command of each) before anything else happens."""
+    names = list(dict.fromkeys(get(n).name for n in names))
+    missing = [n for n in names if not is_cached(n)]
+    if missing and is_offline():
+        raise WeightsMissingError(missing_message(missing, "offline mode is on (CLIPSAM_OFFLINE / HF_HUB_OFFLINE)",
+                                                  verb))
+    return [ensure(n, progress=progress(n) if progress else None) for n in names]
+
+
 def ensure(name: str, *, download: bool = True, progress: ProgressCallback | None = None) -> Path:
     """Path of a verified copy of checkpoint *name*, downloading it first when needed and allowed.
 

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -359,4 +361,29 @@ def test_segment_out_on_a_read_only_disk_fails_before_any_model(tmp_path, scene,
     res = subprocess.run([sys.executable, "-m", "clipsam", "segment", str(tmp_path / "in.png"), "cat", "--out",
                           str(read_only_folder / "o.png")],
                          capture_output=True, text=True, env=_offline_default_models_env(tmp_path), timeout=300)
-    assert res.returncode == 2 and "not writable" in res.stderr and "weights" not in res.stderr, res.stderr
+    assert res.returncode == 2 and "cannot write into" in res.stderr and "weights" not in res.stderr, res.stderr
+
+
+_URLS = st.builds(lambda scheme, host, port, path: f"{scheme}://{host}{port}/{path}",
+                  st.sampled_from(["http", "https", "HTTPS"]),
+                  st.sampled_from(["huggingface.co", "HuggingFace.co", "cdn-lfs.hf.co", "127.0.0.1", "evil.example"]),
+                  st.sampled_from(["", ":443", ":80", ":8080"]), st.sampled_from(["a", "b/c?x=1"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=_URLS, hops=st.lists(_URLS, min_size=1, max_size=4))
+def test_credentials_follow_a_redirect_chain_only_while_the_origin_stays(start, hops):
+    """Over generated chains of redirects: the token survives a hop exactly when scheme, host and port (defaults
+    filled in, case ignored) stay those of the previous URL, and once dropped it never comes back."""
+    import urllib.request
+
+    handler = W._CredentialSafeRedirects()
+    req = urllib.request.Request(start, headers={"Authorization": "Bearer t", "User-Agent": "clipsam"})
+    has_token = True
+    for url in hops:
+        new = handler.redirect_request(req, None, 302, "Found", {}, url)
+        same = W._origin(url) == W._origin(req.full_url)
+        has_token = has_token and same
+        assert ("Authorization" in new.headers) == has_token, (req.full_url, url)
+        assert new.headers.get("User-agent") == "clipsam"
+        req = new

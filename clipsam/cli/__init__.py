@@ -8,14 +8,60 @@ stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from .._version import __version__
 from . import dataset, report, search, segment, taxonomy, weights
-from .common import out
+from .common import emit_json, err, json_option, out, show
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+#: The click that typer uses (some typer versions vendor their own copy), for its exception classes.
+_click_exceptions = importlib.import_module(typer.BadParameter.__module__)
+_NO_ARGS_IS_HELP = getattr(_click_exceptions, "NoArgsIsHelpError", ())
+
+
+class OneLineErrors(TyperGroup):
+    """The clipsam command group: usage errors (a missing argument, an unknown option, a bad value) are one line on
+    stderr, like every other error, instead of click's boxed paragraph."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as exc:  # `clipsam weights`: the group's help
+            exc.show()
+            sys.exit(0)
+        except _click_exceptions.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            err.print(f"[bold red]error:[/] {show(exc.format_message())}{show(hint)}", highlight=False, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err.print("[bold red]error:[/] aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(__version__, highlight=False)
+        raise typer.Exit()
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False,
                   help="Text-prompted, open-vocabulary, hierarchical segmentation with Segment Anything + CLIP.")
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                       help="Print clipsam's version and exit.")) -> None:
+    """Text-prompted, open-vocabulary, hierarchical segmentation with Segment Anything + CLIP."""
 weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify model checkpoints.")
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Browse and validate label taxonomies.")
 app.add_typer(weights_app, name="weights")
@@ -34,9 +80,23 @@ for _name in ("list", "show", "path", "search", "validate"):
 
 
 @app.command()
-def version() -> None:
-    """Print clipsam's version."""
-    out.print(__version__)
+def version(as_json: bool = json_option()) -> None:
+    """Print clipsam's version (with --json: also Python's, PyTorch's and the optional backends')."""
+    if not as_json:
+        out.print(__version__, highlight=False)
+        return
+    import importlib.metadata as md
+    import platform
+
+    def installed(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    emit_json({"clipsam": __version__, "python": platform.python_version(),
+               **{name: installed(name) for name in ("torch", "segment-anything", "open_clip_torch", "sam2",
+                                                     "transformers", "lancedb")}})
 
 
 def main() -> None:

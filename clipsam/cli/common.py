@@ -29,6 +29,21 @@ err = Console(stderr=True)
 SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, sam3 (concepts from text; "
             "clipsam\\[sam3]), tiny-random or tiny-random-sam3 "
             "(random weights, for tests only: output meaningless).")
+def _shipped() -> str:
+    from ..core.taxonomy import shipped_taxonomies
+
+    return ", ".join(shipped_taxonomies())
+
+
+#: Help of every --taxonomy option: the shipped names are listed from prompts/, so the help never falls behind.
+TAXONOMY_HELP = f"Taxonomy: a shipped name ({_shipped()}) or a YAML file."
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 mask``, ``2 masks``, ``1,024 regions``."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
 CLIP_HELP = "CLIP model: ViT-B-16/openai, ViT-B-32/openai, ViT-L-14/openai, … or tiny-random (tests only)."
 JSON_HELP = "Print machine-readable JSON on stdout instead of tables."
 #: Overlay formats ``--out`` can write (Pillow picks the format from the suffix).
@@ -134,12 +149,29 @@ def check_output_file(path: Path | None, option: str, suffixes: tuple[str, ...] 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         fail(f"{option} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):  # a read-only disk or folder: say so before any model runs
-        fail(f"{option} {path}: folder {parent} is not writable (read-only disk or no permission)")
+    problem = writable(parent)
+    if problem:  # a read-only disk, /proc, no permission: said before any model runs
+        fail(f"{option} {path}: cannot write into {parent} ({problem})")
+
+
+def writable(folder: Path) -> str:
+    """Why no file can be created in *folder* (``""``: it can), found by creating and removing a temporary file:
+    permission bits alone do not show a read-only disk to root, nor that ``/proc`` takes no new files."""
+    from ..files import temp_path
+
+    probe = temp_path(folder / "probe")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        return os_error_message(OSError(exc.errno, exc.strerror)).split(";")[0]
+    os.close(fd)
+    os.unlink(probe)
+    return ""
 
 
 def overwrite_option() -> Any:
-    return typer.Option(False, "--overwrite", help="Replace output files that clipsam did not write (never an input).")
+    return typer.Option(False, "--overwrite", metavar="",
+                        help="Replace output files that clipsam did not write (never an input).")
 
 
 def check_device(device: str) -> None:
@@ -217,18 +249,21 @@ def check_model(name: str, family: str) -> None:
               f"choose one of: {', '.join(known)}")
 
 
-def ensure_weights(names: list[str], show: bool) -> None:
-    """Fetch missing registry weights up front, with progress bars (tiny-random needs none). SAM 3 brings the
-    SAM whose automatic masks complete its results (the segmenter's default ``unknown_sam``)."""
+def weights_needed(names: list[str]) -> list[str]:
+    """The registry checkpoints behind model *names* (tiny-random needs none); SAM 3 brings the SAM whose automatic
+    masks complete its results (the segmenter's default ``unknown_sam``)."""
     wanted = [W.get(n).name for n in names if n not in ("tiny-random", "tiny-random-sam3")]
     if any(W.get(n).extra.get("backend") == "sam3" for n in wanted):
         from ..segmenter import DEFAULT_SAM
 
         wanted.append(DEFAULT_SAM)
-    wanted = list(dict.fromkeys(wanted))
+    return list(dict.fromkeys(wanted))
+
+
+def ensure_weights(names: list[str], show: bool, verb: str | None = None) -> None:
+    """Fetch missing registry weights up front, with progress bars; offline, one error names every missing file."""
     with download_progress(show) as make:
-        for name in wanted:
-            W.ensure(name, progress=make(name))
+        W.ensure_all(weights_needed(names), verb=verb, progress=make)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
@@ -274,5 +309,5 @@ def device_option() -> Any:
 
 
 def json_option() -> Any:
-    return typer.Option(False, "--json", help=JSON_HELP)
+    return typer.Option(False, "--json", help=JSON_HELP, metavar="")
 

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .common import (
+    TAXONOMY_HELP,
     check_device,
     check_labels,
     check_model,
@@ -47,7 +48,7 @@ def _check_label_options(engine: str, workers: int, min_area: int, max_regions: 
 @guard
 def label(
     source: Path = typer.Argument(..., help="A folder of images (recursive), a text file of paths, or a COCO JSON."),
-    taxonomy: str = typer.Option(..., "--taxonomy", "-t", help="Shipped taxonomy name or YAML file."),
+    taxonomy: str = typer.Option(..., "--taxonomy", "-t", help=TAXONOMY_HELP),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder (reuse it to resume)."),
     workers: int = typer.Option(1, "--workers", "-w", help="Processes (local) or actors (ray)."),
     engine: str = typer.Option("local", "--engine", help="local or ray (pip install 'clipsam\\[ray]')."),
@@ -56,23 +57,24 @@ def label(
     labels: str | None = typer.Option(None, "--labels", help="Keep only these labels (comma-separated; a label "
                                          "keeps everything below it)."),
     max_regions: int = typer.Option(0, "--max-regions", help="Keep at most N regions per image (best first)."),
-    unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched."),
-    pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs."),
+    unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched.", metavar=""),
+    pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs.", metavar=""),
     formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written) and/or "
                                 "yolo (OUT/data.yaml, labels/*.txt polygons, images/ links), comma-separated."),
-    force: bool = typer.Option(False, "--force", help="Discard an earlier run in OUT made with other parameters."),
+    force: bool = typer.Option(False, "--force", metavar="",
+                               help="Discard an earlier run in OUT made with other parameters."),
     overwrite: bool = overwrite_option(),
     image_root: Path | None = typer.Option(None, "--image-root", help="Base folder for relative paths in a "
                                               "text file or COCO JSON (default: its own folder)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a COCO JSON's file_name "
-                                            "point outside the image root (../, absolute paths)."),
+                                            "point outside the image root (../, absolute paths).", metavar=""),
     sam: str = sam_option(),
     clip: str = clip_option(),
     device: str = device_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
     full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
                                          help="Masks at the original size from SAM's logits (default), or the "
-                                         "processing-size masks scaled up."),
+                                         "processing-size masks scaled up.", metavar=""),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
     speed: str = typer.Option("exact", "--speed", help="exact (stock SAM's masks) or fast (approximate)."),
     part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine part prompts per object."),
@@ -119,7 +121,7 @@ def label(
     items = job.inputs(items)
     record = job.prepare(force=force, items=items, overwrite=overwrite)
     todo = job.pending(items)
-    ensure_weights([sam, clip], show=not as_json)
+    ensure_weights([sam, clip], show=not as_json, verb="label")
     counts = {"found": len(items), "resumed": len(items) - len(todo), "processed": 0, "failed": 0}
     start = _time.time()
     progress = Progress(TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
@@ -173,7 +175,7 @@ def eval_cmd(
         emit_json(report.to_dict())
         return
     if report.mask_ap is not None:
-        out.print("mask AP " + "  ".join(f"{k} {v:.3f}" for k, v in report.mask_ap.items()))
+        out.print("mask " + "  ".join(f"{k} {v:.3f}" for k, v in report.mask_ap.items()))
     out.print(f"mIoU {report.miou:.3f} over {len(report.class_iou)} classes")
     table = Table(header_style="bold")
     table.add_column("class")

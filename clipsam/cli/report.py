@@ -21,7 +21,7 @@ def report(
                                            "are embedded (default: the folder that holds FOLDER); also where to "
                                            "find images that moved (joined with each file_name)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Embed images from anywhere the "
-                                            "output folder names (trust the folder)."),
+                                            "output folder names (trust the folder).", metavar=""),
     overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
 ) -> None:

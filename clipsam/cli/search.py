@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .common import (
+    TAXONOMY_HELP,
     check_device,
     check_labels,
     check_model,
@@ -33,7 +34,8 @@ from .common import (
 def index(
     source: Path = typer.Argument(..., help="A folder of images (recursive), a text file of paths, or a COCO JSON."),
     db: Path = typer.Option(..., "--db", help="The region database folder (created; reused to add more)."),
-    taxonomy: str | None = typer.Option("everyday", "--taxonomy", "-t", help="Labels for the regions."),
+    taxonomy: str | None = typer.Option("everyday", "--taxonomy", "-t", help="Labels for the regions. "
+                                        + TAXONOMY_HELP),
     sam: str = sam_option(),
     clip: str = clip_option(),
     device: str = device_option(),
@@ -62,17 +64,19 @@ def index(
     paths = [i.path for i in list_images(source)]
     store = RegionIndex(db, segmenter, taxonomy=taxonomy, flush_images=batch)
     store.check_models()
-    ensure_weights([sam, clip], show=not as_json)
+    ensure_weights([sam, clip], show=not as_json, verb="index")
     progress = Progress(TextColumn("[bold]indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[regions]} regions"), console=err, disable=as_json)
     errors: list[dict[str, Any]] = []
+    found = {"regions": len(store)}  # rows are written in batches: count what each image added as it finishes
     with progress:
-        task = progress.add_task("indexing", total=len(paths), regions=len(store))
+        task = progress.add_task("indexing", total=len(paths), regions=found["regions"])
 
         def on_result(res: dict[str, Any]) -> None:
             if res["status"] == "error":
                 errors.append(res)
-            progress.update(task, advance=1, regions=len(store))
+            found["regions"] += res.get("regions", 0)
+            progress.update(task, advance=1, regions=f"{found['regions']:,}")
 
         counts = store.add(paths, on_result=on_result)
     summary = {"db": str(db), **counts, "total_regions": len(store), "total_images": store.image_count(),
@@ -131,7 +135,7 @@ def search(
             tax = store.taxonomy_of(meta)
             if tax is not None:
                 check_labels([label_filter], tax, "--label")
-        ensure_weights([name], show=not as_json)
+        ensure_weights([name], show=not as_json, verb="search")
     hits = store.search(query if like is None else like, k=k, box=parse_box(box) if box else None,
                         label=label_filter, min_area=min_area)
     files = [h.file_status() for h in hits]  # moved or edited since indexing: said per hit, never a failed search
@@ -142,7 +146,7 @@ def search(
     table = Table(title=show(f"{len(hits)} regions for {query or str(like)!r}"), title_justify="left",
                   header_style="bold")
     for col in ("#", "similarity", "image", "region", "label path", "score", "area", "bbox x,y,w,h"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long path wraps: the file name is never cut off
     for n, (h, f) in enumerate(zip(hits, files, strict=True), 1):
         where = show(h.image_path) + ("" if f == "ok" else f" [yellow]({f} since indexing)[/]")
         table.add_row(str(n), f"{h.similarity:.3f}", where, str(h.region_id),

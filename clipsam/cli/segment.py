@@ -13,6 +13,7 @@ from rich.tree import Tree
 from ..files import atomic_write, check_outputs
 from .common import (
     OVERLAY_SUFFIXES,
+    TAXONOMY_HELP,
     check_device,
     check_model,
     check_output_file,
@@ -30,6 +31,7 @@ from .common import (
     overwrite_option,
     parse_box,
     parse_point,
+    plural,
     sam_option,
     show,
     verbose_logging,
@@ -113,16 +115,16 @@ def segment(
     points: list[str] | None = typer.Option(None, "--points", "-p", help="Click x,y[,label] in pixels; label 1 = "
                                                "foreground (default), 0 = background. Repeat for more clicks."),
     box: str | None = typer.Option(None, "--box", "-b", help="Box x0,y0,x1,y1 in pixels."),
-    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help="Taxonomy: a shipped name "
-                                           "(everyday, coco, parts) or a YAML file."),
-    tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help=TAXONOMY_HELP),
+    tree: bool = typer.Option(False, "--tree", help="Print the labelled part-whole tree.", metavar=""),
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Write an overlay image (PNG/JPEG)."),
     save_json: Path | None = typer.Option(None, "--save-json", help="Write the result JSON to a file."),
     html_path: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML page: the overlay, "
                                           "the part-whole tree (hover a node to see its mask), the parameters."),
-    coco_path: Path | None = typer.Option(None, "--coco", help="Write the result as a COCO file (the categories "
-                                          "and ids clipsam label writes for the same taxonomy)."),
-    refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box."),
+    coco_path: Path | None = typer.Option(None, "--coco", help="Write the result as a COCO file (the category ids "
+                                          "clipsam label writes for the same taxonomy; image and annotation ids are "
+                                          "this file's own)."),
+    refine: bool = typer.Option(False, "--refine", help="Re-predict each matched mask from its own box.", metavar=""),
     part_points: int = typer.Option(0, "--part-points", help="Coarse-to-fine: prompt SAM with up to N points inside "
                                     "each labelled object to find its parts (needs --taxonomy)."),
     sam: str = sam_option(),
@@ -133,7 +135,7 @@ def segment(
     full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
                                          help="Masks at the original size from SAM's logits, as stock SAM (default); "
                                          "--no-full-resolution scales the processing-size masks up (faster, "
-                                         "staircase edges)."),
+                                         "staircase edges).", metavar=""),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
                                                   "(default 32; 16 with --speed fast; 8 for tiny-random)."),
     speed: str = typer.Option("exact", "--speed", help="exact (stock SAM's masks) or fast (approximate: a 16x16 "
@@ -147,7 +149,7 @@ def segment(
                                         "masked crop each) or pooled (dense CLIP features averaged in each mask)."),
     overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens.", metavar=""),
 ) -> None:
     """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
     from ..core.labels import SCORINGS
@@ -190,7 +192,7 @@ def segment(
 
         resolve_query(terms, segmenter.taxonomy)
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
-    ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json)
+    ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json, verb="segment")
     with err.status("segmenting…", spinner="dots") if not as_json else nullcontext():
         if prompted:
             import numpy as np
@@ -198,13 +200,13 @@ def segment(
             pts = np.asarray([c[:2] for c in clicks]) if clicks else None
             lbl = np.asarray([c[2] for c in clicks]) if clicks else None
             result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
-            title = f"{len(result)} masks for the prompt (best first)"
+            title = f"{plural(len(result), 'mask')} for the prompt (best first)"
         elif terms:
             result = segmenter.segment(image, terms, refine=refine, part_points=part_points, strategy=strategy)
-            title = f"{len(result)} regions match {', '.join(terms)!r}"
+            title = f"{plural(len(result), 'region')} match{'es' if len(result) == 1 else ''} {', '.join(terms)!r}"
         else:
             result = segmenter.segment_everything(image, part_points=part_points, strategy=strategy)
-            title = f"{len(result)} regions" + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
+            title = plural(len(result), "region") + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
                                                 " (unlabelled: give a query or --taxonomy to label them)")
     written = _write_outputs(result, image, segmenter, {"overlay": out_path, "JSON": save_json, "COCO": coco_path,
                                                         "HTML report": html_path})
@@ -216,6 +218,7 @@ def segment(
     else:
         out.print(_regions_table(result, title))
     if not len(result) and terms:
-        out.print(f"[yellow]nothing matched {show(', '.join(terms))!r}[/] (lower --min-confidence to be less strict)")
+        hint = " (lower --min-confidence to be less strict)" if min_confidence > 0 else ""
+        out.print(f"[yellow]nothing matched {show(repr(', '.join(terms)))}[/]{hint}")
     for what, path in written:
         out.print(f"{what} written to [bold]{show(path)}[/]")

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .common import (
+    TAXONOMY_HELP,
     emit_json,
     fail,
     guard,
@@ -60,6 +61,8 @@ def taxonomy_show(
     """Print a taxonomy as a tree (is-a children in bold, parts in cyan)."""
     from ..core.taxonomy import load_taxonomy
 
+    if depth is not None and depth < 1:
+        fail(f"--depth must be at least 1, got {depth}")
     t = load_taxonomy(name)
     if as_json:
         emit_json(t.to_dict())
@@ -72,7 +75,7 @@ def taxonomy_show(
 @guard
 def taxonomy_path(
     label: str = typer.Argument(..., help="A label or synonym, e.g. puppy."),
-    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help="Shipped name or YAML file."),
+    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help=TAXONOMY_HELP),
     as_json: bool = json_option(),
 ) -> None:
     """Where a label sits: `clipsam taxonomy path puppy` prints animal/dog/puppy."""
@@ -85,13 +88,22 @@ def taxonomy_path(
         for n in hits:
             out.print(show(n.path_str) + (" [dim](part)[/]" if n.is_part else ""), highlight=False)
     if not hits:
-        fail(f"{label!r} is not in taxonomy {taxonomy!r}; try `clipsam taxonomy search {label}`", 1)
+        import difflib
+
+        tax = load_taxonomy(taxonomy)
+        names = sorted({n.name for n in tax} | {p for n in tax for p in n.prompts})
+        close = difflib.get_close_matches(label, names, n=3, cutoff=0.6)
+        found = tax.search(label)
+        hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close else
+                f"`clipsam taxonomy search {label}` finds {len(found)} label(s) that contain it" if found else
+                f"see `clipsam taxonomy show {taxonomy}`")
+        fail(f"{label!r} is not in taxonomy {taxonomy!r}; {hint}", 1)
 
 
 @guard
 def taxonomy_search(
     word: str = typer.Argument(..., help="Text to look for in names and synonyms."),
-    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help="Shipped name or YAML file."),
+    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help=TAXONOMY_HELP),
     as_json: bool = json_option(),
 ) -> None:
     """Labels whose name or a synonym contains WORD."""

@@ -16,12 +16,15 @@ from .common import (
     json_option,
     out,
     show,
+    weights_needed,
 )
 
 
 @guard
-def weights_list(as_json: bool = json_option()) -> None:
-    """Show every known checkpoint and whether it is in the cache."""
+def weights_list(full: bool = typer.Option(False, "--full", metavar="", help="Also each file's full SHA-256 and "
+                                            "official URL."),
+                 as_json: bool = json_option()) -> None:
+    """Show every known checkpoint and whether it is in the cache (--full: full SHA-256 and URL)."""
     rows = []
     for name, c in sorted(W.REGISTRY.items(), key=lambda kv: (kv[1].family != "sam", kv[0])):
         path = W.cache_dir() / c.filename
@@ -31,24 +34,50 @@ def weights_list(as_json: bool = json_option()) -> None:
     if as_json:
         emit_json({"cache_dir": str(W.cache_dir()), "offline": W.is_offline(), "checkpoints": rows})
         return
-    table = Table(title=f"Checkpoints (cache: {W.cache_dir()})", title_justify="left", header_style="bold")
+    table = Table(title=show(f"Checkpoints (cache: {W.cache_dir()})"), title_justify="left", header_style="bold")
     for col in ("name", "model", "cached", "sha256", "description"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]",
-                      r["sha256"][:12] + "…" if r["sha256"] else "[dim]pinned on first use[/]", r["description"])
+        sha = (r["sha256"] if full else r["sha256"][:12] + "…") if r["sha256"] else "[dim]pinned on first use[/]"
+        text = show(r["description"]) + (f"\n[dim]{show(r['url'])}[/]" if full else "")
+        table.add_row(show(r["name"]), r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]", sha, text)
     out.print(table)
     out.print("[dim]tiny-random (SAM and CLIP): random-weight toy models for tests; no download, "
               "output meaningless.[/]")
 
 
+#: Which models each verb loads by default: ``sam``, ``clip`` or both (search embeds text only).
+VERB_MODELS = {"segment": ("sam", "clip"), "label": ("sam", "clip"), "index": ("sam", "clip"), "search": ("clip",)}
+
+
+def verb_models(verb: str, sam: str | None = None, clip: str | None = None) -> list[str]:
+    """The model names *verb* loads (the defaults, or *sam* / *clip*)."""
+    from ..segmenter import DEFAULT_CLIP, DEFAULT_SAM
+
+    chosen = {"sam": sam or DEFAULT_SAM, "clip": clip or DEFAULT_CLIP}
+    return [chosen[kind] for kind in VERB_MODELS[verb]]
+
+
 @guard
 def weights_download(
-    names: list[str] = typer.Argument(..., help="Checkpoint names (see `clipsam weights list`)."),
-    force: bool = typer.Option(False, "--force", help="Download again even when cached."),
+    names: list[str] | None = typer.Argument(None, help="Checkpoint names (see `clipsam weights list`)."),
+    verb: str | None = typer.Option(None, "--for", help="Everything a verb needs with its default models: "
+                                    f"{', '.join(VERB_MODELS)} (with --sam/--clip: those models)."),
+    sam: str | None = typer.Option(None, "--sam", help="With --for: this SAM model instead of the default."),
+    clip: str | None = typer.Option(None, "--clip", help="With --for: this CLIP model instead of the default."),
+    force: bool = typer.Option(False, "--force", help="Download again even when cached.", metavar=""),
     as_json: bool = json_option(),
 ) -> None:
     """Download checkpoints into the cache, verifying their SHA-256."""
+    if verb is not None:
+        if verb not in VERB_MODELS:
+            fail(f"--for must be one of {', '.join(VERB_MODELS)}, got {verb!r}")
+        names = [*(names or []), *verb_models(verb, sam, clip)]
+    elif sam or clip:
+        fail("--sam and --clip go with --for VERB; name checkpoints as arguments otherwise")
+    if not names:
+        fail("name the checkpoints to download (see `clipsam weights list`), or give --for VERB")
+    names = weights_needed(names)
     if W.is_offline():
         fail("offline mode is on (CLIPSAM_OFFLINE / HF_HUB_OFFLINE): nothing can be downloaded")
     done = []

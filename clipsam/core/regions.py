@@ -122,6 +122,11 @@ class Regions:
     path_scores: tuple[tuple[float, ...], ...]
     embeddings: np.ndarray | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:  # a notebook shows a summary, not every RLE and array
+        first = ", ".join(f"{lbl or kind} {score:.2f}" for lbl, kind, score in
+                          zip(self.label[:5], self.kind[:5], self.score[:5], strict=True))
+        return f"Regions({len(self.rles)} regions{': ' + first if first else ''}{', …' if len(self.rles) > 5 else ''})"
+
     def __post_init__(self) -> None:
         n = len(self.rles)
         set_ = object.__setattr__

@@ -299,6 +299,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _include_path(path: Path, inc: str) -> Path:
+    """Where ``include: [inc]`` of the file *path* points: a file beside it (``inc`` or ``inc.yaml``), else a shipped
+    taxonomy of that name (``parts``, ``parts.yaml``), so that any file can build on clipsam's own."""
+    here = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
+    shipped = shipped_taxonomies()
+    for candidate in (here, path.parent / f"{inc}.yaml"):
+        if candidate.is_file():
+            return candidate
+    name = inc[:-5] if inc.endswith(".yaml") else inc
+    if name in shipped:
+        return shipped[name]
+    raise TaxonomyError(f"{path}: include {inc!r} not found (looked for {here}, and for a shipped taxonomy: "
+                        f"{', '.join(shipped)})")
+
+
 def _read_with_includes(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
     if path in stack:
         chain = " -> ".join(p.name for p in (*stack, path))
@@ -309,11 +324,7 @@ def _read_with_includes(path: Path, stack: tuple[Path, ...]) -> dict[str, Any]:
         includes = [includes]
     nodes: list[Any] = []
     for inc in includes:
-        inc_path = (path.parent / str(inc)) if not Path(str(inc)).is_absolute() else Path(str(inc))
-        if not inc_path.is_file() and (path.parent / f"{inc}.yaml").is_file():
-            inc_path = path.parent / f"{inc}.yaml"
-        if not inc_path.is_file():
-            raise TaxonomyError(f"{path}: include {inc!r} not found (looked for {inc_path})")
+        inc_path = _include_path(path, str(inc))
         included = _read_with_includes(inc_path.resolve(), (*stack, path))
         nodes = _merge_level(nodes, included.get("nodes", []), str(inc_path), ())
     own = data.get("nodes", [])
