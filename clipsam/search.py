@@ -59,8 +59,8 @@ __all__ = ["ANN_SEARCH", "ANN_THRESHOLD", "RegionIndex", "SearchHit", "build_ann
 
 def _require_lancedb():
     # LanceDB's Rust core logs a WARN line on stderr when it creates a table ("No existing dataset …"): clipsam says
-    # what happens itself, so only its errors are shown unless the user set LANCE_LOG
-    os.environ.setdefault("LANCE_LOG", "error")
+    # what happens itself, so only its errors are shown unless the user set LANCEDB_LOG
+    os.environ.setdefault("LANCEDB_LOG", "error")
     try:
         import lancedb
         import pyarrow as pa

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from .._version import __version__
-from . import dataset, report, search, segment, taxonomy, weights
+from . import dataset, demo, report, search, segment, taxonomy, weights
 from .common import emit_json, err, json_option, out, show
 
 #: The click that typer uses (some typer versions vendor their own copy), for its exception classes.
@@ -73,6 +73,7 @@ app.command("eval")(dataset.eval_cmd)
 app.command()(search.index)
 app.command()(search.search)
 app.command()(report.report)
+app.command()(demo.demo)
 for _name in ("list", "download", "import", "verify"):
     weights_app.command(_name)(getattr(weights, f"weights_{_name}"))
 for _name in ("list", "show", "path", "search", "validate"):

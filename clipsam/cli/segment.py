@@ -43,7 +43,7 @@ def _regions_table(seg: Any, title: str) -> Table:
     for col, kw in (("id", {"justify": "right"}), ("label", {}), ("score", {"justify": "right"}),
                     ("path", {}), ("kind", {}), ("area", {"justify": "right"}), ("bbox x,y,w,h", {}),
                     ("parent", {"justify": "right"}), ("pred IoU", {"justify": "right"})):
-        table.add_column(col, **kw)
+        table.add_column(col, overflow="fold", **kw)
     for r in sorted(seg.regions, key=lambda r: (-r.score, r.id)):
         table.add_row(str(r.id), show(r.label or "-"), f"{r.score:.2f}" if r.label_path else "-",
                       show(r.label_path_str or "-"), r.kind, f"{r.area:,}", ",".join(f"{v:.0f}" for v in r.bbox_xywh),
