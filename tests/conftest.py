@@ -9,6 +9,10 @@ import pytest
 def pytest_configure(config):
     # COCO info dates: files written before and after midnight (or a test's monkeypatch.undo()) stay byte-identical
     os.environ.setdefault("SOURCE_DATE_EPOCH", "1764547200")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # -n N: one torch thread per worker, so N workers share N cores
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -44,6 +44,7 @@ def _label(src, out, *extra, check=True):
     return proc
 
 
+@pytest.mark.slow
 def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -84,6 +85,7 @@ def test_mixed_folder_finishes_and_is_valid_coco(tmp_path, photos, chelsea):
     assert run["counts"]["errors"] == 4 and "parameters" in run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [2, 7])
 def test_kill_9_and_resume_gives_identical_annotations(tmp_path, photos, kill_after):
     _label(photos, tmp_path / "ref", "--unknown")
@@ -114,6 +116,7 @@ def test_kill_9_and_resume_gives_identical_annotations(tmp_path, photos, kill_af
     assert again["processed"] == 0 and (out / "annotations.json").read_bytes() == reference
 
 
+@pytest.mark.slow
 def test_changed_parameters_are_refused_unless_forced(tmp_path, photos):
     src = tmp_path / "two"
     src.mkdir()
@@ -173,6 +176,7 @@ def test_sources_text_file_and_coco_json(tmp_path, photos):
     assert len(folder_items) == 12 and any(i.file_name.startswith("nested/") for i in folder_items)
 
 
+@pytest.mark.slow
 def test_worker_pool_matches_single_process(tmp_path, photos):
     single = _label(photos, tmp_path / "one", "--unknown")
     pool = _label(photos, tmp_path / "two", "--workers", "2", "--unknown")
@@ -181,6 +185,7 @@ def test_worker_pool_matches_single_process(tmp_path, photos):
     assert (tmp_path / "one" / "annotations.json").read_bytes() == (tmp_path / "two" / "annotations.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_ray_engine_matches_local(tmp_path, photos):
     pytest.importorskip("ray")
     src = tmp_path / "four"

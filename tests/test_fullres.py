@@ -36,6 +36,7 @@ def _stock_predictor(seg, image):
 
 @pytest.mark.parametrize("params", [GRID, {**GRID, "points_per_side": 9, "points_per_batch": 20,
                                            "stability_score_offset": 0.5}])
+@pytest.mark.slow
 def test_everything_gives_stock_generators_masks_at_the_original_size(seg, big, params):
     stock = SamAutomaticMaskGenerator(seg.proposer.model, output_mode="coco_rle", **params).generate(big)
     ours = seg.segment_everything(big, label=False, **params)
@@ -45,6 +46,7 @@ def test_everything_gives_stock_generators_masks_at_the_original_size(seg, big, 
     assert all(r.rle["size"] == [640, 962] for r in ours)
 
 
+@pytest.mark.slow
 def test_nearest_neighbour_scaling_is_what_full_resolution_false_gives(seg, big):
     """The old path, kept as an option: processing-size masks scaled up; they are not stock's."""
     fast = tiny_segmenter(seed=3, max_side=128, duplicate_iou=1.0, full_resolution=False)
@@ -121,6 +123,7 @@ class _CatEverywhere:
         return np.array([[1.0, 0.0] if " cat" in f" {t}" else [0.0, 1.0] for t in texts], dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call", ["refine", "parts"])
 def test_refined_masks_and_parts_come_from_sams_logits(seg, big, monkeypatch, call):
     from clipsam import Segmenter

@@ -59,6 +59,7 @@ def _wait_for(predicate, timeout: float = 120.0) -> bool:
 
 
 # -- locks ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_label_run_on_the_same_output_is_refused(tmp_path, photos):
     out = tmp_path / "out"
     args = ["label", str(photos), "-t", "coco", "--out", str(out), *TINY, "--json", "--unknown",
@@ -137,6 +138,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_parent_is_killed(tmp_path, photos):
     out = tmp_path / "out"
@@ -251,6 +253,7 @@ def _fill(folder: Path) -> None:
             fh.write(b"\0" * 4096)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_is_one_line_and_leaves_no_tmp(tiny_disk, photos):
     out = tiny_disk / "out"
     out.mkdir()
@@ -261,6 +264,7 @@ def test_a_really_full_disk_is_one_line_and_leaves_no_tmp(tiny_disk, photos):
     assert _leftover_tmp(out) == []
 
 
+@pytest.mark.slow
 def test_real_full_disk_mid_run_keeps_finished_parts(tiny_disk, photos):
     """With real ENOSPC from the kernel: fill the disk once two images are done."""
     out = tiny_disk / "out"
@@ -282,6 +286,7 @@ def test_real_full_disk_mid_run_keeps_finished_parts(tiny_disk, photos):
 
 
 # -- names and sources ------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses file names that are not UTF-8")
 def test_non_utf8_file_names_are_labelled_and_indexed(tmp_path, chelsea):
     src = tmp_path / "src"
@@ -309,6 +314,7 @@ def test_non_utf8_file_names_are_labelled_and_indexed(tmp_path, chelsea):
     assert os.path.join(str(src), weird) in paths and all(os.path.isfile(p) for p in paths)
 
 
+@pytest.mark.slow
 def test_unsupported_files_get_an_error_row(tmp_path, chelsea):
     src = tmp_path / "src"
     src.mkdir()
@@ -325,6 +331,7 @@ def test_unsupported_files_get_an_error_row(tmp_path, chelsea):
     assert "SVG is a vector format" in reasons["drawing.svg"]
 
 
+@pytest.mark.slow
 def test_coco_sources_are_confined_to_their_root(tmp_path, chelsea):
     root = tmp_path / "root"
     (root / "imgs").mkdir(parents=True)
@@ -344,6 +351,7 @@ def test_coco_sources_are_confined_to_their_root(tmp_path, chelsea):
     assert json.loads(proc.stdout)["images"] == 1
 
 
+@pytest.mark.slow
 def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     from clipsam.core.taxonomy import load_taxonomy
     from clipsam.errors import TaxonomyError
@@ -428,6 +436,7 @@ def test_search_metadata_is_replaced_in_one_commit(tmp_path, scene, scene_folder
 
 
 # -- search -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_search_paths_work_from_another_directory(tmp_path, chelsea):
     work = tmp_path / "work"
     (work / "photos").mkdir(parents=True)
@@ -473,6 +482,7 @@ def test_search_filters_are_literal_and_contained(tmp_path, scene, scene_folder,
     assert [h.label for h in index.search("dog", k=1)] == ["dog"]
 
 
+@pytest.mark.slow
 def test_a_read_only_clipsam_home(tmp_path, chelsea, monkeypatch):
     """EROFS: downloading weights is one line naming the folder; segmenting needs no write there."""
     from typer.testing import CliRunner

@@ -335,6 +335,7 @@ def _offline_default_models_env(tmp_path) -> dict[str, str]:
     return {**os.environ, "CLIPSAM_HOME": str(tmp_path / "home"), "CLIPSAM_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_a_slash_in_a_free_text_query_fails_before_any_model(tmp_path, scene):
     """With the default models and no weights, the query is refused, not the missing weights reported."""
     Image.fromarray(scene.image).save(tmp_path / "in.png")

@@ -26,6 +26,7 @@ def proposer(sam2_model):
     return Sam2Proposer(sam2_model, "cpu", name="sam2.1-random")
 
 
+@pytest.mark.slow
 def test_generate_matches_stock_sam2_and_reuses_the_embedding(proposer, sam2_model, chelsea):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
@@ -45,6 +46,7 @@ def test_generate_matches_stock_sam2_and_reuses_the_embedding(proposer, sam2_mod
     ({"point_grids": [np.random.default_rng(0).random((20, 2))], "points_per_side": None, "pred_iou_thresh": 0.05,
       "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}, None),
 ])
+@pytest.mark.slow
 def test_fast_generator_is_identical_to_stock_sam2(sam2_model, chelsea, params, chunk_pixels):
     """clipsam's SAM 2.1 generator (amg2): stock's RLEs, predicted IoUs, stability scores and points, in order."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
@@ -61,6 +63,7 @@ def test_fast_generator_is_identical_to_stock_sam2(sam2_model, chelsea, params, 
     assert [list(p.point_xy) for p in ours] == [s["point_coords"][0] for s in stock]
 
 
+@pytest.mark.slow
 def test_full_resolution_masks_are_stock_sam2s(sam2_model, chelsea):
     """At a processing size smaller than the photo, SAM 2.1's results are still stock's at the original size."""
     from PIL import Image
@@ -88,6 +91,7 @@ def test_full_resolution_masks_are_stock_sam2s(sam2_model, chelsea):
         np.testing.assert_array_equal(out.low_res_logits, low[order])
 
 
+@pytest.mark.slow
 def test_prompts_through_the_segmenter(proposer, chelsea):
     seg = Segmenter.from_models(proposer, generator_params=PARAMS, text_cache=False)
     click = seg.segment_prompt(chelsea, points=[[200, 150]])

@@ -71,6 +71,7 @@ def photo():
     return np.ascontiguousarray(data.chelsea()[:160, :240])
 
 
+@pytest.mark.slow
 def test_mask_helpers_past_the_pycocotools_batch_limit():
     rng = np.random.default_rng(1)
     dense = rng.random((N_MASKS, 24, 31)) < 0.3
@@ -102,6 +103,7 @@ def test_tiny_sam_with_hundreds_of_proposals(photo):
     seg.segment(crop, "cat", **params)  # ran to the end
 
 
+@pytest.mark.slow
 def test_every_public_path_with_a_thousand_masks(many, photo, tmp_path):
     from clipsam.dataset import Filters, LabelJob, list_images, run_local
     from clipsam.search import RegionIndex
@@ -137,6 +139,7 @@ STRIPS = [((10, 4059), 1024), ((4059, 10), 1024), ((3, 20000), 1024), ((1, 5000)
           ((10, 4059), None), ((1, 5000), None), ((3, 20000), 4096)]  # max_side None / 4096: SAM's resize pads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, max_side", STRIPS)
 def test_extreme_aspect_ratios_get_masks_like_any_image(tiny, shape, max_side):
     rng = np.random.default_rng(0)
@@ -164,6 +167,7 @@ def test_pad_for_sam_keeps_every_side_at_least_one_pixel():
             assert padded.shape[:2] == (h, w)  # ordinary images are not touched
 
 
+@pytest.mark.slow
 def test_label_job_keeps_strips_and_megapixel_images(tmp_path):
     """A folder with strips and a 12 MP photo: every image labelled, none lost to an error."""
     from skimage import data

@@ -102,6 +102,7 @@ def photo_folder(tmp_path_factory, chelsea):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_index_and_search_with_tiny_models(tmp_path, photo_folder):
     db = tmp_path / "db"
     first = json.loads(_cli("index", photo_folder, "--db", db, *TINY, "--json").stdout)
@@ -122,6 +123,7 @@ def test_cli_index_and_search_with_tiny_models(tmp_path, photo_folder):
     assert missing.returncode == 2 and "no region index" in missing.stderr
 
 
+@pytest.mark.slow
 def test_killed_index_run_resumes_without_duplicates(tmp_path, chelsea):
     import lancedb
 

@@ -38,10 +38,13 @@ def weights_list(full: bool = typer.Option(False, "--full", metavar="", help="Al
     for col in ("name", "model", "cached", "sha256", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        sha = (r["sha256"] if full else r["sha256"][:12] + "…") if r["sha256"] else "[dim]pinned on first use[/]"
-        text = show(r["description"]) + (f"\n[dim]{show(r['url'])}[/]" if full else "")
-        table.add_row(show(r["name"]), r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]", sha, text)
+        sha = r["sha256"][:12] + "…" if r["sha256"] else "[dim]pinned on first use[/]"
+        table.add_row(show(r["name"]), r["family"].upper(), "[green]yes[/]" if r["cached"] else "[dim]no[/]", sha,
+                      show(r["description"]))
     out.print(table)
+    for r in rows if full else ():  # one unwrapped line each: hashes and URLs copy whole from any terminal
+        out.print(f"{show(r['name'])}  {r['sha256'] or '(pinned on first use)'}  {show(r['url'])}", soft_wrap=True,
+                  highlight=False)
     out.print("[dim]tiny-random (SAM and CLIP): random-weight toy models for tests; no download, "
               "output meaningless.[/]")
 
