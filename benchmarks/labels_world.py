@@ -30,7 +30,17 @@ import numpy as np
 from clipsam.core import masks as M
 from clipsam.core.vocabulary import query_taxonomy
 from clipsam.stages.label import LabelPolicy, evidence
-from clipsam.testing.world import CLIPLikeWorld, WorldParams, absent_term, basic_terms, level_hits, query_counts
+from clipsam.testing.world import (
+    REGION_KINDS,
+    CLIPLikeWorld,
+    WorldParams,
+    absent_term,
+    basic_terms,
+    level_hits,
+    query_counts,
+    region_verdicts,
+    reliability,
+)
 
 RULES = {
     "today": {"scoring": "top-down", "vocabulary": False, "union_margin": None},
@@ -78,6 +88,32 @@ def _returns_union(result, scene) -> bool:
     return bool((ious >= 0.9).any())
 
 
+def every_region(seeds: int, scenes: int, params: WorldParams, first_seed: int = 0) -> dict[str, dict]:
+    """What a user receives: every labelled region of ``segment_everything`` judged by what lies under most of its
+    pixels (:func:`~clipsam.testing.world.region_verdicts`), per rule set: precision overall and per kind (object,
+    part, union, piece, stuff), confident wrong labels (score >= 0.5), and the reliability table."""
+    out = {}
+    for name, rules in RULES.items():
+        verdicts = []
+        for seed in range(first_seed, first_seed + seeds):
+            world = CLIPLikeWorld(seed, params)
+            for k in range(scenes):
+                scene = world.scene(k)
+                seg = world.segmenter(scene, **rules).segment_everything(scene.image)
+                verdicts += region_verdicts(seg, scene, world.taxonomy)
+        row = {"labelled": len(verdicts), "precision": float(np.mean([v["correct"] for v in verdicts]))}
+        for kind in REGION_KINDS:
+            hits = [v["correct"] for v in verdicts if v["kind"] == kind]
+            row[f"precision {kind}"] = float(np.mean(hits)) if hits else float("nan")
+            row[f"n {kind}"] = len(hits)
+        row["confident wrong"] = sum(not v["correct"] and v["score"] >= 0.5 for v in verdicts)
+        row["confident wrong pieces"] = sum(not v["correct"] and v["score"] >= 0.5 and v["kind"] == "piece"
+                                            for v in verdicts)
+        row["reliability"] = reliability(verdicts)
+        out[name] = row
+    return out
+
+
 def margins(seeds: int, scenes: int) -> dict[str, list[float]]:
     """Evidence differences (inner - outer, logits on the inner object's name, :func:`evidence`) for nested
     proposals: *same object* pairs (a half, a part or a near-duplicate inside the whole object) and *union* pairs
@@ -119,6 +155,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--scenes", type=int, default=5)
     ap.add_argument("--margins", action="store_true", help="measure the union rule's margin instead")
+    ap.add_argument("--every-region", action="store_true", help="judge every labelled region (precision per kind, "
+                    "confident wrong labels, reliability table) instead")
+    ap.add_argument("--first-seed", type=int, default=0, help="with --every-region: seeds from here (held-out worlds)")
+    ap.add_argument("--hypernym", type=float, default=WorldParams.hypernym, help="world's hypernym mixing weight")
     ap.add_argument("--crop-noise", type=float, default=WorldParams.crop_noise,
                     help="weight of the crops' random part (default %(default)s: 0.025 cosine of noise per text; "
                          "0.95, the most there is room for: 0.042)")
@@ -137,7 +177,21 @@ def main() -> None:
             union = np.mean(np.asarray(diffs["union"]) > m) if diffs["union"] else float("nan")
             print(f"margin {m:3.1f}: same-object pairs over it {same:6.1%}   union pairs over it {union:6.1%}")
         return
-    table = run(args.seeds, args.scenes, WorldParams(crop_noise=args.crop_noise))
+    params = WorldParams(crop_noise=args.crop_noise, hypernym=args.hypernym)
+    if args.every_region:
+        report = every_region(args.seeds, args.scenes, params, args.first_seed)
+        if args.json:
+            print(json.dumps(report, indent=2))
+            return
+        for name, row in report.items():
+            kinds = "  ".join(f"{k} {row[f'precision {k}']:.3f} (n={row[f'n {k}']})" for k in REGION_KINDS)
+            print(f"{name:9s} precision {row['precision']:.3f} over {row['labelled']} labelled regions; {kinds}; "
+                  f"confident wrong {row['confident wrong']} (pieces {row['confident wrong pieces']})")
+            print("          reliability: " + "  ".join(f"{b['bin']} {b['right']:.2f} (n={b['regions']})"
+                                                     for b in row["reliability"]))
+        print(f"({time.perf_counter() - start:.0f} s)")
+        return
+    table = run(args.seeds, args.scenes, params)
     if args.json:
         print(json.dumps(table, indent=2))
         return

@@ -201,7 +201,7 @@ def test_scores_are_path_probabilities_that_never_increase_with_depth():
     ear = out.decisions[1]
     assert ear.node.path == ("animal", "dog", "head", "ear")
     dog_p = out.decisions[0].score
-    p = softmax([0.6, 0.7, 0.0, 0.0, 0.0])  # head, ear, tail, furniture (rival), background
+    p = softmax([0.6, 0.7, 0.0, 0.0, 0.0, 0.0])  # head, ear, tail, furniture (rival), animal (its own), background
     assert ear.path_scores[2] == pytest.approx(dog_p * (p[0] + p[1]), rel=1e-5)
     assert ear.path_scores[3] == pytest.approx(dog_p * p[1], rel=1e-5)
 
@@ -289,3 +289,40 @@ def test_free_text_competes_against_the_vocabulary():
     assert sorted(match_query(feats, parents, [], ["cat"], Bank(), policy)) == [1, 2]
     today = LabelPolicy(negatives=("background",), **TOP_DOWN)
     assert sorted(match_query(feats, parents, [], ["cat"], Bank(), today)) == [0, 1, 2]  # the sofa was a cat
+
+
+# -- issue 23: a piece of an object is never renamed by renormalising what is left ----------------------------------
+
+@pytest.mark.parametrize("policy", [POLICY, SUBTREE], ids=["top-down", "subtree"])
+def test_a_piece_whose_best_label_is_its_owners_category_is_an_unknown_part(policy):
+    """Half of a dog inside the dog: its own best label is "dog" (0.8), and furniture barely registers (0.45). Taking
+    the dog's category out and renormalising what is left made it "furniture" with a high score; in one softmax over
+    every candidate, the dog's category wins and the half is a piece of the dog."""
+    feats = rows({"animal": 0.6, "dog": 0.9},                 # 0: the dog
+                 {"animal": 0.5, "dog": 0.8, "furniture": 0.45, "sofa": 0.45})  # 1: its left half
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), policy)
+    assert out.kinds == ("object", "unknown part")
+    assert out.decisions[1].node is None and out.decisions[1].best_guess.path[0] == "animal"
+
+
+@pytest.mark.parametrize("policy", [POLICY, SUBTREE], ids=["top-down", "subtree"])
+def test_another_category_inside_an_object_must_beat_the_owners_own(policy):
+    """A cat lying on the sofa, inside the sofa's mask: "cat" beats "sofa" on the region itself, so it is a cat; the
+    same region showing the sofa more strongly than the cat is a piece of the sofa."""
+    cat_on_sofa = rows({"furniture": 0.6, "sofa": 0.9},       # 0: the sofa
+                       {"animal": 0.6, "cat": 0.95, "furniture": 0.3, "sofa": 0.3})
+    out = label_tree(cat_on_sofa, np.array([-1, 0]), TAX, FixedBank(), policy)
+    assert out.kinds == ("object", "object") and out.decisions[1].node.path[0] == "animal"
+    sofa_piece = rows({"furniture": 0.6, "sofa": 0.9},
+                      {"animal": 0.5, "cat": 0.55, "furniture": 0.7, "sofa": 0.8})
+    out = label_tree(sofa_piece, np.array([-1, 0]), TAX, FixedBank(), policy)
+    assert out.kinds == ("object", "unknown part")
+
+
+def test_a_part_still_wins_over_its_owners_category():
+    """The dog's head: "dog head" beats "dog" on the crop, so it is the named part, scored in the full softmax."""
+    feats = rows({"animal": 0.6, "dog": 0.9}, {"dog head": 0.9, "dog": 0.6, "animal": 0.3})
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), POLICY)
+    assert out.kinds == ("object", "part") and out.decisions[1].node.name == "head"
+    p = softmax([0.9, 0.0, 0.0, 0.3, 0.0])  # head, tail, furniture, animal (the owner's own), background
+    assert out.decisions[1].score == pytest.approx(out.decisions[0].score * p[0], rel=1e-5)

@@ -246,39 +246,36 @@ def _owning_object(i: int, parents: np.ndarray, kinds: Sequence[str]) -> int | N
 
 def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: Taxonomy, bank, policy: LabelPolicy,
                     with_parts: bool, deep: bool) -> tuple[LabelDecision, str]:
+    """A region inside a labelled object: one of its parts, a piece of it (``unknown part``), or another object lying
+    on it. One softmax over the object's parts, every category's labels -- the object's own category included --
+    and the negatives: a probability is only meaningful over the full set of candidates. A piece whose best label is
+    its owner's category (a half of a cat) is never renamed by taking that category out and renormalising the rest;
+    another category wins only by beating the owner's category and every part on the region itself."""
     whole = whole_decision.node
     assert whole is not None  # the owner is a labelled object
     parts = whole.all_parts() if with_parts else []
-    rivals = [n for n in taxonomy.top if n.name != whole.path[0]]
-    if not parts and not rivals:
-        return LabelDecision(None), "unknown part"
-    if policy.scoring == "subtree":  # parts, rivals' labels and negatives in one softmax
-        s = subtree_scores(feat, rivals, bank, policy.negatives, extra=parts)
+    own = next(t for t in taxonomy.top if t.name == whole.path[0])
+    rivals = [n for n in taxonomy.top if n is not own]
+    if policy.scoring == "subtree":  # parts, every category's labels and negatives in one softmax
+        s = subtree_scores(feat, [*rivals, own], bank, policy.negatives, extra=parts)
         part_p, negative = s.extra[0], float(s.rival[0])
         rival_best = np.asarray([s.prob[0, s.subtree(t)].max() for t in rivals])  # a rival's best label
         rival_mass = np.asarray([s.mass[0, s.column(t)] for t in rivals])
-    else:  # top-down: rivals by their top-level names
-        text = bank.embed([c.prompts for c in parts + rivals] + prompt_sets(policy.negatives))
+        own_best = float(s.prob[0, s.subtree(own)].max())
+    else:  # top-down: categories by their top-level names
+        text = bank.embed([c.prompts for c in [*parts, *rivals, own]] + prompt_sets(policy.negatives))
         p = softmax(bank.logit_scale * (feat @ text.T))[0]
         part_p, rival_mass = p[:len(parts)], p[len(parts):len(parts) + len(rivals)]
-        rival_best = rival_mass
-        negative = float(p[len(parts) + len(rivals):].max()) if len(p) > len(parts) + len(rivals) else 0.0
+        rival_best, own_best = rival_mass, float(p[len(parts) + len(rivals)])
+        negative = float(p[len(parts) + len(rivals) + 1:].max()) if len(p) > len(parts) + len(rivals) + 1 else 0.0
     best_part = int(part_p.argmax()) if len(parts) else -1
     best_rival = int(rival_best.argmax()) if rivals else -1
     part_score = float(part_p[best_part]) if best_part >= 0 else -1.0
     rival_score = float(rival_best[best_rival]) if best_rival >= 0 else -1.0
-    if part_score >= rival_score:  # label against label: the best part, or the best label of another category
-        node, node_p = parts[best_part], part_score
-        if node_p <= negative or node_p < policy.part_confidence:  # a negative wins (or ties), or too unsure
-            return LabelDecision(None, (), node, node_p), "unknown part"
-        owner = node.object_node()
-        scores = list(whole_decision.path_scores[:len(owner.path)])
-        base = scores[-1] if scores else 1.0
-        for depth in range(len(owner.path) + 1, len(node.path)):  # part levels above the chosen one: their subtree
-            prefix = node.path[:depth]
-            scores.append(base * float(sum(part_p[j] for j, c in enumerate(parts) if c.path[:depth] == prefix)))
-        scores.append(base * node_p)  # P(whole's path) * P(this part | inside the whole)
-        return LabelDecision(node, tuple(scores), node, node_p), "part"
+    if part_score >= rival_score and part_score >= own_best:  # a named part of its owner
+        return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy)
+    if own_best >= rival_score:  # a piece of its owner: a half, a pair of parts, a sliver
+        return LabelDecision(None, (), whole, own_best), "unknown part"
     top, top_mass = rivals[best_rival], float(rival_mass[best_rival])
     if rival_score <= negative or top_mass < policy.min_confidence:
         return LabelDecision(None, (), top, top_mass), "unknown part"
@@ -288,6 +285,22 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
         return d, "object"
     d = LabelDecision(top, (top_mass,), top, top_mass)
     return (descend(feat, [d], bank, descend_confidence=policy.descend_confidence)[0] if deep else d), "object"
+
+
+def _part_decision(node: TaxonomyNode, node_p: float, part_p: np.ndarray, parts: Sequence[TaxonomyNode],
+                   negative: float, whole_decision: LabelDecision, policy: LabelPolicy) -> tuple[LabelDecision, str]:
+    """The part *node* (probability *node_p* in the region's softmax), or ``unknown part`` when a negative wins or it
+    is too unsure. Path scores: the whole's path, then each part level's subtree times the whole's score."""
+    if node_p <= negative or node_p < policy.part_confidence:
+        return LabelDecision(None, (), node, node_p), "unknown part"
+    owner = node.object_node()
+    scores = list(whole_decision.path_scores[:len(owner.path)])
+    base = scores[-1] if scores else 1.0
+    for depth in range(len(owner.path) + 1, len(node.path)):  # part levels above the chosen one: their subtree
+        prefix = node.path[:depth]
+        scores.append(base * float(sum(part_p[j] for j, c in enumerate(parts) if c.path[:depth] == prefix)))
+    scores.append(base * node_p)  # P(whole's path) * P(this part | inside the whole)
+    return LabelDecision(node, tuple(scores), node, node_p), "part"
 
 
 def parse_query(query: str | Sequence[str]) -> list[str]:

@@ -621,3 +621,62 @@ def level_hits(seg: Any, scene: WorldScene, *, iou: float = 0.8) -> dict[str, li
                 ok = r is not None and r.kind == "object" and tuple(r.label_path[:level]) == inst.path[:level]
                 out.setdefault(f"object L{level}", []).append(ok)
     return out
+
+
+#: Kinds of returned region :func:`region_verdicts` tells apart, by what the region is in the scene.
+REGION_KINDS = ("object", "part", "union", "piece", "stuff")
+#: Score bins of the reliability table (:func:`reliability`).
+SCORE_BINS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0 + 1e-9)
+
+
+def region_verdicts(seg: Any, scene: WorldScene, taxonomy: Taxonomy, *, iou: float = 0.8) -> list[dict[str, Any]]:
+    """Every labelled region of *seg* judged by what lies under most of its pixels -- what a user receives, not only
+    the best region per truth.
+
+    A region whose pixels lie mostly on background stuff is wrong whatever its label (stuff stays unknown). Else the
+    object under most of its pixels (with its parts) is the *owner*, and the label is right when it is the owner's
+    label or an ancestor of it, or a part whose object is the owner's label or an ancestor (``dog/head`` on a
+    puppy). Kinds: ``object``, ``part`` or ``union`` when the region matches a true object, part or object-with-
+    support with *iou*; ``piece`` otherwise (a half, a pair, a sliver); ``stuff``. Returns one dict per labelled
+    region: ``kind``, ``correct``, ``score``, ``label_path``, ``owner`` (the owner's path, or ``None``)."""
+    regions = [r for r in seg if r.label_path]
+    if not regions:
+        return []
+    owners = [i for i, s in enumerate(scene.instances) if s.kind in ("object", "stuff")]
+    rles = [r.rle for r in regions]
+    inter = M.intersection_matrix(rles, [scene.instances[i].rle for i in owners])
+    ious = {kind: (M.iou_matrix(rles, masks) if masks else np.zeros((len(rles), 0)))
+            for kind, masks in (("object", [s.rle for s in scene.instances if s.kind == "object"]),
+                                ("part", [s.rle for s in scene.instances if s.kind == "part"]),
+                                ("union", list(scene.unions)))}
+    out = []
+    for k, r in enumerate(regions):
+        owner = scene.instances[owners[int(inter[k].argmax())]] if len(owners) else None
+        kind = next((name for name in ("object", "part", "union") if ious[name].shape[1] and
+                     ious[name][k].max() >= iou), "piece")
+        if owner is None or owner.kind == "stuff":
+            out.append({"kind": "stuff" if kind == "piece" else kind, "correct": False, "score": float(r.score),
+                        "label_path": tuple(r.label_path), "owner": owner.path if owner else None})
+            continue
+        out.append({"kind": kind, "correct": _fits(tuple(r.label_path), owner.path, taxonomy),
+                    "score": float(r.score), "label_path": tuple(r.label_path), "owner": owner.path})
+    return out
+
+
+def _fits(label: tuple[str, ...], owner: tuple[str, ...], taxonomy: Taxonomy) -> bool:
+    node = taxonomy.get(label) if label else None
+    if node is None:
+        return False
+    if node.is_part:
+        node = node.object_node()
+    return tuple(owner[:len(node.path)]) == tuple(node.path)
+
+
+def reliability(verdicts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Within each score bin (:data:`SCORE_BINS`), how many labelled regions and the share that is right."""
+    rows = []
+    for lo, hi in zip(SCORE_BINS[:-1], SCORE_BINS[1:], strict=True):
+        hits = [v["correct"] for v in verdicts if lo <= v["score"] < hi]
+        rows.append({"bin": f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}", "regions": len(hits),
+                     "right": float(np.mean(hits)) if hits else float("nan")})
+    return rows
