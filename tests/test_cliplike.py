@@ -164,3 +164,20 @@ def test_every_returned_region_carries_a_label_that_fits():
         assert len(right) > 60 and np.mean(right) >= floor, (noise, np.mean(right))
         if noise == 0.57:
             assert not [v for v in verdicts if not v["correct"] and v["score"] >= 0.5]
+
+
+@pytest.mark.parametrize("path", ["grid", "guided", "concepts"])
+def test_one_path_score_per_label_level_on_every_path(path):
+    """Every region of every way of making regions has one path score per level of its label path (issue 23: SAM 3's
+    inherited parts had the whole object's)."""
+    checked = 0
+    for seed in (101, 102):
+        world = CLIPLikeWorld(seed)
+        for k in range(3):
+            scene = world.scene(k)
+            seg = world.segmenter(scene, concepts=path == "concepts")
+            kwargs = {"strategy": "guided"} if path == "guided" else {}
+            for r in seg.segment_everything(scene.image, **kwargs):
+                assert len(r.path_scores) == len(r.label_path), (path, r.label_path, r.path_scores)
+                checked += bool(r.label_path)
+    assert checked > 20

@@ -75,6 +75,22 @@ def test_parts_go_into_the_object_that_holds_them(tax):
     assert placed[0][2].path_scores == pytest.approx((0.9, 0.8, 0.72))  # the object's, then object x hit
 
 
+def test_an_inherited_part_gets_its_owners_path_scores(tax):
+    """A part inherited from an ancestor (a puppy has the dog's head; in everyday a man has a person's head): one
+    score per level of the part's own label path -- the owner's levels, then object x hit -- not the whole object's
+    path scores (issue 23)."""
+    dog = tax.get("animal/dog")
+    puppy = next(c for c in dog.children if c.name == "puppy")
+    head = next(p for p in puppy.all_parts() if p.name == "head")
+    assert head.object_node() is dog  # inherited, not the puppy's own
+    objects = [(_box(60, 60, 0, 0, 40, 40), LabelDecision(puppy, (0.9, 0.8, 0.7)))]
+    placed = place_parts(objects, [(ConceptQuery(head, "puppy head"), _box(60, 60, 2, 2, 12, 12), 0.9)],
+                         containment=0.8, max_part_share=0.8, min_confidence=0.3)
+    d = placed[0][2]
+    assert len(d.path_scores) == len(d.node.path) == 3
+    assert d.path_scores == pytest.approx((0.9, 0.8, 0.7 * 0.9))  # animal, dog, head (0.63): not the puppy's 0.7
+
+
 def test_unclaimed_masks_are_reconciled_with_the_concepts(tax):
     dog = tax.get("animal/dog")
     concept = [_box(80, 80, 10, 10, 40, 40)]

@@ -14,7 +14,8 @@ labelled regions. Pure numpy: the rules are tested with plain hit lists.
    they never increase with depth; they are probabilities on the same scale as CLIP's (SAM 3's instance scores:
    the query's probability times the presence probability).
 4. **Parts.** A part hit must lie inside its object (``containment`` of it) and cover at most ``max_part_share``
-   of it; its path scores are the object's, then ``object score x hit score`` for the part's levels.
+   of it; its path scores are those of the object's levels the part belongs to (an inherited part: the ancestor's),
+   then ``object score x hit score`` for the part's own levels, one score per label-path level.
 5. **The rest** (``segment_everything``): automatic SAM 1 / 2.1 masks that no concept claimed, labelled by CLIP
    on their own, are reconciled with the concept regions (:func:`reconcile`): one that holds a concept region of
    its own label merely contains that object (an object with what it lies on) and is ``unknown``; one inside a
@@ -152,8 +153,9 @@ def place_parts(objects: Sequence[tuple[M.RLE, LabelDecision]], hits: Sequence[t
         p = obj.score * score
         if p < min_confidence:
             continue
-        levels = len(query.node.path) - len(obj.node.path)
-        out.append((j, rle, LabelDecision(query.node, tuple(obj.path_scores) + (p,) * levels)))
+        owner = query.node.object_node()  # the label the part belongs to: an ancestor of obj's (man has person's)
+        scores = tuple(obj.path_scores[:len(owner.path)]) + (p,) * (len(query.node.path) - len(owner.path))
+        out.append((j, rle, LabelDecision(query.node, scores)))
     return out
 
 
