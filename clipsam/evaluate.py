@@ -196,6 +196,7 @@ def _evaluate_coco(p: dict[str, Any], g: dict[str, Any], match_iou: float, taxon
     for warning in cats.warnings:
         log.warning("%s", warning)
     dts, counts = _matched_predictions(p, g, cats)
+    _check_sizes(g["images"], dts)
     ap = _coco_ap(g, dts)
     inter: dict[int, int] = {}
     union: dict[int, int] = {}
@@ -294,6 +295,21 @@ def _ann_rle(ann: dict[str, Any], h: int, w: int) -> M.RLE:
         rle = coco_mask.frPyObjects(seg, h, w)
         return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
     return seg
+
+
+def _check_sizes(images: list[dict[str, Any]], dts: list[dict[str, Any]]) -> None:
+    """Refuse, naming the image and both sizes, predictions whose masks are not the size of their ground-truth image
+    (an EXIF-rotated photo against a ground truth stored unrotated, or the other way round)."""
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in images}
+    names = {im["id"]: im.get("file_name", im["id"]) for im in images}
+    for d in dts:
+        got = tuple(int(v) for v in d["segmentation"]["size"])
+        want = sizes.get(d["image_id"])
+        if want is not None and got != want:
+            raise ClipsamError(
+                f"image {names[d['image_id']]!r}: the prediction's masks are {got[1]}x{got[0]} (WxH) but the ground "
+                f"truth's image is {want[1]}x{want[0]}; was one of them rotated (EXIF orientation) or resized? Give "
+                "both at the same size")
 
 
 def _semantic(rles: list[M.RLE], cats: list[int], size: tuple[int, int]) -> np.ndarray:

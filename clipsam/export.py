@@ -125,7 +125,9 @@ def coco_dict(seg: Segmentation, *, image_id: int = 1, taxonomy: Taxonomy | str 
     """
     from .core.taxonomy import find_taxonomy, load_taxonomy
 
-    regions = [r for r in seg.regions if include_unknown or not r.kind.startswith("unknown")]
+    # the one filter of clipsam: dropping unknown regions re-links each kept region to its nearest kept ancestor
+    # (an ear under an unknown part keeps the dog as its parent), as clipsam label does
+    regions = list(seg.regions if include_unknown else seg.regions.select(include_unknown=False))
     tax = taxonomy if taxonomy is not None else find_taxonomy(seg.taxonomy)
     if tax is not None:
         cats = category_table(load_taxonomy(tax), include_unknown)

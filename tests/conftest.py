@@ -54,3 +54,14 @@ def chelsea_path(tmp_path_factory, chelsea):
     path = tmp_path_factory.mktemp("img") / "chelsea.png"
     Image.fromarray(chelsea).save(path)
     return path
+
+
+@pytest.fixture()
+def registry():
+    """The checkpoint registry, restored after a test registers its own entries."""
+    from clipsam import weights as W
+
+    saved = dict(W.REGISTRY)
+    yield W.REGISTRY
+    W.REGISTRY.clear()
+    W.REGISTRY.update(saved)

@@ -36,7 +36,7 @@ def _serve(host: str, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPSer
 
 
 @pytest.mark.parametrize("other_host", [True, False])
-def test_hf_token_is_not_forwarded_to_another_host(monkeypatch, registry_guard, other_host):
+def test_hf_token_is_not_forwarded_to_another_host(monkeypatch, registry, other_host):
     """A 302 from the model host to another host (127.0.0.2) must not carry the token; one to a path of the same
     host does."""
     body = b"weights" * 100
@@ -78,16 +78,8 @@ def test_hf_token_is_not_forwarded_to_another_host(monkeypatch, registry_guard, 
     assert seen[f"{files.server_address[0]}/file"] == (None if other_host else "Bearer hf_secret")
 
 
-@pytest.fixture()
-def registry_guard():
-    saved = dict(W.REGISTRY)
-    yield W.REGISTRY
-    W.REGISTRY.clear()
-    W.REGISTRY.update(saved)
-
-
 # -- 8. what the weight cache trusts --------------------------------------------------------------------------
-def _cached(registry_guard, body: bytes, sha: str | None = None) -> Path:
+def _cached(registry, body: bytes, sha: str | None = None) -> Path:
     ckpt = W.Checkpoint(name="t", family="sam", arch="vit_b", url="http://127.0.0.1:9/none",
                         sha256=hashlib.sha256(body).hexdigest() if sha is None else sha, filename="t.pth")
     W.register(ckpt, replace=True)
@@ -97,8 +89,8 @@ def _cached(registry_guard, body: bytes, sha: str | None = None) -> Path:
     return path
 
 
-def test_a_same_size_swap_with_its_mtime_restored_is_caught(registry_guard):
-    path = _cached(registry_guard, b"A" * 4096)
+def test_a_same_size_swap_with_its_mtime_restored_is_caught(registry):
+    path = _cached(registry, b"A" * 4096)
     assert W.ensure("t", download=False) == path  # verified once: stamped
     st = path.stat()
     path.write_bytes(b"B" * 4096)
@@ -107,8 +99,8 @@ def test_a_same_size_swap_with_its_mtime_restored_is_caught(registry_guard):
         W.ensure("t", download=False)
 
 
-def test_a_forged_stamp_is_not_trusted(registry_guard):
-    path = _cached(registry_guard, b"A" * 4096)
+def test_a_forged_stamp_is_not_trusted(registry):
+    path = _cached(registry, b"A" * 4096)
     good = hashlib.sha256(b"A" * 4096).hexdigest()
     path.write_bytes(b"B" * 4096)  # a swapped file, never verified, with a stamp written by someone else
     st = path.stat()
@@ -120,8 +112,8 @@ def test_a_forged_stamp_is_not_trusted(registry_guard):
             W.ensure("t", download=False)
 
 
-def test_a_corrupt_pin_file_is_an_error_not_a_reset(registry_guard):
-    _cached(registry_guard, b"C" * 1024, sha="")
+def test_a_corrupt_pin_file_is_an_error_not_a_reset(registry):
+    _cached(registry, b"C" * 1024, sha="")
     pins = W.cache_dir() / "pins.json"
     pins.write_text("{not json")
     with pytest.raises(WeightsError, match="pins.json"):

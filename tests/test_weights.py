@@ -79,15 +79,6 @@ def server():
     httpd.server_close()
 
 
-@pytest.fixture()
-def registry():
-    """Restore the checkpoint registry after a test registers its own entries."""
-    saved = dict(W.REGISTRY)
-    yield W.REGISTRY
-    W.REGISTRY.clear()
-    W.REGISTRY.update(saved)
-
-
 def _sam_checkpoint_bytes() -> bytes:
     buf = io.BytesIO()
     torch.save(tiny_sam(seed=3).state_dict(), buf)  # the official SAM format: a plain state dict

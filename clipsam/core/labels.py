@@ -96,7 +96,9 @@ class TextBank:
     def _file(self, prompts: tuple[str, ...]) -> Path | None:
         if self.cache_dir is None:
             return None
-        digest = hashlib.sha1("\x1f".join((_TEXT_FORMAT,) + self.templates + ("\x1e",) + prompts).encode()).hexdigest()
+        # surrogatepass: a label from a command line with undecodable bytes keys its own file instead of crashing
+        text = "\x1f".join((_TEXT_FORMAT,) + self.templates + ("\x1e",) + prompts)
+        digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
         return self.cache_dir / f"{digest}.npy"
 
     def embed(self, prompt_sets: Sequence[Sequence[str]]) -> np.ndarray:
