@@ -222,7 +222,9 @@ class Segmenter(ModelOwner):
             if self.unknown_sam is None:
                 raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
                                   "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
-            self._unknown_proposer = self._load("build_proposer", self.unknown_sam)
+            with self._build_lock:
+                if self._unknown_proposer is None:
+                    self._unknown_proposer = self._load("build_proposer", self.unknown_sam)
         return self._unknown_proposer
 
     @property

@@ -84,3 +84,48 @@ def test_eval_of_matching_sizes_still_scores(tmp_path, scene, size):
     ann = str(tmp_path / "out" / "annotations.json")
     res = CliRunner().invoke(app, ["eval", ann, ann, "--json"])
     assert res.exit_code == 0 and json.loads(res.output)["miou"] == pytest.approx(1.0)
+
+
+def _prompt_and_everything(seg, image):
+    click = seg.segment_prompt(image, points=[[image.shape[1] // 3, image.shape[0] // 2]])
+    every = seg.segment_everything(image)
+    return ([r.rle["counts"] for r in click], [round(float(v), 6) for v in click.regions.predicted_iou],
+            [(r.rle["counts"], r.label, r.parent_id) for r in every])
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first-use-in-threads", "models-built"])
+def test_one_segmenter_shared_by_threads_gives_the_serial_results(warm):
+    """Item 2: 4 threads x 20 images on one segmenter, first used by the threads themselves, get exactly what one
+    thread gets. The SAM adapters shared one predictor through reset/restore, the embedding caches were unlocked,
+    and the lazily built models could be built by several threads at once, interleaving their random weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipsam.testing import tiny_segmenter
+
+    rng = np.random.default_rng(7)
+    images = [(rng.random((48 + 4 * (k % 5), 64 + 4 * (k % 7), 3)) * 255).astype(np.uint8) for k in range(20)]
+    serial = [_prompt_and_everything(tiny_segmenter(seed=3), im) for im in images]
+    shared = tiny_segmenter(seed=3)
+    if warm:  # models built before the threads start: what is left is the shared predictor and the caches
+        _prompt_and_everything(shared, images[0][:32, :32])
+    order = [k for _ in range(4) for k in rng.permutation(len(images))]  # every image 4 times, interleaved
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda k: (k, _prompt_and_everything(shared, images[k])), order))
+    wrong = [k for k, result in got if result != serial[k]]
+    assert not wrong, f"{len(wrong)} of {len(got)} results differ from the serial ones"
+
+
+def test_adopting_another_model_never_serves_the_old_models_embedding(scene):
+    """Item 3: the embedding cache was keyed by the image only, so after ``adopt()`` the old model's embedding came
+    back for an image seen before."""
+    from clipsam.testing import tiny_sam, tiny_segmenter
+
+    seg = tiny_segmenter(seed=0)
+    before = seg.segment_prompt(scene.image, points=[[60, 60]])
+    seg.adopt(sam=tiny_sam(seed=5))
+    after = seg.segment_prompt(scene.image, points=[[60, 60]])
+    fresh = tiny_segmenter(seed=0)
+    fresh.adopt(sam=tiny_sam(seed=5))
+    expected = fresh.segment_prompt(scene.image, points=[[60, 60]])
+    assert [r.rle for r in after] == [r.rle for r in expected]
+    assert [r.rle for r in after] != [r.rle for r in before]

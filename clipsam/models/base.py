@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +56,19 @@ class PromptMasks:
     iou_predictions: np.ndarray
     low_res_logits: np.ndarray
     upscale_logits: np.ndarray | None = None
+
+
+def locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run *method* under its object's ``_lock`` (a ``threading.RLock``): for adapters whose calls go through one
+    stateful predictor (SAM's ``SamPredictor``, SAM 2.1's ``SAM2ImagePredictor``), so that one model can serve
+    several threads (a server, a thread pool) and each call gets what it would get alone."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 def check_mask_input(mask_input: Any, expected_hw: tuple[int, int]) -> np.ndarray:

@@ -3,6 +3,7 @@ adopted from objects the user built. Importing this module imports no torch (the
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from ..core.labels import TextBank
@@ -27,19 +28,26 @@ class ModelOwner:
     _proposer: MaskProposer | None
     _embedder: RegionEmbedder | None
     _bank: TextBank | None
+    #: builds one model at a time: threads that share a segmenter before its first use must not build it twice (nor
+    #: interleave their draws from torch's global generator while seeding random weights)
+    _build_lock = threading.RLock()
 
     @property
     def proposer(self) -> MaskProposer:
         """The mask proposer (SAM), built on first use."""
         if self._proposer is None:
-            self._proposer = self._load("build_proposer", self.sam_name)
+            with self._build_lock:
+                if self._proposer is None:
+                    self._proposer = self._load("build_proposer", self.sam_name)
         return self._proposer
 
     @property
     def embedder(self) -> RegionEmbedder:
         """The region embedder (CLIP), built on first use."""
         if self._embedder is None:
-            self._embedder = self._load("build_embedder", self.clip_name)
+            with self._build_lock:
+                if self._embedder is None:
+                    self._embedder = self._load("build_embedder", self.clip_name)
         return self._embedder
 
     def _load(self, builder: str, name: str) -> Any:
@@ -52,8 +60,11 @@ class ModelOwner:
         if self._bank is None:
             from ..weights import home
 
-            self._bank = TextBank(self.embedder, self.templates,
-                                  cache_dir=home() / "text-embeddings" if self.text_cache else None)
+            embedder = self.embedder
+            with self._build_lock:
+                if self._bank is None:
+                    self._bank = TextBank(embedder, self.templates,
+                                          cache_dir=home() / "text-embeddings" if self.text_cache else None)
         return self._bank
 
     def adopt(self, sam: Any = None, clip: Any = None, *, preprocess: Any = None, tokenizer: Any = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from segment_anything.modeling import Sam
 
 from ..errors import PromptError
 from . import amg as fast_amg
-from .base import PromptMasks, Proposal, check_mask_input, proposals_from_records, work_to_image
+from .base import PromptMasks, Proposal, check_mask_input, locked, proposals_from_records, work_to_image
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class SamProposer:
         self.fast = fast
         self.precision = precision
         self._predictor = SamPredictor(self.model)
+        self._lock = threading.RLock()  # one predictor serves every call: threads take turns (see base.locked)
 
     def _autocast(self) -> Any:
         """bf16 autocast on CUDA when asked for (faster on tensor cores; masks then differ slightly from fp32)."""
@@ -152,6 +154,7 @@ class SamProposer:
         h, w = self.model.prompt_encoder.mask_input_size
         return int(h), int(w)
 
+    @locked
     @torch.inference_mode()
     def embed(self, image: np.ndarray, work_size: tuple[int, int] | None = None) -> SamEmbedding:
         """SAM's embedding of *image* (stock ``SamPredictor.set_image``); *work_size*: the processing size the
@@ -166,6 +169,7 @@ class SamProposer:
         p.reset_image()
         return emb
 
+    @locked
     @torch.inference_mode()
     def predict(
         self,
@@ -246,6 +250,7 @@ class SamProposer:
             for m in (logits[:, 0, :ih, :iw] > self.model.mask_threshold):
                 yield m.cpu().numpy() if as_numpy else m
 
+    @locked
     @torch.inference_mode()
     def upscale(self, embedding: SamEmbedding, low_res_logits: np.ndarray) -> list[dict[str, Any]]:
         """The masks of ``(N, h, w)`` low-resolution logits (from :meth:`predict`) at the original image's size,
@@ -258,6 +263,7 @@ class SamProposer:
             out.append(fast_amg._plain(fast_amg._encode(m[None])[0]))
         return out
 
+    @locked
     def generate(self, image: np.ndarray, embedding: SamEmbedding | None = None, **params: Any) -> list[Proposal]:
         """Every mask of *image* (the one embedded); with a work size each :class:`Proposal` has the mask at that
         size as ``rle`` and at the image's as ``full_rle`` (stock's mask)."""

@@ -8,6 +8,7 @@ extension only speeds up mask post-processing on GPUs). Select it with ``--sam s
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from ..errors import ModelError, PromptError
 from .amg import DEFAULT_CHUNK_PIXELS
-from .base import PromptMasks, Proposal, check_mask_input, proposals_from_records, work_to_image
+from .base import PromptMasks, Proposal, check_mask_input, locked, proposals_from_records, work_to_image
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,14 @@ class Sam2Proposer:
         self.name = name
         self.fast = fast
         self._predictor = SAM2ImagePredictor(self.model)
+        self._lock = threading.RLock()  # one predictor serves every call: threads take turns (see base.locked)
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
         size = self.model.sam_prompt_encoder.mask_input_size
         return int(size[0]), int(size[1])
 
+    @locked
     @torch.inference_mode()
     def embed(self, image: np.ndarray, work_size: tuple[int, int] | None = None) -> Sam2Embedding:
         self._predictor.set_image(image)
@@ -110,6 +113,7 @@ class Sam2Proposer:
         predictor._is_image_set = True
         predictor._is_batch = False
 
+    @locked
     @torch.inference_mode()
     def predict(self, embedding: Sam2Embedding, *, point_coords: np.ndarray | None = None,
                 point_labels: np.ndarray | None = None, box: np.ndarray | None = None,
@@ -152,6 +156,7 @@ class Sam2Proposer:
                .cpu().numpy() for k in range(0, len(low), per)]
         return np.concatenate(out) if out else np.zeros((0, h, w), dtype=bool)
 
+    @locked
     @torch.inference_mode()
     def upscale(self, embedding: Sam2Embedding, low_res_logits: np.ndarray) -> list[dict[str, Any]]:
         """Masks of ``(N, h, w)`` logits (:attr:`PromptMasks.upscale_logits`) at the original size, as RLE."""
@@ -168,6 +173,7 @@ class Sam2Proposer:
             out += [amg._plain(r) for r in amg._encode(masks)]
         return out
 
+    @locked
     def generate(self, image: np.ndarray, embedding: Sam2Embedding | None = None, **params: Any) -> list[Proposal]:
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 

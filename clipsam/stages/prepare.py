@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,23 +81,27 @@ def prepare(image: ImageInput, max_side: int | None, full_resolution: bool = Fal
 
 
 class EmbeddingCache:
-    """The proposer's image embeddings of the last *size* images, by content: each image is encoded once, and
-    every prompt, query and refinement on it reuses the embedding."""
+    """The proposer's image embeddings of the last *size* images, by content and by model: each image is encoded
+    once per model, and every prompt, query and refinement on it reuses the embedding. Safe to share between
+    threads: one lock guards the entries, and an image is encoded under it once however many threads ask."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, work: Work, proposer: Any) -> Any:
-        key = work.key + (":original" if work.embeds_original(proposer) else "")
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        if work.embeds_original(proposer):  # SAM sees the image as stock SAM would; the pipeline works smaller
-            emb = proposer.embed(work.image, work_size=work.shape)
-        else:
-            emb = proposer.embed(work.pixels)
-        self._items[key] = emb
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-        return emb
+        # the model is part of the key (adopt() swaps it); the entry holds the model, so its id is never reused
+        key = (id(proposer), work.key + (":original" if work.embeds_original(proposer) else ""))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][1]
+            if work.embeds_original(proposer):  # SAM sees the image as stock SAM would; the pipeline works smaller
+                emb = proposer.embed(work.image, work_size=work.shape)
+            else:
+                emb = proposer.embed(work.pixels)
+            self._items[key] = (proposer, emb)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return emb
