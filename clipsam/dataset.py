@@ -44,6 +44,7 @@ from .core.taxonomy import load_taxonomy
 from .errors import ClipsamError, ImageError, OutputError
 from .export import annotations as annotations_of
 from .export import category_key, category_table, coco_info, paint
+from .failures import FailureGuard
 from .files import (
     NAME_MAX,
     atomic_write,
@@ -433,7 +434,8 @@ class LabelJob:
             log.warning("%s: %s", item.path, reason)
             record = {"path": item.path, "image_id": item.image_id, "file_name": item.file_name, "reason": reason}
             atomic_write(parts / f"{item.image_id}.error.json", json.dumps(record).encode())
-            return {"image_id": item.image_id, "status": "error", "reason": record["reason"]}
+            return {"image_id": item.image_id, "status": "error", "reason": record["reason"],
+                    "image_error": isinstance(exc, ImageError)}
         h, w = seg.image_size
         if self.pngs:
             self._write_pngs(item.output_stem, (h, w), regions)
@@ -509,17 +511,33 @@ def assemble(out: Path, categories: list[dict[str, Any]], sources: dict[int, tup
     return coco, errors
 
 
+def _guarded(on_result: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
+    """*on_result*, then :class:`~clipsam.failures.FailureGuard`: the same error, not about an image, on the first
+    images or many in a row stops the run (:class:`~clipsam.failures.SystematicFailure`; finished parts stay)."""
+    guard = FailureGuard()
+
+    def report(res: dict[str, Any]) -> None:
+        if on_result:
+            on_result(res)
+        guard.record(res["status"] != "error", res.get("reason", ""), image_error=bool(res.get("image_error")))
+
+    return report
+
+
 def run_local(job: LabelJob, items: Sequence[ImageItem], *, segmenter: Any = None, workers: int = 1,
               on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
-    """Process *items* in this process (``workers=1``) or a pool of *workers* processes."""
+    """Process *items* in this process (``workers=1``) or a pool of *workers* processes.
+
+    Raises:
+        SystematicFailure: the same error, not about any one image, on the first images or many in a row.
+    """
+    on_result = _guarded(on_result)
     if workers <= 1:
         from .segmenter import Segmenter
 
         seg = segmenter or Segmenter(**{**job.segmenter_spec, "taxonomy": job.tax})
         for item in items:
-            res = job.process(seg, item)
-            if on_result:
-                on_result(res)
+            on_result(job.process(seg, item))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -531,9 +549,7 @@ def run_local(job: LabelJob, items: Sequence[ImageItem], *, segmenter: Any = Non
     try:
         futures = [pool.submit(_work, item) for item in items]
         for fut in as_completed(futures):
-            res = fut.result()
-            if on_result:
-                on_result(res)
+            on_result(fut.result())
     except BaseException:  # a full disk, an interrupt: stop the queue rather than fail every image in turn
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -598,7 +614,8 @@ class _RayLabeller:
                    for p, i, f in zip(batch["path"], batch["image_id"], batch["file_name"], strict=True)]
         return {"image_id": np.asarray([r["image_id"] for r in results], dtype=np.int64),
                 "status": np.asarray([r["status"] for r in results]),
-                "reason": np.asarray([r.get("reason", "") for r in results])}
+                "reason": np.asarray([r.get("reason", "") for r in results]),
+                "image_error": np.asarray([bool(r.get("image_error")) for r in results])}
 
 
 def run_ray(job: LabelJob, items: Sequence[ImageItem], *, workers: int = 1,
@@ -622,9 +639,10 @@ def run_ray(job: LabelJob, items: Sequence[ImageItem], *, workers: int = 1,
     ds = ray.data.from_items([{"path": i.path, "image_id": i.image_id, "file_name": i.file_name} for i in items])
     out = ds.map_batches(_RayLabeller, fn_constructor_kwargs={"job": job}, batch_size=1,
                          compute=ray.data.ActorPoolStrategy(size=max(1, workers)), num_gpus=gpus, num_cpus=1)
+    on_result = _guarded(on_result)
     for row in out.iter_rows():
-        if on_result:
-            on_result({"image_id": int(row["image_id"]), "status": str(row["status"]), "reason": str(row["reason"])})
+        on_result({"image_id": int(row["image_id"]), "status": str(row["status"]), "reason": str(row["reason"]),
+                   "image_error": bool(row["image_error"])})
 
 
 def _weight_hashes(spec: dict[str, Any]) -> dict[str, str]:

@@ -33,7 +33,8 @@ from ._version import __version__
 from .core import masks as M
 from .core.crops import crop_region
 from .core.image import load_image, printable
-from .errors import ClipsamError
+from .errors import ClipsamError, ImageError
+from .failures import FailureGuard, SystematicFailure
 from .lock import FolderLock
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,15 @@ def example_crop(image: np.ndarray, box: Sequence[float] | None, *, size: int, m
     return crop_region(image, mask, (x0, y0, x1 - x0, y1 - y0), size=size, margin=margin, fill=fill)
 
 
+def _failed(exc: Exception, path: str, on_result: Callable[[dict[str, Any]], None] | None,
+            guard: FailureGuard) -> None:
+    """Report one image that failed, then let *guard* judge whether the run itself is broken."""
+    reason = str(exc) if isinstance(exc, ClipsamError) else f"{type(exc).__name__}: {exc}"
+    log.warning("%s: %s", printable(path), reason)
+    _report(on_result, path, "error", reason)
+    guard.record(False, reason, image_error=isinstance(exc, ImageError))
+
+
 def _indexed(db: Any, tables: set[str]) -> dict[str, str]:
     """``{content hash: path}`` of the images marked done."""
     if "images" not in tables:
@@ -425,6 +435,7 @@ class RegionIndex:
             counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0, "moved": 0}
             pending: list[tuple[str, str, list[dict[str, Any]]]] = []  # finished images not yet written
             moved: dict[str, str] = {}  # hash -> new path of images found elsewhere than indexed
+            guard = FailureGuard()
             last_flush = time.monotonic()
             flushes = 0
 
@@ -457,17 +468,17 @@ class RegionIndex:
                     continue
                 try:
                     result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
-                except Exception as exc:  # one bad image never ends the run: report it and go on
+                except Exception as exc:  # one bad image never ends the run: report it and go on ...
                     counts["failed"] += 1
-                    reason = str(exc) if isinstance(exc, ClipsamError) else f"{type(exc).__name__}: {exc}"
-                    log.warning("%s: %s", printable(path), reason)
-                    _report(on_result, path, "error", reason)
+                    try:  # ... unless the run itself is broken: then stop, keeping what finished
+                        _failed(exc, path, on_result, guard)
+                    except SystematicFailure:
+                        flush()
+                        raise
                     continue
+                guard.record(True)
                 if meta is None and result.embeddings is not None and len(result):  # the embedding size is known
-                    dim = int(result.embeddings.shape[1])
-                    meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": dim,
-                            "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
-                    self._write_meta(meta)
+                    meta = self._new_meta(seg, result)
                 rows = _rows(path, digest, result)
                 pending.append((path, digest, rows))
                 done[digest] = path
@@ -481,6 +492,12 @@ class RegionIndex:
                 self.compact()
             self._maybe_index(meta)
         return counts
+
+    def _new_meta(self, seg: Any, result: Any) -> dict[str, Any]:
+        meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": int(result.embeddings.shape[1]),
+                "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
+        self._write_meta(meta)
+        return meta
 
     def compact(self, keep_seconds: float | None = None) -> None:
         """Merge the tables' small fragments and delete versions older than *keep_seconds* (default

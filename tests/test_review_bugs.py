@@ -129,3 +129,89 @@ def test_adopting_another_model_never_serves_the_old_models_embedding(scene):
     expected = fresh.segment_prompt(scene.image, points=[[60, 60]])
     assert [r.rle for r in after] == [r.rle for r in expected]
     assert [r.rle for r in after] != [r.rle for r in before]
+
+
+# -- item 10: systematic failures stop the run; bad images never do ----------------------------------------------
+
+def test_failure_guard_rules():
+    from clipsam.failures import FailureGuard, SystematicFailure
+
+    guard = FailureGuard(first=3, in_a_row=5)
+    for k in range(50):  # a folder of broken images: image errors never stop a run
+        guard.record(False, f"photos/{k}.jpg: not an image Pillow can read", image_error=True)
+    guard = FailureGuard(first=3, in_a_row=5)
+    guard.record(False, "RuntimeError: CUDA out of memory (photos/a.jpg)")
+    guard.record(False, "RuntimeError: CUDA out of memory (photos/b.jpg)")
+    with pytest.raises(SystematicFailure, match="first 3 images"):
+        guard.record(False, "RuntimeError: CUDA out of memory (photos/c.jpg)")
+    guard = FailureGuard(first=3, in_a_row=5)
+    guard.record(True)
+    for k in range(4):
+        guard.record(False, f"WeightsMissingError: vit_b missing ({k}.png)")
+    with pytest.raises(SystematicFailure, match="5 images in a row"):
+        guard.record(False, "WeightsMissingError: vit_b missing (9.png)")
+    guard = FailureGuard(first=3, in_a_row=5)
+    for k in range(20):  # different errors, or successes between: not systematic
+        guard.record(k % 2 == 0, f"ValueError: odd {k}")
+
+
+class _Broken:
+    """A segmenter whose every call fails the same way (a model that cannot run), after *good* successes."""
+
+    def __init__(self, scene, good: int = 0):
+        from clipsam.testing import oracle_segmenter
+
+        self.inner, self.good = oracle_segmenter(scene), good
+
+    def segment_everything(self, image, **kw):
+        if self.good > 0:
+            self.good -= 1
+            return self.inner.segment_everything(image, **kw)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_a_label_run_stops_on_a_systematic_failure_and_keeps_what_finished(tmp_path, scene):
+    from clipsam.dataset import LabelJob, list_images, run_local
+    from clipsam.failures import SystematicFailure
+
+    (tmp_path / "photos").mkdir()
+    for k in range(30):
+        Image.fromarray(scene.image).save(tmp_path / "photos" / f"{k:02d}.png")
+    items = list_images(tmp_path / "photos")
+    job = LabelJob(tmp_path / "out", scene.taxonomy, segmenter_spec={"sam": "x", "clip": "y"})
+    job.prepare(items=items)
+    seen = []
+    with pytest.raises(SystematicFailure, match="20 images in a row.*CUDA out of memory"):
+        run_local(job, items, segmenter=_Broken(scene, good=2), on_result=seen.append)
+    job.close()
+    assert len(seen) == 22 and len(list((tmp_path / "out" / "parts").glob("*[0-9].json"))) == 2
+    assert len(job.pending(items)) == 28  # a rerun does the rest
+
+
+def test_index_stops_on_a_systematic_failure_and_keeps_what_finished(tmp_path, scene):
+    pytest.importorskip("lancedb")
+    from clipsam import Segmenter
+    from clipsam.failures import SystematicFailure
+    from clipsam.search import RegionIndex
+    from clipsam.testing import OracleEmbedder, OracleProposer
+
+    seg = Segmenter.from_models(OracleProposer(scene), OracleEmbedder(scene), text_cache=False)
+    paths = []
+    for k in range(24):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(np.roll(scene.image, k, axis=1)).save(paths[-1])
+    store = RegionIndex(tmp_path / "db", seg, taxonomy=scene.taxonomy)
+    store.add(paths[:1])
+    real = seg.segment_everything
+    calls = {"n": 0}
+
+    def broken(image, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real(image, **kw)
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    seg.segment_everything = broken
+    with pytest.raises(SystematicFailure, match="20 images in a row"):
+        store.add(paths)
+    assert store.image_count() == 2  # the one finished before the failure was written, not lost
