@@ -297,7 +297,7 @@ def check_outputs(outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[s
         if path is None:
             continue
         for src in ins:
-            if same_file(path, src) or os.path.realpath(path) == os.path.realpath(src):
+            if same_file(path, src):  # links and hard links followed; a new file is no input
                 raise OutputError(f"{option} {path}: is the input {src}; clipsam never writes over its inputs "
                                   "(choose another file name)")
         for other, prev in seen:

@@ -218,14 +218,10 @@ class Segmenter(ModelOwner):
     @property
     def unknown_proposer(self) -> Any:
         """The SAM 1 / 2.1 model whose automatic masks complete a SAM 3 result (``unknown_sam``), built on first use."""
-        if self._unknown_proposer is None:
-            if self.unknown_sam is None:
-                raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
-                                  "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
-            with self._build_lock:
-                if self._unknown_proposer is None:
-                    self._unknown_proposer = self._load("build_proposer", self.unknown_sam)
-        return self._unknown_proposer
+        if self._unknown_proposer is None and self.unknown_sam is None:
+            raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
+                              "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
+        return self._built("_unknown_proposer", "build_proposer", self.unknown_sam)
 
     @property
     def policy(self) -> LabelPolicy:

@@ -261,7 +261,7 @@ def _stamp_key() -> bytes | None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
         return key
-    except (OSError, WeightsError, ClipsamError):
+    except (OSError, ClipsamError):  # a link, a folder, another owner: not trusted
         return None
     with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fh.fileno()).st_mode

@@ -163,7 +163,7 @@ def writable(folder: Path) -> str:
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except OSError as exc:
-        return os_error_message(OSError(exc.errno, exc.strerror)).split(";")[0]
+        return f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, '?')})"
     os.close(fd)
     os.unlink(probe)
     return ""

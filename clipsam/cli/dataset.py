@@ -32,7 +32,18 @@ from .common import (
 
 
 def _check_label_options(engine: str, workers: int, min_area: int, max_regions: int, part_points: int,
-                         min_score: float, out_dir: Path) -> None:
+                         min_score: float, out_dir: Path, formats: str, strategy: str, speed: str) -> tuple[str, ...]:
+    """Refuse bad values before anything runs; returns the export formats besides COCO."""
+    from ..dataset import EXPORT_FORMATS
+    from ..stages.guide import STRATEGIES
+
+    wanted = [f.strip().lower() for f in formats.split(",") if f.strip()]
+    if not wanted or any(f not in ("coco", *EXPORT_FORMATS) for f in wanted):
+        fail(f"--format must be coco, {', '.join(EXPORT_FORMATS)} or a comma-separated mix, got {show(formats)!r}")
+    if strategy not in STRATEGIES:
+        fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {show(strategy)!r}")
+    if speed not in ("exact", "fast"):
+        fail(f"--speed must be exact or fast, got {show(speed)!r}")
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, got {engine!r}")
     check_workers(workers)
@@ -43,6 +54,7 @@ def _check_label_options(engine: str, workers: int, min_area: int, max_regions: 
         fail(f"--min-score must be in [0, 1], got {min_score}")
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"--out {out_dir}: is a file; give a folder (new, or the one of an earlier run to resume it)")
+    return tuple(f for f in dict.fromkeys(wanted) if f != "coco")
 
 
 @guard
@@ -89,22 +101,11 @@ def label(
 
     from ..dataset import Filters, LabelJob, list_images, run_local, run_ray
 
-    _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir)
-    from ..dataset import EXPORT_FORMATS
-
-    wanted = [f.strip().lower() for f in formats.split(",") if f.strip()]
-    bad = [f for f in wanted if f not in ("coco", *EXPORT_FORMATS)]
-    if bad or not wanted:
-        fail(f"--format must be coco, {', '.join(EXPORT_FORMATS)} or a comma-separated mix, got {show(formats)!r}")
-    from ..stages.guide import STRATEGIES
-
-    if strategy not in STRATEGIES:
-        fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {show(strategy)!r}")
+    exports = _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir, formats,
+                                   strategy, speed)
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
-    if speed not in ("exact", "fast"):
-        fail(f"--speed must be exact or fast, got {show(speed)!r}")
     spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side, "full_resolution": full_resolution,
             "speed": speed,
             "generator_params": generator_params(points_per_side), "text_cache": sam != "tiny-random"}
@@ -116,7 +117,7 @@ def label(
     if strategy != "grid":
         segment_params["strategy"] = strategy
     job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params,
-                   formats=tuple(f for f in dict.fromkeys(wanted) if f != "coco"))
+                   formats=exports)
     check_labels(list(filters.labels), job.tax, "--labels")
     items = job.inputs(items)
     record = job.prepare(force=force, items=items, overwrite=overwrite)

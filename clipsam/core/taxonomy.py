@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import TaxonomyError
+from ..errors import ClipsamError, TaxonomyError
 from ..files import read_text_capped
 
 __all__ = ["MAX_DEPTH", "MAX_FILE_BYTES", "MAX_NODES", "Taxonomy", "TaxonomyNode", "find_taxonomy", "load_taxonomy",
@@ -279,12 +279,11 @@ def load_taxonomy(source: str | os.PathLike | Taxonomy) -> Taxonomy:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise TaxonomyError(f"{path}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a taxonomy file")
-        text = read_text_capped(path, "taxonomy file", MAX_FILE_BYTES)  # a FIFO named as a taxonomy must not hang
+    try:  # a regular UTF-8 file under the size limit (a FIFO named as a taxonomy must not hang)
+        text = read_text_capped(path, "taxonomy file", MAX_FILE_BYTES)
         data = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+    except ClipsamError as exc:
+        raise TaxonomyError(str(exc)) from None
     except RecursionError:
         raise TaxonomyError(f"{path}: nested too deeply (taxonomies may be at most {MAX_DEPTH} levels deep)") from None
     except yaml.YAMLError as exc:
@@ -292,7 +291,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise TaxonomyError(f"{path}:{where}: invalid YAML ({problem})") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise TaxonomyError(f"{path}: cannot read ({exc})") from None
     if not isinstance(data, dict):
         raise TaxonomyError(f"{path}: a taxonomy file must be a mapping with a 'nodes' list")

@@ -35,20 +35,20 @@ class ModelOwner:
     @property
     def proposer(self) -> MaskProposer:
         """The mask proposer (SAM), built on first use."""
-        if self._proposer is None:
-            with self._build_lock:
-                if self._proposer is None:
-                    self._proposer = self._load("build_proposer", self.sam_name)
-        return self._proposer
+        return self._built("_proposer", "build_proposer", self.sam_name)
 
     @property
     def embedder(self) -> RegionEmbedder:
         """The region embedder (CLIP), built on first use."""
-        if self._embedder is None:
+        return self._built("_embedder", "build_embedder", self.clip_name)
+
+    def _built(self, attr: str, builder: str, name: str) -> Any:
+        """The model in *attr*, built by *builder* from registry *name* on first use, once, whichever threads ask."""
+        if getattr(self, attr) is None:
             with self._build_lock:
-                if self._embedder is None:
-                    self._embedder = self._load("build_embedder", self.clip_name)
-        return self._embedder
+                if getattr(self, attr) is None:
+                    setattr(self, attr, self._load(builder, name))
+        return getattr(self, attr)
 
     def _load(self, builder: str, name: str) -> Any:
         build = _build()
