@@ -46,10 +46,12 @@ from .export import annotations as annotations_of
 from .export import category_key, category_table, coco_info, paint
 from .failures import FailureGuard
 from .files import (
+    MAX_DATA_BYTES,
     NAME_MAX,
     atomic_write,
     bounded_name,
     marked_image_bytes,
+    read_capped,
     read_text_capped,
     same_file,
     written_by_clipsam,
@@ -178,9 +180,9 @@ def list_images(source: str | os.PathLike, image_root: str | os.PathLike | None 
         raise ClipsamError(f"{src}: is an image, not a collection; give its folder, or a text file that lists it")
     elif src.is_file():
         root = Path(image_root) if image_root else src.parent
-        try:
-            lines = [ln.strip() for ln in read_text_capped(src, "list of image paths").splitlines()]
-        except ClipsamError:
+        try:  # a regular file under the cap (ClipsamError names the problem), then UTF-8 text
+            lines = [ln.strip() for ln in read_capped(src, MAX_DATA_BYTES, "list of image paths").decode().splitlines()]
+        except UnicodeDecodeError:
             raise ClipsamError(f"{src}: not a text file of image paths (not UTF-8 text); give a folder of images, "
                                "a text file of paths, or a COCO JSON") from None
         names = [ln for ln in lines if ln and not ln.startswith("#")]

@@ -291,3 +291,48 @@ def test_hashes_of_inputs_in_a_cli_run_are_unchanged(tmp_path, scene):
     assert res.exit_code == 2 and "clipsam did not write" in res.output and "Traceback" not in res.output
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in digest} == digest
     assert not (ds / "images" / "a.png").is_symlink()
+
+
+def test_search_crops_never_write_through_links_or_over_the_users_files(tmp_path, scene, tiny):
+    """``search --save-crops`` writes its crops like every other output: marked, atomically, never through a planted
+    link, and over an existing file only when clipsam wrote it (or with --overwrite)."""
+    pytest.importorskip("lancedb")
+    from clipsam.search import RegionIndex
+
+    Image.fromarray(scene.image).save(tmp_path / "a.png")
+    RegionIndex(tmp_path / "db", tiny, taxonomy=None).add([tmp_path / "a.png"])
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (crops / "001_crop.png").symlink_to(victim)
+    args = ["search", "anything", "--db", str(tmp_path / "db"), "-k", "2", "--save-crops", str(crops)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "001_crop.png: exists and was not written by clipsam" in res.output, res.output
+    assert victim.read_text() == "precious"
+    res = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "precious" and not (crops / "001_crop.png").is_symlink()
+    assert written_by_clipsam(crops / "001_crop.png") and written_by_clipsam(crops / "001_overlay.png")
+    assert CliRunner().invoke(app, args).exit_code == 0  # its own crops are replaced without asking
+
+
+def test_errors_about_a_list_file_say_what_is_wrong(tmp_path, monkeypatch):
+    """An oversized list file is "over the limit", not "not UTF-8" (the size cap's message comes through)."""
+    import clipsam.dataset as D
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.png\n" * 10)
+    monkeypatch.setattr(D, "MAX_DATA_BYTES", 20)
+    with pytest.raises(ClipsamError, match="over the 20-byte limit"):
+        list_images(listing)
+    listing.write_bytes(b"\xff\xfe not text")
+    monkeypatch.undo()
+    with pytest.raises(ClipsamError, match="not UTF-8 text"):
+        list_images(listing)
+
+
+def test_demo_out_that_is_a_file_is_one_clear_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 2 and "is a file; give a folder" in res.output

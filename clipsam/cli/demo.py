@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..files import atomic_write, check_outputs, marked_image_bytes
-from .common import check_output_file, emit_json, guard, json_option, out, overwrite_option, show
+from .common import emit_json, fail, guard, json_option, out, overwrite_option, show
 from .segment import _regions_table, _rich_tree, _write_outputs
 
 
@@ -31,7 +31,7 @@ def demo(
              "HTML report": "page.html"}
     paths = {k: out_dir / v for k, v in names.items()}
     if out_dir.exists() and not out_dir.is_dir():
-        check_output_file(out_dir / "x", "--out")  # one line: the parent is a file
+        fail(f"--out {out_dir}: is a file; give a folder (created if missing)")
     out_dir.mkdir(parents=True, exist_ok=True)
     check_outputs([(f"--out ({k})", p) for k, p in paths.items()], [], overwrite=overwrite)
     atomic_write(paths["scene"], marked_image_bytes(Image.fromarray(scene.image), ".png"))

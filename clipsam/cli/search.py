@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..files import atomic_write, check_outputs, marked_image_bytes
 from .common import (
     TAXONOMY_HELP,
     check_device,
@@ -24,6 +25,7 @@ from .common import (
     guard,
     json_option,
     out,
+    overwrite_option,
     parse_box,
     sam_option,
     show,
@@ -101,6 +103,7 @@ def search(
     min_area: int | None = typer.Option(None, "--min-area", help="Only regions of at least this many pixels."),
     save_crops: Path | None = typer.Option(None, "--save-crops", help="Write a masked crop and an overlay per hit."),
     clip: str | None = typer.Option(None, "--clip", help="CLIP model (default: the one the database was built with)."),
+    overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
 ) -> None:
     """Find regions by text or by example across an indexed collection."""
@@ -120,6 +123,9 @@ def search(
         fail(f"--db {db}: is a file, not a region database (a folder made by clipsam index)")
     if save_crops is not None and save_crops.exists() and not save_crops.is_dir():
         fail(f"--save-crops {save_crops}: is a file; give a folder")
+    if save_crops is not None:  # the names a search of k hits writes: clipsam's own from an earlier search, or new
+        check_outputs([("--save-crops", save_crops / f"{n:03d}_{what}.png") for n in range(1, k + 1)
+                       for what in ("crop", "overlay")], [like] if like is not None else [], overwrite=overwrite)
     meta = RegionIndex(db).meta() if db.exists() else None
     store = RegionIndex(db)
     if clip is not None or meta is not None:
@@ -180,10 +186,11 @@ def _save_hits(hits: list[Any], files: list[str], folder: Path) -> int:
         mask = h.mask()
         side = int(max(h.bbox_xywh[2], h.bbox_xywh[3], 1))
         crop = crop_region(image, mask, h.bbox_xywh, size=min(max(side, 64), 512), margin=0.1, fill="grey")
-        Image.fromarray(crop).save(folder / f"{n:03d}_crop.png")
+        atomic_write(folder / f"{n:03d}_crop.png", marked_image_bytes(Image.fromarray(crop), ".png"))
         region = Region(id=h.region_id, rle=h.rle, bbox_xywh=h.bbox_xywh, area=h.area, label=h.label or h.kind,
                         score=h.score, label_path=h.label_path, kind=h.kind)
         seg = Segmentation(image_size=mask.shape, regions=(region,))
-        render_overlay(seg, np.asarray(image)).save(folder / f"{n:03d}_overlay.png")
+        overlay = render_overlay(seg, np.asarray(image))
+        atomic_write(folder / f"{n:03d}_overlay.png", marked_image_bytes(overlay, ".png"))
         saved += 1
     return saved
