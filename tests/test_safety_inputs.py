@@ -186,6 +186,8 @@ def test_report_embeds_only_images_under_the_image_root(tmp_path, scene):
     assert shown == 0 and summary["outside_root"] == 1
     assert thumbnails("--image-root", str(tmp_path))[0] == 1  # the user names the folder: theirs to embed
     assert thumbnails("--allow-outside-root")[0] == 1
+    res = CliRunner().invoke(app, ["report", str(work / "labels"), "--image-root", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "--image-root" in res.output and "no such folder" in res.output
     link = photos / "scene.png"
     link.symlink_to(secret)  # a link inside the root that leads out of it
     assert thumbnails()[0] == 0

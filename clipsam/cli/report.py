@@ -30,6 +30,8 @@ def report(
 
     if not folder.is_dir():
         fail(f"{folder}: no such folder; give the --out folder of a clipsam label run")
+    if image_root is not None and not image_root.is_dir():
+        fail(f"--image-root {image_root}: no such folder")
     if max_images < 1:
         fail(f"--max-images must be at least 1, got {max_images}")
     target = html_path if html_path is not None else folder / "report.html"
