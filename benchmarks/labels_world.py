@@ -114,6 +114,52 @@ def every_region(seeds: int, scenes: int, params: WorldParams, first_seed: int =
     return out
 
 
+#: World settings of ``--grid``: what issue 23 asks the default rules to hold across, without re-tuning.
+GRID = (("default", {}), ("hypernym 0.15", {"hypernym": 0.15}), ("hypernym 0.3", {"hypernym": 0.3}),
+        ("2 of a category", {"copies": 2}), ("4 of a category", {"copies": 4}), ("3 pieces per object", {"pieces": 3}),
+        ("5 pieces per object", {"pieces": 5}))
+
+
+def measure(params: WorldParams, rules: dict, seeds: int, scenes: int, first_seed: int = 0) -> dict:
+    """Everything issue 23 asks of one rule set in one world setting, on the same scenes: label precision over every
+    labelled region of ``segment_everything`` (and per kind), confident wrong labels (score >= 0.5; of them pieces),
+    per-level recall (each true instance against the region covering it best), free-text precision and recall
+    (``segment(image, term)`` without a taxonomy), and the reliability table."""
+    verdicts: list[dict] = []
+    levels: dict[str, list[bool]] = defaultdict(list)
+    counts = np.zeros(3, int)
+    for seed in range(first_seed, first_seed + seeds):
+        world = CLIPLikeWorld(seed, params)
+        for k in range(scenes):
+            scene = world.scene(k)
+            everything = world.segmenter(scene, **rules).segment_everything(scene.image)
+            verdicts += region_verdicts(everything, scene, world.taxonomy)
+            for level, hits in level_hits(everything, scene).items():
+                levels[level].extend(hits)
+            free = world.segmenter(scene, taxonomy=None, **rules)
+            for term in basic_terms(scene) + [absent_term(world, scene)]:
+                counts += query_counts(free.segment(scene.image, term), scene, term)
+    tp, fp, fn = counts
+    row: dict = {"labelled": len(verdicts), "precision": float(np.mean([v["correct"] for v in verdicts]))}
+    for kind in REGION_KINDS:
+        hits = [v["correct"] for v in verdicts if v["kind"] == kind]
+        row[f"precision {kind}"], row[f"n {kind}"] = (float(np.mean(hits)) if hits else float("nan")), len(hits)
+    wrong = [v for v in verdicts if not v["correct"] and v["score"] >= 0.5]
+    row["confident wrong"] = len(wrong)
+    row["confident wrong pieces"] = sum(v["kind"] == "piece" for v in wrong)
+    row.update({level: float(np.mean(levels[level])) for level in LEVELS if levels[level]})
+    row.update({f"n {level}": len(levels[level]) for level in LEVELS})
+    row["free precision"], row["free recall"] = tp / max(1, tp + fp), tp / max(1, tp + fn)
+    row["reliability"] = reliability(verdicts)
+    return row
+
+
+def grid(seeds: int, scenes: int, first_seed: int, noises: list[float], rules: dict) -> list[tuple[str, float, dict]]:
+    """:func:`measure` over :data:`GRID` at each crop noise."""
+    return [(name, noise, measure(WorldParams(crop_noise=noise, **extra), rules, seeds, scenes, first_seed))
+            for noise in noises for name, extra in GRID]
+
+
 def margins(seeds: int, scenes: int) -> dict[str, list[float]]:
     """Evidence differences (inner - outer, logits on the inner object's name, :func:`evidence`) for nested
     proposals: *same object* pairs (a half, a part or a near-duplicate inside the whole object) and *union* pairs
@@ -162,9 +208,22 @@ def main() -> None:
     ap.add_argument("--crop-noise", type=float, default=WorldParams.crop_noise,
                     help="weight of the crops' random part (default %(default)s: 0.025 cosine of noise per text; "
                          "0.95, the most there is room for: 0.042)")
+    ap.add_argument("--copies", type=int, default=1, help="instances of one category per scene (2 or 4)")
+    ap.add_argument("--pieces", type=int, default=0, help="pieces SAM proposes per object (0: its usual few)")
+    ap.add_argument("--grid", action="store_true", help="every measure of issue 23 for the default rules across the "
+                    "world settings (hypernym weight, copies, pieces) at crop noise 0.57 and 0.95")
+    ap.add_argument("--rules", default="default", choices=sorted(RULES), help="with --grid: the rule set")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     start = time.perf_counter()
+    if args.grid:
+        rows = grid(args.seeds, args.scenes, args.first_seed, [0.57, 0.95], RULES[args.rules])
+        if args.json:
+            print(json.dumps([{"world": n, "crop noise": c, **r} for n, c, r in rows], indent=2))
+            return
+        _print_grid(rows, args)
+        print(f"({time.perf_counter() - start:.0f} s)")
+        return
     if args.margins:
         diffs = margins(args.seeds, args.scenes)
         for name, values in diffs.items():
@@ -177,7 +236,7 @@ def main() -> None:
             union = np.mean(np.asarray(diffs["union"]) > m) if diffs["union"] else float("nan")
             print(f"margin {m:3.1f}: same-object pairs over it {same:6.1%}   union pairs over it {union:6.1%}")
         return
-    params = WorldParams(crop_noise=args.crop_noise, hypernym=args.hypernym)
+    params = WorldParams(crop_noise=args.crop_noise, hypernym=args.hypernym, copies=args.copies, pieces=args.pieces)
     if args.every_region:
         report = every_region(args.seeds, args.scenes, params, args.first_seed)
         if args.json:
@@ -204,6 +263,21 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in cols) + " |")
     counts = table["default"]
     print("instances per level: " + ", ".join(f"{level} {counts[f'n {level}']}" for level in LEVELS))
+
+
+def _print_grid(rows: list[tuple[str, float, dict]], args: argparse.Namespace) -> None:
+    cols = ["precision", "object L1", "object L2", "object L3", "part", "free precision", "free recall"]
+    print(f"rules {args.rules}, seeds {args.first_seed}-{args.first_seed + args.seeds - 1} x {args.scenes} scenes")
+    print("| world | crop noise | labelled | " + " | ".join(cols) + " | wrong, score >= 0.5 (pieces) |")
+    print("| --- " * (len(cols) + 4) + "|")
+    for name, noise, row in rows:
+        print(f"| {name} | {noise} | {row['labelled']} | " + " | ".join(f"{row.get(c, float('nan')):.3f}" for c in cols)
+              + f" | {row['confident wrong']} ({row['confident wrong pieces']}) |")
+    print("\nreliability (share right per score bin), default world:")
+    for name, noise, row in rows:
+        if name == "default":
+            print(f"  noise {noise}: " + "  ".join(f"{b['bin']} {b['right']:.2f} (n={b['regions']})"
+                                                  for b in row["reliability"]))
 
 
 if __name__ == "__main__":

@@ -332,7 +332,8 @@ class Segmenter(ModelOwner):
                                                    guided=strategy == "guided")
         elif with_embeddings:
             feats = self._embed(work, regions.rles)
-        return assemble(work, regions, labelled, range(len(regions)), taxonomy=tax if label else None, feats=feats,
+        keep = labelled.kept() if labelled is not None else range(len(regions))
+        return assemble(work, regions, labelled, keep, taxonomy=tax if label else None, feats=feats,
                         models=self._model_names())
 
     def segment_prompt(self, image: ImageInput, *, points: Any = None, labels: Any = None, box: Any = None,
@@ -419,7 +420,7 @@ class Segmenter(ModelOwner):
         if label and tax is not None:
             regions, feats, labelled = self._label(work, emb, regions, feats, tax, include_parts, part_points)
         matched = match_query(feats, regions.parent, resolved, free, self.text_bank, self.policy, labelled, tax,
-                              rles=regions.rles)
+                              rles=regions.rles, embed=lambda r: self._embed(work, r))
         return regions, feats, matched, drop_nested_same_label(regions.rles, matched, self.containment)
 
     def _label(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, tax: Taxonomy, with_parts: bool,
@@ -427,7 +428,7 @@ class Segmenter(ModelOwner):
         """label, then prompt for parts inside labelled objects -- guided by the parts' relevance maps (*guided*)
         and/or at *part_points* points each -- re-nest and label again."""
         labelled = label_tree(feats, regions.parent, tax, self.text_bank, self.policy, with_parts=with_parts,
-                              rles=regions.rles)
+                              rles=regions.rles, embed=lambda r: self._embed(work, r))
         guided = guided and with_parts and dense_unsupported(self.embedder) is None
         if part_points <= 0 and not guided:
             return regions, feats, labelled
@@ -448,7 +449,7 @@ class Segmenter(ModelOwner):
         if merged is regions:
             return regions, feats, labelled
         return merged, feats, label_tree(feats, merged.parent, tax, self.text_bank, self.policy,
-                                         with_parts=with_parts, rles=merged.rles)
+                                         with_parts=with_parts, rles=merged.rles, embed=lambda r: self._embed(work, r))
 
 
     # -- SAM 3: concepts -----------------------------------------------------------------------------------
@@ -541,7 +542,13 @@ class Segmenter(ModelOwner):
                 rest = rest.take(free_rows)
                 if tax is not None:
                     labelled = label_tree(self._embed(work, rest.rles), rest.parent, tax, self.text_bank, self.policy,
-                                          with_parts=include_parts, rles=rest.rles)
+                                          with_parts=include_parts, rles=rest.rles,
+                                          embed=lambda r: self._embed(work, r))
+                    if labelled.merged:  # near-duplicates of their owner are not returned
+                        keep = labelled.kept()
+                        rest = rest.take(keep)
+                        labelled = Labelled(tuple(labelled.decisions[i] for i in keep),
+                                            tuple(labelled.kinds[i] for i in keep))
                     extra = reconcile(rles, decisions, rest.rles, list(zip(labelled.decisions, labelled.kinds,
                                                                            strict=True)),
                                       containment=self.containment)

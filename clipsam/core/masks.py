@@ -26,12 +26,14 @@ __all__ = [
     "bbox_xywh",
     "contained_share",
     "decode",
+    "difference",
     "encode",
     "intersection_matrix",
     "iou_matrix",
     "merge",
     "pairwise_intersections",
     "resize",
+    "touching",
 ]
 
 #: Side of the square tiles :func:`pairwise_intersections` works in (pixels).
@@ -197,6 +199,29 @@ def merge(rles: Sequence[RLE], intersect: bool = False) -> RLE:
         raise ValueError("merge needs at least one RLE")
     _check_same_size(rles)
     return _from_coco(_coco.merge([_to_coco(r) for r in rles], intersect=int(intersect)))
+
+
+def difference(a: RLE, b: RLE) -> RLE:
+    """The pixels of *a* outside *b* (both one size)."""
+    _check_same_size([a, b])
+    return encode(decode(a) & ~decode(b))  # type: ignore[return-value]
+
+
+def touching(a: RLE, b: RLE) -> bool:
+    """Whether two masks of one size overlap or touch (share an edge or a corner)."""
+    _check_same_size([a, b])
+    (ax, ay, aw, ah), (bx, by, bw, bh) = bbox_xywh(a), bbox_xywh(b)
+    if aw == 0 or bw == 0 or ax > bx + bw or bx > ax + aw or ay > by + bh or by > ay + ah:
+        return False  # boxes a pixel apart or more
+    if area(merge([a, b], intersect=True)) > 0:
+        return True
+    m = decode(a)
+    grown = m.copy()
+    grown[1:] |= m[:-1]
+    grown[:-1] |= m[1:]
+    grown[:, 1:] |= grown[:, :-1].copy()
+    grown[:, :-1] |= grown[:, 1:].copy()
+    return bool((grown & decode(b)).any())
 
 
 def resize(rle: RLE, size_hw: tuple[int, int]) -> RLE:

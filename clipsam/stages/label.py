@@ -7,7 +7,7 @@ The text side is any *bank* with ``embed(prompt_sets) -> (M, D)`` unit vectors a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +24,11 @@ from ..core.labels import (
     subtree_scores,
 )
 from ..core.taxonomy import Taxonomy, TaxonomyNode
-from ..core.tree import depths
+from ..core.tree import DEFAULT_CONTAINMENT, depths
 from ..core.vocabulary import Entry, competitors, default_vocabulary, query_taxonomy
 from ..errors import PromptError
 
-__all__ = ["UNION_MARGIN", "LabelPolicy", "Labelled", "drop_nested_same_label", "evidence",
+__all__ = ["REST_MIN_SHARE", "UNION_MARGIN", "LabelPolicy", "Labelled", "drop_nested_same_label", "evidence",
            "label_tree", "match_query", "parse_query", "resolve_query"]
 
 
@@ -41,7 +41,18 @@ __all__ = ["UNION_MARGIN", "LabelPolicy", "Labelled", "drop_nested_same_label", 
 UNION_MARGIN = 4.5
 #: A labelled region that two labelled regions of different categories inside it cover to at least this share is a
 #: *group* (a cat together with the sofa it lies on), not one object: it is unknown, and its members are objects.
+#: Two members of one top-level category make a group only when they do not touch (two dogs, not two halves of one).
 GROUP_COVER = 0.85
+#: Whole or union: the rest of a container outside a related inner region that beats it (its pixels outside that
+#: region) below this share of the container adds nothing -- the container is the object, the inner region a piece.
+REST_MIN_SHARE = 0.1
+#: With the regions' masks and an embedder, a container is judged by its rest once an inner region beats it on their
+#: shared label by more than this (logits); the rest decides, and the margin rule only where the rest cannot tell.
+REST_TRIGGER = 0.0
+#: A piece of a labelled object (its best label is the object's category) covering the object to this IoU is the same
+#: object seen by another mask (SAM's near-duplicates that the nest stage's label-blind 0.9 keeps): it is merged into
+#: the object -- not returned -- rather than returned as an ``unknown part`` that is almost all of its parent.
+SAME_OBJECT_IOU = 0.8
 
 
 @dataclass(frozen=True)
@@ -78,10 +89,16 @@ class LabelPolicy:
 
 @dataclass(frozen=True)
 class Labelled:
-    """One decision and one kind (``object``, ``part``, ``unknown``, ``unknown part``) per region."""
+    """One decision and one kind (``object``, ``part``, ``unknown``, ``unknown part``) per region; *merged*: rows
+    that are near-duplicates of their labelled owner (:data:`SAME_OBJECT_IOU`), not to be returned."""
 
     decisions: tuple[LabelDecision, ...]
     kinds: tuple[str, ...]
+    merged: frozenset[int] = frozenset()
+
+    def kept(self) -> list[int]:
+        """The rows to return: all but the merged ones."""
+        return [i for i in range(len(self.kinds)) if i not in self.merged]
 
     @classmethod
     def unlabelled(cls, n: int) -> Labelled:
@@ -97,16 +114,23 @@ class Labelled:
 
 def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank, policy: LabelPolicy, *,
                with_parts: bool = True, competitors: Sequence[tuple[str, ...]] | None = None,
-               deep: bool = True, rles: Sequence[M.RLE] | None = None) -> Labelled:
+               deep: bool = True, rles: Sequence[M.RLE] | None = None,
+               embed: Callable[[Sequence[M.RLE]], np.ndarray] | None = None) -> Labelled:
     """Label regions through the containment tree.
 
     1. Every region gets an object label on its own (:func:`~clipsam.labels.label_objects`, against
        *competitors*: by default the policy's negatives and vocabulary).
-    2. A region that merely contains a label -- a region inside it carries the same label (or one related by
-       is-a) and shows it clearly more strongly (``policy.union_margin`` logits) -- loses that label and is
-       labelled among the other categories (a sofa+cat union is not the cat). With *rles*, a labelled region
+    2. Whole or union. A region inside a labelled region that carries the same label (or one related by is-a) and
+       shows it more strongly is either a piece of it (a half of the cat inside the cat) or the object inside a
+       union (the cat inside the cat-and-sofa mask). With *rles* and *embed*, the container's *rest* -- its
+       pixels outside that region -- decides: too small (:data:`REST_MIN_SHARE`) or the same thing (its own
+       category wins the rest's softmax) keeps the container's label; another category or a competitor word (the
+       sofa, the floor) makes the container a union, which loses that label and is labelled among the other
+       categories. Where the rest cannot tell (nothing reaches ``min_confidence``), or without masks, the inner
+       region must show the label ``policy.union_margin`` logits more strongly. With *rles*, a labelled region
        that two labelled regions of different categories inside it cover (:data:`GROUP_COVER`) is a group of
-       objects, not an object: it is unknown, and its members are labelled as objects.
+       objects, not an object: it is unknown, and its members are objects; two members of one top-level category
+       make a group only when they do not touch (two dogs, not the two halves of one dog).
     3. Parents before children: outside labelled objects a region keeps its object label (or unknown). Inside a
        labelled object it is labelled among that object's parts, unless another top-level category beats every
        part (an object lying on top of another: a cat on a sofa), else it is an ``unknown part``; its own
@@ -117,6 +141,8 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         parents: ``(N,)`` parent row of each region, ``-1`` for roots (a forest).
         deep: label below the top level (``False``: top-level labels only, as for free-text queries).
         rles: the regions' masks (for the group rule; without them it is off).
+        embed: ``embed(masks) -> (K, D)`` unit embeddings of further masks of the same image (for the rest of a
+            container; without it, or without *rles*, the margin rule alone decides).
     """
     n = len(feats)
     if n == 0:
@@ -130,21 +156,31 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
 
     objects = label(slice(None), taxonomy.top)
     if policy.union_margin is not None:
+        rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy) if rles is not None and embed else None
         objects = _resolve_unions(feats, objects, parents, bank, policy.union_margin, taxonomy.top,
-                                  lambda i, tops: label(slice(i, i + 1), tops)[0])
+                                  lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
         if rles is not None:
-            objects = _ungroup(objects, parents, rles)
+            objects = _ungroup(objects, rles)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
+    merged: set[int] = set()
     for i in np.argsort(depths(parents), kind="stable"):  # parents before children
         owner = _owning_object(int(i), parents, kinds)
         if owner is None:
             decisions[i] = objects[i]
             kinds[i] = "object" if objects[i].node is not None else "unknown"
-        else:
-            decisions[i], kinds[i] = _part_or_object(feats[i:i + 1], decisions[owner], taxonomy, bank, policy,
-                                                     with_parts, deep)
-    return Labelled(tuple(decisions), tuple(kinds))
+            continue
+        decisions[i], kinds[i] = _part_or_object(feats[i:i + 1], decisions[owner], taxonomy, bank, policy,
+                                                 with_parts, deep)
+        piece = kinds[i] == "unknown part" and decisions[i].best_guess is decisions[owner].node
+        if piece and rles is not None and _same_object(rles[i], rles[owner]):
+            merged.add(int(i))
+    return Labelled(tuple(decisions), tuple(kinds), frozenset(merged))
+
+
+def _same_object(inner: M.RLE, owner: M.RLE) -> bool:
+    a, b = float(M.area(inner)), float(M.area(owner))
+    return a >= SAME_OBJECT_IOU * b and float(M.iou_matrix([inner], [owner])[0, 0]) >= SAME_OBJECT_IOU
 
 
 def evidence(feats: np.ndarray, node: TaxonomyNode, bank) -> np.ndarray:
@@ -175,8 +211,52 @@ def _descendants(parents: np.ndarray) -> list[list[int]]:
     return out
 
 
+class _Rest:
+    """Step 2's test of what a container adds: ``verdict(p, c, node)`` is ``"same"`` when the pixels of region *p*
+    outside region *c* are too few or show *node*'s top-level category best, ``"other"`` when another category or a
+    competitor wins them with ``min_confidence``, else ``None``. One embedding per pair asked, cached."""
+
+    def __init__(self, rles: Sequence[M.RLE], embed: Callable[[Sequence[M.RLE]], np.ndarray],
+                 tops: Sequence[TaxonomyNode], bank, competitors: Sequence[tuple[str, ...]], policy: LabelPolicy
+                 ) -> None:
+        self.rles, self.embed, self.tops, self.bank = rles, embed, list(tops), bank
+        self.competitors, self.policy = list(competitors), policy
+        self._seen: dict[tuple[int, int, str], str | None] = {}
+
+    def verdict(self, p: int, c: int, node: TaxonomyNode) -> str | None:
+        key = (p, c, node.path[0])
+        if key not in self._seen:
+            self._seen[key] = self._judge(p, c, node)
+        return self._seen[key]
+
+    def _judge(self, p: int, c: int, node: TaxonomyNode) -> str | None:
+        rest = M.difference(self.rles[p], self.rles[c])
+        if M.area(rest) < REST_MIN_SHARE * M.area(self.rles[p]):
+            return "same"
+        s = subtree_scores(self.embed([rest]), self.tops, self.bank, self.competitors)
+        masses = {t.name: float(s.mass[0, s.column(t)]) for t in self.tops}
+        own = masses.get(node.path[0], 0.0)
+        other = max([m for name, m in masses.items() if name != node.path[0]] + [float(s.rival[0])])
+        if own >= other:
+            return "same"
+        return "other" if other >= self.policy.min_confidence else None
+
+
+def _stronger(feats: np.ndarray, p: int, rows: list[int], node: TaxonomyNode, bank, margin: float,
+              rest: _Rest | None) -> bool:
+    """Whether container *p* merely contains *node*, shown by the regions *rows* inside it (see :func:`label_tree`,
+    step 2)."""
+    ev = evidence(feats[[p, *rows]], node, bank)
+    gain = ev[1:] - ev[0]
+    best = int(gain.argmax())
+    if rest is None or gain[best] <= REST_TRIGGER:
+        return bool(gain[best] > margin)
+    verdict = rest.verdict(p, rows[best], node)
+    return verdict == "other" or (verdict is None and bool(gain[best] > margin))
+
+
 def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np.ndarray, bank, margin: float,
-                    tops: Sequence[TaxonomyNode], relabel) -> list[LabelDecision]:
+                    tops: Sequence[TaxonomyNode], relabel, rest: _Rest | None = None) -> list[LabelDecision]:
     """Step 2 of :func:`label_tree`: containers that merely contain a label are labelled without it."""
     out = list(objects)
     for p, inside in enumerate(_descendants(parents)):
@@ -189,50 +269,64 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
             stronger = False
             for node in {id(n): n for _, n in pairs}.values():
                 rows = [c for c, n in pairs if n is node]
-                ev = evidence(feats[[p, *rows]], node, bank)
-                stronger = stronger or bool(ev[1:].max() > ev[0] + margin)
+                stronger = stronger or _stronger(feats, p, rows, node, bank, margin, rest)
             if not stronger:
                 break
             excluded.add(out[p].node.path[0])
-            rest = [t for t in tops if t.name not in excluded]
+            remaining = [t for t in tops if t.name not in excluded]
             guess = objects[p]
-            out[p] = relabel(p, rest) if rest else LabelDecision(None, (), guess.best_guess, guess.best_guess_score)
+            out[p] = relabel(p, remaining) if remaining else LabelDecision(None, (), guess.best_guess, guess.best_guess_score)
     return out
 
 
-def _ungroup(objects: list[LabelDecision], parents: np.ndarray, rles: Sequence[M.RLE]) -> list[LabelDecision]:
-    """The group rule of :func:`label_tree`: a region covered by two labelled members of different categories is
-    unknown. Members are a region's outermost labelled descendants (few, whatever the number of masks)."""
+def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE]) -> list[LabelDecision]:
+    """The group rule of :func:`label_tree`: a labelled region is a group, and unknown, when two labelled members of
+    different top-level categories cover it (:data:`GROUP_COVER`: a cat and the sofa it lies on), or when its members
+    cover it and fall apart into separate clusters that do not touch (two or four dogs; the two halves of one dog
+    touch). A region's members are the labelled regions inside it (:data:`~clipsam.core.tree.DEFAULT_CONTAINMENT`
+    of their pixels) in no larger one inside it, groups replaced by their own members (smaller regions are decided
+    first) -- by pixels, not by the tree, where a dog shared by two overlapping pairs has one parent only."""
     out = list(objects)
-    inside = _descendants(parents)
-    area = np.asarray(M.area(rles), dtype=np.float64)
-    for r in np.argsort(-area, kind="stable"):  # outer regions first
-        if objects[r].node is None or len(inside[r]) < 2:
-            continue
-        members = [c for c in inside[r] if objects[c].node is not None and _outermost(c, r, parents, objects)]
-        for x, a in enumerate(members):
-            for b in members[x + 1:]:
-                if objects[a].node.path[0] == objects[b].node.path[0]:
-                    continue
-                if area[a] + area[b] < GROUP_COVER * area[r]:
-                    continue
-                if M.area([M.merge([rles[a], rles[b]])])[0] >= GROUP_COVER * area[r]:
-                    d = objects[r]
-                    out[r] = LabelDecision(None, (), d.node, d.score)
-                    break
-            if out[r].node is None:
-                break
+    rows = np.asarray([i for i, d in enumerate(objects) if d.node is not None], dtype=np.int64)
+    if len(rows) < 3:
+        return out
+    share = M.contained_share([rles[i] for i in rows]) >= DEFAULT_CONTAINMENT
+    np.fill_diagonal(share, False)
+    area = np.asarray(M.area([rles[i] for i in rows]), dtype=np.float64)
+    grouped = np.zeros(len(rows), dtype=bool)
+    for r in np.argsort(area, kind="stable"):  # inner regions first
+        inside = np.flatnonzero(share[:, r] & (area < area[r]) & ~grouped)
+        members = [int(c) for c in inside if not any(share[c, d] and area[d] > area[c] for d in inside)]
+        if len(members) >= 2 and _is_group(members, r, area, [rles[i] for i in rows],
+                                           [objects[i].node.path[0] for i in rows]):
+            grouped[r] = True
+            d = objects[rows[r]]
+            out[rows[r]] = LabelDecision(None, (), d.node, d.score)
     return out
 
 
-def _outermost(c: int, r: int, parents: np.ndarray, objects: list[LabelDecision]) -> bool:
-    """Whether no labelled region lies between *c* and its ancestor *r*."""
-    j = int(parents[c])
-    while j >= 0 and j != r:
-        if objects[j].node is not None:
-            return False
-        j = int(parents[j])
-    return True
+def _is_group(members: list[int], r: int, area: np.ndarray, rles: Sequence[M.RLE], tops: Sequence[str]) -> bool:
+    """Whether the *members* of region *r* make it a group (see :func:`_ungroup`); indices into *rles*."""
+    for x, a in enumerate(members):
+        for b in members[x + 1:]:
+            if tops[a] != tops[b] and area[a] + area[b] >= GROUP_COVER * area[r] and \
+                    M.area([M.merge([rles[a], rles[b]])])[0] >= GROUP_COVER * area[r]:
+                return True
+    if area[members].sum() < GROUP_COVER * area[r] or \
+            M.area([M.merge([rles[m] for m in members])])[0] < GROUP_COVER * area[r]:
+        return False
+    cluster = list(range(len(members)))  # union-find over "touches"
+
+    def find(i: int) -> int:
+        while cluster[i] != i:
+            i = cluster[i]
+        return i
+
+    for x in range(len(members)):
+        for y in range(x + 1, len(members)):
+            if find(x) != find(y) and M.touching(rles[members[x]], rles[members[y]]):
+                cluster[find(x)] = find(y)
+    return len({find(i) for i in range(len(members))}) >= 2
 
 
 def _owning_object(i: int, parents: np.ndarray, kinds: Sequence[str]) -> int | None:
@@ -341,7 +435,8 @@ def resolve_query(terms: Sequence[str], taxonomy: Taxonomy | None) -> tuple[list
 
 def match_query(feats: np.ndarray, parents: np.ndarray, resolved: Sequence[TaxonomyNode], free: Sequence[str],
                 bank, policy: LabelPolicy, labelled: Labelled | None = None, taxonomy: Taxonomy | None = None,
-                rles: Sequence[M.RLE] | None = None) -> dict[int, tuple[LabelDecision, str]]:
+                rles: Sequence[M.RLE] | None = None, embed: Callable[[Sequence[M.RLE]], np.ndarray] | None = None
+                ) -> dict[int, tuple[LabelDecision, str]]:
     """Regions matching a query: ``{row: (decision, kind)}``.
 
     A region matches a resolved node when its taxonomy label (*labelled*, from :func:`label_tree`) is that node or
@@ -359,7 +454,7 @@ def match_query(feats: np.ndarray, parents: np.ndarray, resolved: Sequence[Taxon
         comps = policy.competitors(flat, others=taxonomy)
         if not resolved or labelled is None:
             flat_labelled = label_tree(feats, parents, flat, bank, policy, with_parts=False, competitors=comps,
-                                       deep=False, rles=rles)
+                                       deep=False, rles=rles, embed=embed)
             decisions, kinds = flat_labelled.decisions, flat_labelled.kinds
         else:
             decisions = tuple(label_objects(feats, flat.top, bank, competitors=comps, scoring=policy.scoring,

@@ -71,6 +71,11 @@ class WorldParams:
         concept: crops' weight of what they show (matched cosine about 0.30).
         crop_noise: crop-specific random part (about 0.025 cosine of noise per text).
         unseen_head: how much an unseen phrase carries of the known word it ends with ("striped cat": cat).
+        copies: instances of one basic-level category in every scene (1: none repeated; 2 or 4: two or four dogs,
+            or a dog and puppies); SAM also proposes each pair of them and the whole group.
+        pieces: pieces SAM proposes for every object (0: SAM's usual -- a half of some objects and a near-duplicate
+            of some; 3 or more: a scene where most proposals are pieces -- halves, quarters, strips, the object
+            without its parts).
     """
 
     dim: int = 512
@@ -85,6 +90,8 @@ class WorldParams:
     concept: float = 0.206
     crop_noise: float = 0.57
     unseen_head: float = 1.0
+    copies: int = 1
+    pieces: int = 0
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -126,6 +133,7 @@ class WorldScene:
     concepts: tuple[str, ...] = field(repr=False)  # the concept key each pixel class shows
     seed: int = 0
     unions: tuple[M.RLE, ...] = field(default=(), repr=False)  # (object ∪ what it lies on) masks
+    groups: tuple[M.RLE, ...] = field(default=(), repr=False)  # unions of instances of one category (pairs, all)
 
     def objects(self) -> list[int]:
         return [i for i, s in enumerate(self.instances) if s.kind == "object"]
@@ -168,7 +176,7 @@ class CLIPLikeWorld:
         for word in DEFAULT_NEGATIVES:
             self.vector(word)
         self.embedder = CLIPLikeEmbedder(self)
-        self.proposer = SAMLikeProposer()
+        self.proposer = SAMLikeProposer(pieces=self.params.pieces)
 
     # -- concepts ----------------------------------------------------------------------------------------
     @staticmethod
@@ -234,9 +242,11 @@ class CLIPLikeWorld:
         yy, xx = np.mgrid[:h, :w]
         boxes: list[tuple[float, float, float, float]] = []
         drawn: list[tuple[TaxonomyNode, int | None, list[int], list[tuple[TaxonomyNode, int]]]] = []
-        for node, support in self._pick_objects(rng, n_objects):
+        picked = self._pick_objects(rng, n_objects)
+        scale = 0.7 if self.params.copies > 1 else 1.0  # room for the copies
+        for node, support in picked:
             if support is None:
-                cy, cx, ry, rx = self._place(rng, h, w, boxes)
+                cy, cx, ry, rx = self._place(rng, h, w, boxes, scale)
             else:  # lying on its support, over the support's upper half
                 scy, scx, sry, srx = boxes[support]
                 ry, rx = sry * rng.uniform(0.35, 0.5), srx * rng.uniform(0.3, 0.45)
@@ -279,7 +289,8 @@ class CLIPLikeWorld:
                 instances.append(Instance((stuff,), "stuff", M.encode(labels == k)))  # type: ignore[arg-type]
         palette = _palette(len(concepts))
         return WorldScene(image=palette[labels].astype(np.uint8), instances=tuple(instances), colours=palette,
-                          concepts=tuple(concepts), seed=_digest(self.seed, "scene", index), unions=tuple(unions))
+                          concepts=tuple(concepts), seed=_digest(self.seed, "scene", index), unions=tuple(unions),
+                          groups=_groups(instances))
 
     def _pick_objects(self, rng: np.random.Generator, n: int) -> list[tuple[TaxonomyNode, int | None]]:
         """*n* object labels (basic-level or below), one on a support when a support is drawn."""
@@ -291,16 +302,25 @@ class CLIPLikeWorld:
             small = self.taxonomy.get(SMALL[int(rng.integers(len(SMALL)))])
             below = [small, *[c for c in small.walk() if not c.is_part and c is not small]]
             out.append((below[int(rng.integers(len(below)))], 0))
-        while len(out) < n:
+        copies = self.params.copies
+        while len(out) < (n if copies <= 1 else max(len(out), n - 1)):
             node = pool[int(rng.integers(len(pool)))]
             if all(node.path[:2] != o.path[:2] for o, _ in out):
                 out.append((node, None))
+        while copies > 1:  # one basic-level category, *copies* times (a dog and a puppy count as two dogs)
+            node = pool[int(rng.integers(len(pool)))]
+            if all(node.path[:2] != o.path[:2] for o, _ in out):
+                basic = self.taxonomy.get(node.path[:2])
+                family = [c for c in basic.walk() if not c.is_part]
+                out += [(family[int(rng.integers(len(family)))], None) for _ in range(copies)]
+                break
         return out
 
     @staticmethod
-    def _place(rng: np.random.Generator, h: int, w: int, boxes: list) -> tuple[float, float, float, float]:
+    def _place(rng: np.random.Generator, h: int, w: int, boxes: list, scale: float = 1.0
+               ) -> tuple[float, float, float, float]:
         for _ in range(50):
-            ry, rx = h * rng.uniform(0.12, 0.22), w * rng.uniform(0.1, 0.18)
+            ry, rx = h * rng.uniform(0.12, 0.22) * scale, w * rng.uniform(0.1, 0.18) * scale
             cy, cx = rng.uniform(ry, h - ry), rng.uniform(rx, w - rx)
             if all(abs(cy - by) > ry + bry or abs(cx - bx) > rx + brx for by, bx, bry, brx in boxes):
                 return cy, cx, ry, rx
@@ -330,6 +350,21 @@ class CLIPLikeWorld:
         kwargs.setdefault("text_cache", False)
         seg = Segmenter.from_models(self.proposer, self.embedder, **kwargs)
         return seg
+
+
+def _groups(instances: Sequence[Instance]) -> tuple[M.RLE, ...]:
+    """SAM's masks of several instances of one basic-level category: each pair of neighbours in drawing order,
+    and all of them when there are more than two."""
+    by_basic: dict[tuple[str, ...], list[M.RLE]] = {}
+    for s in instances:
+        if s.kind == "object" and len(s.path) >= 2:
+            by_basic.setdefault(s.path[:2], []).append(s.rle)
+    out: list[M.RLE] = []
+    for rles in by_basic.values():
+        out += [M.merge([a, b]) for a, b in zip(rles, rles[1:])]
+        if len(rles) > 2:
+            out.append(M.merge(rles))
+    return tuple(out)
 
 
 def _palette(n: int) -> np.ndarray:
@@ -426,8 +461,9 @@ class SAMLikeProposer:
 
     name = "sam-like"
 
-    def __init__(self) -> None:
+    def __init__(self, pieces: int = 0) -> None:
         self.scene: WorldScene | None = None
+        self.pieces = pieces
 
     def embed(self, image: np.ndarray) -> Any:
         return {"shape": image.shape[:2]}
@@ -441,7 +477,9 @@ class SAMLikeProposer:
         for inst in scene.instances:
             m = M.decode(inst.rle)
             out.append((m, rng.uniform(0.88, 0.99)))
-            if inst.kind == "object":
+            if inst.kind == "object" and self.pieces > 0:
+                out += [(piece, rng.uniform(0.8, 0.95)) for piece in _pieces(m, inst, scene, rng, self.pieces)]
+            elif inst.kind == "object":
                 ys, xs = np.nonzero(m)
                 if rng.random() < 0.6:  # a half: SAM often splits an object along a visible edge
                     if rng.random() < 0.5:
@@ -456,6 +494,8 @@ class SAMLikeProposer:
                     out.append((grown, rng.uniform(0.8, 0.9)))
         for union in scene.unions:
             out.append((M.decode(union), rng.uniform(0.85, 0.97)))
+        for group in scene.groups:
+            out.append((M.decode(group), rng.uniform(0.85, 0.97)))
         return out
 
     def generate(self, image: np.ndarray, embedding: Any = None, **params: Any) -> list[Proposal]:
@@ -485,6 +525,28 @@ class SAMLikeProposer:
         hits = sorted(hits, key=lambda m: m.sum())[: (3 if multimask_output else 1)] or [np.zeros(size, bool)]
         iou = np.linspace(0.95, 0.85, len(hits)).astype(np.float32)
         return PromptMasks(np.stack(hits), iou, np.zeros((len(hits), 16, 16), np.float32))
+
+
+def _pieces(m: np.ndarray, inst: Instance, scene: WorldScene, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """*n* pieces of object mask *m* as SAM proposes them: halves and quarters along its box, a middle strip, a
+    near-duplicate a pixel larger, the object without its parts (drawn without repeats, then repeated)."""
+    ys, xs = np.nonzero(m)
+    cy, cx = ys.mean(), xs.mean()
+    col, row = np.arange(m.shape[1])[None, :], np.arange(m.shape[0])[:, None]
+    grown = m.copy()
+    grown[1:] |= m[:-1]
+    grown[:, 1:] |= m[:, :-1]
+    me = scene.instances.index(inst)
+    bare = m.copy()
+    for s in scene.instances:
+        if s.kind == "part" and s.parent == me:
+            bare &= ~M.decode(s.rle)
+    third = (xs.max() - xs.min()) / 3.0
+    cuts = [m & (col < cx), m & (col >= cx), m & (row < cy), m & (row >= cy), m & (col < cx) & (row < cy),
+            m & (col >= cx) & (row >= cy), m & (np.abs(col - cx) < third / 2), grown, bare]
+    order = rng.permutation(len(cuts))
+    out = [cuts[int(order[k % len(cuts)])] for k in range(n)]
+    return [c for c in out if c.sum() >= _MIN_PIXELS // 2]
 
 
 class SAM3LikeProposer:
@@ -624,7 +686,7 @@ def level_hits(seg: Any, scene: WorldScene, *, iou: float = 0.8) -> dict[str, li
 
 
 #: Kinds of returned region :func:`region_verdicts` tells apart, by what the region is in the scene.
-REGION_KINDS = ("object", "part", "union", "piece", "stuff")
+REGION_KINDS = ("object", "part", "union", "group", "piece", "stuff")
 #: Score bins of the reliability table (:func:`reliability`).
 SCORE_BINS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0 + 1e-9)
 
@@ -637,7 +699,8 @@ def region_verdicts(seg: Any, scene: WorldScene, taxonomy: Taxonomy, *, iou: flo
     object under most of its pixels (with its parts) is the *owner*, and the label is right when it is the owner's
     label or an ancestor of it, or a part whose object is the owner's label or an ancestor (``dog/head`` on a
     puppy). Kinds: ``object``, ``part`` or ``union`` when the region matches a true object, part or object-with-
-    support with *iou*; ``piece`` otherwise (a half, a pair, a sliver); ``stuff``. Returns one dict per labelled
+    support with *iou*; ``group`` when it matches several instances of one category (two dogs: wrong whatever its
+    label, it is no one instance); ``piece`` otherwise (a half, a sliver); ``stuff``. Returns one dict per labelled
     region: ``kind``, ``correct``, ``score``, ``label_path``, ``owner`` (the owner's path, or ``None``)."""
     regions = [r for r in seg if r.label_path]
     if not regions:
@@ -648,13 +711,13 @@ def region_verdicts(seg: Any, scene: WorldScene, taxonomy: Taxonomy, *, iou: flo
     ious = {kind: (M.iou_matrix(rles, masks) if masks else np.zeros((len(rles), 0)))
             for kind, masks in (("object", [s.rle for s in scene.instances if s.kind == "object"]),
                                 ("part", [s.rle for s in scene.instances if s.kind == "part"]),
-                                ("union", list(scene.unions)))}
+                                ("union", list(scene.unions)), ("group", list(scene.groups)))}
     out = []
     for k, r in enumerate(regions):
         owner = scene.instances[owners[int(inter[k].argmax())]] if len(owners) else None
-        kind = next((name for name in ("object", "part", "union") if ious[name].shape[1] and
+        kind = next((name for name in ("object", "part", "union", "group") if ious[name].shape[1] and
                      ious[name][k].max() >= iou), "piece")
-        if owner is None or owner.kind == "stuff":
+        if owner is None or owner.kind == "stuff" or kind == "group":
             out.append({"kind": "stuff" if kind == "piece" else kind, "correct": False, "score": float(r.score),
                         "label_path": tuple(r.label_path), "owner": owner.path if owner else None})
             continue
