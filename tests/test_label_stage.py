@@ -326,3 +326,119 @@ def test_a_part_still_wins_over_its_owners_category():
     assert out.kinds == ("object", "part") and out.decisions[1].node.name == "head"
     p = softmax([0.9, 0.0, 0.0, 0.3, 0.0])  # head, tail, furniture, animal (the owner's own), background
     assert out.decisions[1].score == pytest.approx(out.decisions[0].score * p[0], rel=1e-5)
+
+
+# -- issue 23: whole or union by what the container adds; groups by clusters; pieces that tile an unsure whole ------
+
+def _masks(*boxes, size=(10, 40)):
+    """RLEs of unions of column ranges ``(start, stop)`` (a box per argument; a tuple of ranges is their union)."""
+    from clipsam.core import masks as M
+
+    out = []
+    for spans in boxes:
+        m = np.zeros(size, bool)
+        for a, b in (spans if isinstance(spans[0], tuple) else (spans,)):
+            m[:, a:b] = True
+        out.append(M.encode(m))
+    return out
+
+
+class Embedder:
+    """``embed(masks)`` for the rest test: a fixed row, and a count of the calls."""
+
+    def __init__(self, row):
+        self.row, self.calls = row, 0
+
+    def __call__(self, rles):
+        self.calls += len(rles)
+        return np.repeat(self.row, len(rles), axis=0)
+
+
+MARGIN_2 = LabelPolicy(negatives=("background",), vocabulary=False, union_margin=2.0)
+
+
+def test_whole_or_union_is_decided_by_what_the_container_adds():
+    """The left half of a cat shows "cat" 3.5 logits more strongly than the whole cat: more than the margin (2), so
+    the margin rule alone strips the whole of its label. Its rest (the right half) shows a cat: the container is the
+    cat and keeps the label. The same geometry with a sofa in the rest is a union: it loses "cat"."""
+    rles = _masks((0, 20), (0, 10))
+    feats = rows({"cat": 0.6}, {"cat": 0.95})
+    parents = np.array([-1, 0])
+    alone = label_tree(feats, parents, TAX, FixedBank(), MARGIN_2, rles=rles)
+    assert alone.decisions[0].node is None or alone.decisions[0].node.name != "cat"  # the margin rule
+    same = label_tree(feats, parents, TAX, FixedBank(), MARGIN_2, rles=rles, embed=Embedder(rows({"cat": 0.9})))
+    assert same.decisions[0].node.name == "cat" and same.kinds == ("object", "unknown part")
+    union = label_tree(feats, parents, TAX, FixedBank(), MARGIN_2, rles=rles, embed=Embedder(rows({"sofa": 0.9})))
+    assert union.decisions[0].node is None or union.decisions[0].node.name != "cat"
+    assert union.decisions[1].node.name == "cat" and union.kinds[1] == "object"
+
+
+def test_a_rest_too_small_to_be_anything_keeps_the_container_without_embedding_it():
+    rles = _masks((0, 20), (0, 19))  # the rest is 5 % of the container
+    feats = rows({"cat": 0.6}, {"cat": 0.95})
+    embed = Embedder(rows({"sofa": 0.9}))
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), MARGIN_2, rles=rles, embed=embed)
+    assert out.decisions[0].node.name == "cat" and embed.calls == 0
+
+
+def test_a_rest_that_nothing_claims_falls_back_to_the_margin():
+    """A rest that another category wins, but below ``min_confidence`` (0.9 here: furniture 0.81): the rest cannot
+    tell, and the margin (2 logits) decides."""
+    rles = _masks((0, 20), (0, 10))
+    unsure = rows({"sofa": 0.3})
+    policy = LabelPolicy(negatives=("background",), vocabulary=False, union_margin=2.0, min_confidence=0.9)
+    for gain, kept in ((0.15, True), (0.35, False)):  # 1.5 and 3.5 logits
+        feats = rows({"cat": 0.6}, {"cat": 0.6 + gain})
+        out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), policy, rles=rles, embed=Embedder(unsure))
+        assert (out.decisions[0].node is not None and out.decisions[0].node.name == "cat") is kept
+
+
+def test_the_containers_own_parts_in_the_rest_are_the_same_thing():
+    """The dog without its head inside the dog: the rest is the head. "head" is a part of the dog, not another
+    thing, even where a competitor word says "head" too."""
+    rles = _masks((0, 20), (4, 20))
+    feats = rows({"dog": 0.6}, {"dog": 0.95})
+    policy = LabelPolicy(negatives=("background", "dog head"), vocabulary=False, union_margin=2.0)
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), policy, rles=rles,
+                     embed=Embedder(rows({"dog head": 0.9})))
+    assert out.decisions[0].node.name == "dog"
+
+
+def test_separate_instances_of_one_category_make_a_group_and_stay_objects():
+    """Two dogs apart and SAM's mask of the pair: the pair is a group (unknown), both dogs objects; the two halves
+    of one dog touch, so they make no group. Four dogs with overlapping pair masks (each dog in two pairs, one
+    parent each in the tree) and the mask of all four: every pair and the four are groups."""
+    rles = _masks(((0, 8), (12, 20)), (0, 8), (12, 20))
+    feats = rows({"dog": 0.9}, {"dog": 0.9}, {"dog": 0.85})
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.kinds == ("unknown", "object", "object")
+    dogs = [(0, 4), (8, 12), (16, 20), (24, 28)]
+    pairs = [(dogs[0], dogs[1]), (dogs[1], dogs[2]), (dogs[2], dogs[3])]
+    rles = _masks(tuple(dogs), *pairs, *dogs)
+    parents = np.array([-1, 0, 0, 0, 1, 1, 2, 3])  # dog 1 under pair 0-1 only, dog 2 under pair 1-2 only
+    feats = rows(*[{"dog": 0.9}] * 8)
+    out = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.kinds == ("unknown",) * 4 + ("object",) * 4
+
+
+def test_an_unsure_whole_tiled_by_pieces_of_one_category_is_that_object():
+    """The whole cup's crop matches nothing clearly (the negative wins); its two halves, touching, are both "dog"
+    (one "puppy"): the whole is a dog, scored by its least sure piece, and the halves are pieces of it. Apart, the
+    same pieces are two things: the whole stays unknown."""
+    feats = rows({"background": 0.9, "dog": 0.5}, {"dog": 0.9}, {"dog": 0.8, "puppy": 0.95})
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=_masks((0, 20), (0, 10), (10, 20)))
+    assert out.decisions[0].node.path == ("animal", "dog") and out.kinds == ("object", "unknown part", "unknown part")
+    alone = label_tree(feats, np.full(3, -1), TAX, FixedBank(), SUBTREE)
+    assert out.decisions[0].score == pytest.approx(min(d.path_scores[1] for d in alone.decisions[1:]))
+    apart = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE,
+                       rles=_masks(((0, 9), (11, 20)), (0, 9), (11, 20)))
+    assert apart.decisions[0].node is None and apart.kinds[1:] == ("object", "object")
+
+
+def test_a_near_duplicate_of_an_object_is_merged_into_it():
+    """A mask 95 % of the dog's, whose best label is the dog's category, is the dog again: merged (not returned);
+    a half of the dog is a piece (returned as an unknown part)."""
+    feats = rows({"dog": 0.9}, {"dog": 0.85}, {"dog": 0.85})
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=_masks((0, 20), (0, 19), (0, 10)))
+    assert out.kinds == ("object", "unknown part", "unknown part") and out.merged == {1} and out.kept() == [0, 2]
+    assert label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE).merged == frozenset()  # no masks

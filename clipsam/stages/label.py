@@ -25,7 +25,7 @@ from ..core.labels import (
 )
 from ..core.taxonomy import Taxonomy, TaxonomyNode
 from ..core.tree import DEFAULT_CONTAINMENT, depths
-from ..core.vocabulary import Entry, competitors, default_vocabulary, query_taxonomy
+from ..core.vocabulary import Entry, competitors, default_vocabulary, normal, query_taxonomy
 from ..errors import PromptError
 
 __all__ = ["REST_MIN_SHARE", "UNION_MARGIN", "LabelPolicy", "Labelled", "drop_nested_same_label", "evidence",
@@ -115,7 +115,8 @@ class Labelled:
 def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank, policy: LabelPolicy, *,
                with_parts: bool = True, competitors: Sequence[tuple[str, ...]] | None = None,
                deep: bool = True, rles: Sequence[M.RLE] | None = None,
-               embed: Callable[[Sequence[M.RLE]], np.ndarray] | None = None) -> Labelled:
+               embed: Callable[[Sequence[M.RLE]], np.ndarray] | None = None,
+               parts_from: Taxonomy | None = None) -> Labelled:
     """Label regions through the containment tree.
 
     1. Every region gets an object label on its own (:func:`~clipsam.labels.label_objects`, against
@@ -143,6 +144,8 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         rles: the regions' masks (for the group rule; without them it is off).
         embed: ``embed(masks) -> (K, D)`` unit embeddings of further masks of the same image (for the rest of a
             container; without it, or without *rles*, the margin rule alone decides).
+        parts_from: where a label's parts are looked up by name when *taxonomy* has none (free-text queries: the
+            segmenter's taxonomy), for the rest test: a container's own parts are the same thing, not another.
     """
     n = len(feats)
     if n == 0:
@@ -156,11 +159,12 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
 
     objects = label(slice(None), taxonomy.top)
     if policy.union_margin is not None:
-        rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy) if rles is not None and embed else None
+        rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy, parts_from) \
+            if rles is not None and embed else None
         objects = _resolve_unions(feats, objects, parents, bank, policy.union_margin, taxonomy.top,
                                   lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
         if rles is not None:
-            objects = _ungroup(objects, rles)
+            objects = _promote(_ungroup(objects, rles, parents), rles, parents)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -213,37 +217,47 @@ def _descendants(parents: np.ndarray) -> list[list[int]]:
 
 class _Rest:
     """Step 2's test of what a container adds: ``verdict(p, c, node)`` is ``"same"`` when the pixels of region *p*
-    outside region *c* are too few or show *node*'s top-level category best, ``"other"`` when another category or a
-    competitor wins them with ``min_confidence``, else ``None``. One embedding per pair asked, cached."""
+    outside region *c* are too few or show *node*'s top-level category (or one of the container's parts) best,
+    ``"other"`` when another category or a competitor wins them with ``min_confidence``, else ``None``. One embedding
+    per pair asked, cached."""
 
     def __init__(self, rles: Sequence[M.RLE], embed: Callable[[Sequence[M.RLE]], np.ndarray],
-                 tops: Sequence[TaxonomyNode], bank, competitors: Sequence[tuple[str, ...]], policy: LabelPolicy
-                 ) -> None:
+                 tops: Sequence[TaxonomyNode], bank, competitors: Sequence[tuple[str, ...]], policy: LabelPolicy,
+                 parts_from: Taxonomy | None = None) -> None:
         self.rles, self.embed, self.tops, self.bank = rles, embed, list(tops), bank
-        self.competitors, self.policy = list(competitors), policy
+        self.competitors, self.policy, self.parts_from = list(competitors), policy, parts_from
         self._seen: dict[tuple[int, int, str], str | None] = {}
 
-    def verdict(self, p: int, c: int, node: TaxonomyNode) -> str | None:
-        key = (p, c, node.path[0])
+    def verdict(self, p: int, c: int, node: TaxonomyNode, container: TaxonomyNode) -> str | None:
+        key = (p, c, "/".join(container.path))
         if key not in self._seen:
-            self._seen[key] = self._judge(p, c, node)
+            self._seen[key] = self._judge(p, c, node, container)
         return self._seen[key]
 
-    def _judge(self, p: int, c: int, node: TaxonomyNode) -> str | None:
+    def _parts(self, container: TaxonomyNode) -> list[TaxonomyNode]:
+        own = container.all_parts()
+        if own or self.parts_from is None:
+            return own
+        return next((parts for n in self.parts_from.find(container.name) if (parts := n.all_parts())), [])
+
+    def _judge(self, p: int, c: int, node: TaxonomyNode, container: TaxonomyNode) -> str | None:
         rest = M.difference(self.rles[p], self.rles[c])
         if M.area(rest) < REST_MIN_SHARE * M.area(self.rles[p]):
             return "same"
-        s = subtree_scores(self.embed([rest]), self.tops, self.bank, self.competitors)
+        parts = self._parts(container)
+        names = {normal(t) for q in parts for t in (q.name, *q.prompts)}
+        comps = [c for c in self.competitors if not {normal(t) for t in c} & names]  # its parts are not rivals
+        s = subtree_scores(self.embed([rest]), self.tops, self.bank, comps, extra=parts)
         masses = {t.name: float(s.mass[0, s.column(t)]) for t in self.tops}
-        own = masses.get(node.path[0], 0.0)
+        own = masses.get(node.path[0], 0.0) + float(s.extra[0].sum())
         other = max([m for name, m in masses.items() if name != node.path[0]] + [float(s.rival[0])])
         if own >= other:
             return "same"
         return "other" if other >= self.policy.min_confidence else None
 
 
-def _stronger(feats: np.ndarray, p: int, rows: list[int], node: TaxonomyNode, bank, margin: float,
-              rest: _Rest | None) -> bool:
+def _stronger(feats: np.ndarray, p: int, rows: list[int], node: TaxonomyNode, container: TaxonomyNode, bank,
+              margin: float, rest: _Rest | None) -> bool:
     """Whether container *p* merely contains *node*, shown by the regions *rows* inside it (see :func:`label_tree`,
     step 2)."""
     ev = evidence(feats[[p, *rows]], node, bank)
@@ -251,7 +265,7 @@ def _stronger(feats: np.ndarray, p: int, rows: list[int], node: TaxonomyNode, ba
     best = int(gain.argmax())
     if rest is None or gain[best] <= REST_TRIGGER:
         return bool(gain[best] > margin)
-    verdict = rest.verdict(p, rows[best], node)
+    verdict = rest.verdict(p, rows[best], node, container)
     return verdict == "other" or (verdict is None and bool(gain[best] > margin))
 
 
@@ -269,7 +283,7 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
             stronger = False
             for node in {id(n): n for _, n in pairs}.values():
                 rows = [c for c, n in pairs if n is node]
-                stronger = stronger or _stronger(feats, p, rows, node, bank, margin, rest)
+                stronger = stronger or _stronger(feats, p, rows, node, out[p].node, bank, margin, rest)
             if not stronger:
                 break
             excluded.add(out[p].node.path[0])
@@ -279,13 +293,15 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
     return out
 
 
-def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE]) -> list[LabelDecision]:
+def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
     """The group rule of :func:`label_tree`: a labelled region is a group, and unknown, when two labelled members of
     different top-level categories cover it (:data:`GROUP_COVER`: a cat and the sofa it lies on), or when its members
     cover it and fall apart into separate clusters that do not touch (two or four dogs; the two halves of one dog
     touch). A region's members are the labelled regions inside it (:data:`~clipsam.core.tree.DEFAULT_CONTAINMENT`
     of their pixels) in no larger one inside it, groups replaced by their own members (smaller regions are decided
-    first) -- by pixels, not by the tree, where a dog shared by two overlapping pairs has one parent only."""
+    first) -- by pixels, not by the tree, where a dog shared by two overlapping pairs has one parent only -- and,
+    for the clusters, its unlabelled children in the tree, through groups (a dog too unsure to be labelled is
+    still a dog's mask)."""
     out = list(objects)
     rows = np.asarray([i for i, d in enumerate(objects) if d.node is not None], dtype=np.int64)
     if len(rows) < 3:
@@ -294,39 +310,99 @@ def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE]) -> list[LabelD
     np.fill_diagonal(share, False)
     area = np.asarray(M.area([rles[i] for i in rows]), dtype=np.float64)
     grouped = np.zeros(len(rows), dtype=bool)
+    below = _descendants(parents)
     for r in np.argsort(area, kind="stable"):  # inner regions first
         inside = np.flatnonzero(share[:, r] & (area < area[r]) & ~grouped)
-        members = [int(c) for c in inside if not any(share[c, d] and area[d] > area[c] for d in inside)]
-        if len(members) >= 2 and _is_group(members, r, area, [rles[i] for i in rows],
-                                           [objects[i].node.path[0] for i in rows]):
+        members = [int(rows[c]) for c in inside if not any(share[c, d] and area[d] > area[c] for d in inside)]
+        skip = {int(rows[g]) for g in np.flatnonzero(grouped)}
+        unlabelled = [u for u in below[int(rows[r])] if objects[u].node is None
+                      and _first_ancestor_not_in(u, parents, skip) == int(rows[r])]
+        if _is_group(members, unlabelled, int(rows[r]), rles, objects):
             grouped[r] = True
             d = objects[rows[r]]
             out[rows[r]] = LabelDecision(None, (), d.node, d.score)
     return out
 
 
-def _is_group(members: list[int], r: int, area: np.ndarray, rles: Sequence[M.RLE], tops: Sequence[str]) -> bool:
-    """Whether the *members* of region *r* make it a group (see :func:`_ungroup`); indices into *rles*."""
+def _first_ancestor_not_in(i: int, parents: np.ndarray, skip: set[int]) -> int:
+    j = int(parents[i])
+    while j >= 0 and j in skip:
+        j = int(parents[j])
+    return j
+
+
+def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[M.RLE],
+              objects: Sequence[LabelDecision]) -> bool:
+    """Whether region *r* with labelled *members* and *unlabelled* children is a group (see :func:`_ungroup`)."""
+    area = np.asarray(M.area([rles[i] for i in [r, *members, *unlabelled]]), dtype=np.float64)
+    cover = GROUP_COVER * area[0]
+    sizes = dict(zip([*members, *unlabelled], area[1:], strict=True))
     for x, a in enumerate(members):
         for b in members[x + 1:]:
-            if tops[a] != tops[b] and area[a] + area[b] >= GROUP_COVER * area[r] and \
-                    M.area([M.merge([rles[a], rles[b]])])[0] >= GROUP_COVER * area[r]:
+            if objects[a].node.path[0] != objects[b].node.path[0] and sizes[a] + sizes[b] >= cover and \
+                    M.area([M.merge([rles[a], rles[b]])])[0] >= cover:
                 return True
-    if area[members].sum() < GROUP_COVER * area[r] or \
-            M.area([M.merge([rles[m] for m in members])])[0] < GROUP_COVER * area[r]:
+    parts = [*members, *unlabelled]
+    if len(parts) < 2 or sum(sizes.values()) < cover or M.area([M.merge([rles[m] for m in parts])])[0] < cover:
         return False
-    cluster = list(range(len(members)))  # union-find over "touches"
+    cluster = list(range(len(parts)))  # union-find over "touches"
 
     def find(i: int) -> int:
         while cluster[i] != i:
             i = cluster[i]
         return i
 
-    for x in range(len(members)):
-        for y in range(x + 1, len(members)):
-            if find(x) != find(y) and M.touching(rles[members[x]], rles[members[y]]):
+    for x in range(len(parts)):
+        for y in range(x + 1, len(parts)):
+            if find(x) != find(y) and M.touching(rles[parts[x]], rles[parts[y]]):
                 cluster[find(x)] = find(y)
-    return len({find(i) for i in range(len(members))}) >= 2
+    return len({find(i) for i in range(len(parts))}) >= 2
+
+
+def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
+    """Bottom-up: an unknown region that its labelled pieces tile -- two or more outermost labelled regions inside it
+    (in the tree), all of one top-level category, covering :data:`GROUP_COVER` of it and touching one another into
+    one cluster (the halves of a cup whose whole crop was unsure) -- is that object, labelled with the pieces'
+    deepest shared label, each path score the smallest of theirs. Groups (separate clusters) and unions (another
+    category inside) are never promoted."""
+    out = list(objects)
+    inside = _descendants(parents)
+    for r, below in enumerate(inside):
+        if objects[r].node is not None or len(below) < 2:
+            continue
+        members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
+        if len(members) < 2 or len({objects[c].node.path[0] for c in members}) > 1:
+            continue
+        area = np.asarray(M.area([rles[i] for i in [r, *members]]), dtype=np.float64)
+        if area[1:].sum() < GROUP_COVER * area[0] or \
+                M.area([M.merge([rles[m] for m in members])])[0] < GROUP_COVER * area[0]:
+            continue
+        if _is_group(members, [], r, rles, objects):
+            continue
+        node = objects[members[0]].node
+        for c in members[1:]:
+            node = _shared(node, objects[c].node) or _common(node, objects[c].node)
+        depth = len(node.path)
+        scores = tuple(min(objects[c].path_scores[k] for c in members) for k in range(depth))
+        out[r] = LabelDecision(node, scores, node, scores[0])
+    return out
+
+
+def _common(a: TaxonomyNode, b: TaxonomyNode) -> TaxonomyNode:
+    """The deepest is-a ancestor two labels of one top-level category share."""
+    while not b.is_a(a):
+        a = a.parent
+    return a
+
+
+def _outermost(c: int, r: int, parents: np.ndarray, objects: Sequence[LabelDecision]) -> bool:
+    """Whether no labelled region lies between *c* and its ancestor *r*."""
+    j = int(parents[c])
+    while j >= 0 and j != r:
+        if objects[j].node is not None:
+            return False
+        j = int(parents[j])
+    return True
 
 
 def _owning_object(i: int, parents: np.ndarray, kinds: Sequence[str]) -> int | None:
@@ -454,7 +530,7 @@ def match_query(feats: np.ndarray, parents: np.ndarray, resolved: Sequence[Taxon
         comps = policy.competitors(flat, others=taxonomy)
         if not resolved or labelled is None:
             flat_labelled = label_tree(feats, parents, flat, bank, policy, with_parts=False, competitors=comps,
-                                       deep=False, rles=rles, embed=embed)
+                                       deep=False, rles=rles, embed=embed, parts_from=taxonomy)
             decisions, kinds = flat_labelled.decisions, flat_labelled.kinds
         else:
             decisions = tuple(label_objects(feats, flat.top, bank, competitors=comps, scoring=policy.scoring,
