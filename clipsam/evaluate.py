@@ -34,7 +34,7 @@ from .files import read_text_capped
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalReport", "evaluate"]
+__all__ = ["SCORE_BINS", "EvalReport", "evaluate", "reliability_table"]
 
 VOC_IGNORE = 255
 
@@ -51,7 +51,14 @@ class EvalReport:
             instance is right at level k when its best-matching prediction (IoU >= ``match_iou``) has the same
             first k labels.
         counts: images, ground-truth instances (crowd excluded), predictions used, predictions dropped (no
-            matching image or category), parts ignored (no part category in the ground truth).
+            matching image or category), parts ignored (no part category in the ground truth), predictions lying
+            mostly outside every ground-truth instance (``on_background``).
+        label_precision: over every labelled prediction used (not only the best per instance): the share whose
+            label fits the ground-truth instance under most of its pixels -- that instance's label or an ancestor of
+            it (a part: the very part); a prediction lying mostly outside every instance is wrong. ``None`` without
+            instances.
+        reliability: within score bins (``[0, 0.3)`` … ``[0.9, 1]``), how many labelled predictions and the share
+            that is right: how far a score can be trusted.
         warnings: what made the matching uncertain (repeated names without label paths).
     """
 
@@ -62,11 +69,14 @@ class EvalReport:
     level_counts: dict[int, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    label_precision: float | None = None
+    reliability: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"mask_ap": self.mask_ap, "miou": self.miou, "class_iou": self.class_iou,
                 "level_accuracy": {str(k): v for k, v in self.level_accuracy.items()},
                 "level_counts": {str(k): v for k, v in self.level_counts.items()}, "counts": self.counts,
+                "label_precision": self.label_precision, "reliability": list(self.reliability),
                 "warnings": list(self.warnings)}
 
 
@@ -202,6 +212,7 @@ def _evaluate_coco(p: dict[str, Any], g: dict[str, Any], match_iou: float, taxon
     union: dict[int, int] = {}
     right: dict[int, int] = {}
     total: dict[int, int] = {}
+    judged: list[tuple[float, bool]] = []  # (score, right) of every labelled prediction
     for im in g["images"]:
         h, w = int(im["height"]), int(im["width"])
         anns = [a for a in g["annotations"] if a["image_id"] == im["id"]]
@@ -213,6 +224,7 @@ def _evaluate_coco(p: dict[str, Any], g: dict[str, Any], match_iou: float, taxon
                       [1] * sum(1 for a in anns if a.get("iscrowd", 0)), (h, w), dtype=np.uint8) > 0
         _accumulate_iou(_semantic(gt_rles, [a["category_id"] for a in gts], (h, w)),
                         _semantic(dt_rles, [d["category_id"] for d in mine], (h, w)), ~crowd, inter, union)
+        judged += _judge_predictions(mine, dt_rles, gts, gt_rles, cats)
         iou = M.iou_matrix(gt_rles, dt_rles) if dt_rles else np.zeros((len(gts), 0))
         for k, a in enumerate(gts):
             path = cats.paths[a["category_id"]]
@@ -228,9 +240,53 @@ def _evaluate_coco(p: dict[str, Any], g: dict[str, Any], match_iou: float, taxon
         level_accuracy={lv: right.get(lv, 0) / total[lv] for lv in sorted(total)},
         level_counts=dict(sorted(total.items())),
         counts={"images": len(g["images"]), "gt_instances": sum(not a.get("iscrowd", 0) for a in g["annotations"]),
-                **counts},
+                **counts, "on_background": sum(1 for _, ok in judged if ok is None)},
         warnings=cats.warnings,
+        label_precision=float(np.mean([bool(ok) for _, ok in judged])) if judged else None,
+        reliability=reliability_table([(score, bool(ok)) for score, ok in judged]),
     )
+
+
+#: Score bins of the reliability table.
+SCORE_BINS = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0 + 1e-9)
+
+
+def reliability_table(scored: list[tuple[float, bool]]) -> tuple[dict[str, Any], ...]:
+    """Within each score bin (:data:`SCORE_BINS`), how many predictions and the share that is right (``None`` when
+    the bin is empty)."""
+    rows = []
+    for lo, hi in zip(SCORE_BINS[:-1], SCORE_BINS[1:], strict=True):
+        hits = [ok for score, ok in scored if lo <= score < hi]
+        rows.append({"bin": f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}", "predictions": len(hits),
+                     "right": float(np.mean(hits)) if hits else None})
+    return tuple(rows)
+
+
+def _judge_predictions(mine: list[dict[str, Any]], dt_rles: list[M.RLE], gts: list[dict[str, Any]],
+                       gt_rles: list[M.RLE], cats: _Categories) -> list[tuple[float, bool | None]]:
+    """``(score, right)`` per labelled prediction of one image (unknown ones are not labels), judged by the
+    ground-truth instance under most of its pixels (parts among parts, objects among objects; of instances nested in
+    one another, the closest fit); ``right`` is ``None`` for a prediction lying mostly outside every instance
+    (counted wrong)."""
+    labelled = [k for k, d in enumerate(mine) if tuple(d["path"]) not in (("unknown",), ("unknown part",))]
+    if not labelled:
+        return []
+    inter = M.intersection_matrix(dt_rles, gt_rles) if gt_rles else np.zeros((len(mine), 0))
+    area = np.asarray(M.area(dt_rles), dtype=np.float64)
+    gt_area = np.asarray(M.area(gt_rles), dtype=np.float64) if gt_rles else np.zeros(0)
+    out: list[tuple[float, bool | None]] = []
+    for k in labelled:
+        d = mine[k]
+        part = d["category_id"] in cats.parts
+        cols = [j for j, a in enumerate(gts) if (a["category_id"] in cats.parts) == part]
+        best = max(cols, key=lambda j: (inter[k, j], inter[k, j] / (area[k] + gt_area[j] - inter[k, j])),
+                   default=None)
+        if best is None or inter[k, best] < 0.5 * area[k]:
+            out.append((d["score"], None))
+            continue
+        truth, path = cats.paths[gts[best]["category_id"]], tuple(d["path"])
+        out.append((d["score"], path == truth if part else truth[:len(path)] == path))
+    return out
 
 
 def _matched_predictions(p: dict[str, Any], g: dict[str, Any], cats: _Categories

@@ -60,7 +60,38 @@ def test_coco_ground_truth_hand_computed(tmp_path):
     # levels: all three right at levels 1 and 2; the puppy (only GT instance with a level 3) wrong at level 3
     assert report.level_accuracy == {1: 1.0, 2: 1.0, 3: 0.0}
     assert report.level_counts == {1: 3, 2: 3, 3: 1}
-    assert report.counts == {"images": 1, "gt_instances": 3, "predictions": 3, "dropped": 1, "parts_ignored": 0}
+    assert report.counts == {"images": 1, "gt_instances": 3, "predictions": 3, "dropped": 1, "parts_ignored": 0,
+                             "on_background": 0}
+    # every labelled prediction: each lies mostly on an instance whose label it names or generalises ("dog" on the
+    # puppy is right; the cat prediction has 25 of its 35 px on the cat)
+    assert report.label_precision == 1.0
+
+
+def test_label_precision_and_reliability_judge_every_prediction(tmp_path):
+    """Not only the best match per instance: a half of the puppy labelled "cat" with score 0.95 is a confident wrong
+    label, though the puppy's best match ("dog", 0.7) is right; a "dog" lying mostly on no instance is wrong too."""
+    gt = _gt()
+    gt["images"][0].update(height=10, width=20)
+    for a in gt["annotations"]:
+        a["segmentation"] = M.encode(np.pad(M.decode(a["segmentation"]), ((0, 0), (0, 10))))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    pred = _pred()
+    pred["images"][0].update(height=10, width=20)
+    for a in pred["annotations"]:
+        a["segmentation"] = M.encode(np.pad(M.decode(a["segmentation"]), ((0, 0), (0, 10))))
+    pred["annotations"] += [
+        {"id": 5, "image_id": 99, "category_id": 6, "segmentation": _rle((5, 10), (0, 5), (10, 20)), "score": 0.95,
+         "label_path": ["animal", "cat"]},  # half of the puppy, called a cat
+        {"id": 6, "image_id": 99, "category_id": 5, "segmentation": _rle((0, 10), (12, 20), (10, 20)), "score": 0.4,
+         "label_path": ["animal", "dog"]},  # on no instance
+    ]
+    report = evaluate(pred, tmp_path / "gt.json")
+    assert report.level_accuracy == {1: 1.0, 2: 1.0, 3: 0.0}  # the best match per instance does not see them
+    assert report.label_precision == pytest.approx(3 / 5) and report.counts["on_background"] == 1
+    bins = {row["bin"]: (row["predictions"], row["right"]) for row in report.reliability}
+    assert bins["[0.9, 1.0]"] == (2, 0.5) and bins["[0.7, 0.9)"] == (2, 1.0) and bins["[0.3, 0.5)"] == (1, 0.0)
+    assert bins["[0.0, 0.3)"] == (0, None)
+    assert report.to_dict()["reliability"][-1] == {"bin": "[0.9, 1.0]", "predictions": 2, "right": 0.5}
 
 
 def test_png_ground_truth_hand_computed(tmp_path):

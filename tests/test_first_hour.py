@@ -113,6 +113,7 @@ def test_plurals_and_the_eval_line(tmp_path, scene):
     ann = str(tmp_path / "out" / "annotations.json")
     res = CliRunner().invoke(app, ["eval", ann, ann])
     assert res.exit_code == 0 and "mask AP 1.000" in res.output and "AP AP" not in res.output
+    assert "label precision 1.000 over every labelled prediction" in res.output and "reliability" in res.output
 
 
 def test_index_shows_its_regions_and_no_lancedb_log(tmp_path, scene):

@@ -186,6 +186,15 @@ def eval_cmd(
     out.print(table)
     for level, acc in report.level_accuracy.items():
         out.print(f"level {level} accuracy {acc:.3f} ({report.level_counts[level]} instances)")
+    if report.label_precision is not None:
+        out.print(f"label precision {report.label_precision:.3f} over every labelled prediction "
+                  f"({report.counts.get('on_background', 0)} lying mostly outside every instance)")
+        table = Table(header_style="bold", title="reliability: share right per score bin")
+        for col in ("score", "predictions", "right"):
+            table.add_column(col, justify="left" if col == "score" else "right")
+        for row in report.reliability:
+            table.add_row(row["bin"], str(row["predictions"]), "-" if row["right"] is None else f"{row['right']:.2f}")
+        out.print(table)
     if report.counts.get("parts_ignored"):
         out.print(f"{report.counts['parts_ignored']} part prediction(s) ignored: the ground truth has no part "
                   "categories for them")
