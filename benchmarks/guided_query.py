@@ -92,8 +92,7 @@ def full_budget() -> None:
 
 
 def run(seg: Segmenter, counting: Counting, image: np.ndarray, strategy: str, query: str | None) -> dict:
-    seg._cache = type(seg._cache)(4)  # each strategy pays for its own image embedding
-    seg._dense_cache = type(seg._dense_cache)(2)
+    seg.caches = type(seg.caches)()  # each strategy pays for its own image embedding
     counting.prompts = 0
     counting.seconds = {"embed": 0.0, "decoder": 0.0}
     with Timer() as total:

@@ -86,7 +86,7 @@ def test_masks_the_stages_prompt_for_come_back_as_stocks(seg, big, budget):
     work = prepare(big, 128, full_resolution=True)
     if budget is not None:
         work.fullres.budget = budget
-    emb = seg._cache.get(work, seg.proposer)
+    emb = seg.caches.sam.get(work, seg.proposer)
     sam = work.sam(seg.proposer)
     pred = _stock_predictor(seg, big)
     for xy in ([[30.0, 40.0]], [[100.5, 20.25]]):  # processing-size pixels, as the stages give them

@@ -116,7 +116,9 @@ def test_text_query_and_refinement(chelsea):
     assert seg.text_bank.encoded_texts == encoded  # text embeddings reused
     with pytest.raises(PromptError, match="empty"):
         seg.segment(chelsea, " , ")
-    with pytest.raises(PromptError, match="unknown generator parameter"):
+    from clipsam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown generator parameter"):  # before SAM's encoder runs
         seg.segment(chelsea, "cat", points_per_sid=3)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from .. import weights
 from ..errors import ModelError
+from .backends import TINY_SAM2
 from .base import TINY, TINY_SAM3, MaskProposer, RegionEmbedder
 from .clip import ClipEmbedder
 from .sam import SamProposer
@@ -48,7 +49,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def sam_names() -> list[str]:
-    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "sam") + [TINY, TINY_SAM3]
+    return sorted(n for n, c in weights.REGISTRY.items() if c.family == "sam") + [TINY, TINY_SAM2, TINY_SAM3]
 
 
 def clip_names() -> list[str]:
@@ -65,6 +66,11 @@ def build_proposer(
         from .tiny import tiny_sam
 
         return SamProposer(tiny_sam(seed), device, name=TINY, precision=precision)
+    if name == TINY_SAM2:
+        from .sam2 import Sam2Proposer, build_sam2_model
+
+        return Sam2Proposer(build_sam2_model("sam2.1_hiera_t", "cpu", seed=seed), device,  # type: ignore
+                            name=TINY_SAM2)
     if name == TINY_SAM3:
         from .sam3 import TINY_MAX_INSTANCES, TINY_THRESHOLD, Sam3Proposer, build_sam3_model, tiny_sam3_config
 

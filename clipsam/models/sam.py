@@ -126,6 +126,9 @@ class SamProposer:
     ``full_rle`` give the same masks at the original resolution from SAM's logits, exactly as stock SAM does.
     """
 
+    #: the backend it is (:mod:`clipsam.models.backends`)
+    backend = "sam"
+
     #: embeds the original image and gives full-resolution masks from its logits (see :meth:`upscale`)
     full_resolution = True
     #: full-resolution float logits held at once (pixels x masks)

@@ -77,6 +77,9 @@ class Sam2Proposer:
     allow (``fast=False``: always ``SAM2AutomaticMaskGenerator``).
     """
 
+    #: the backend it is (:mod:`clipsam.models.backends`)
+    backend = "sam2"
+
     full_resolution = True
     chunk_pixels = DEFAULT_CHUNK_PIXELS  # as SAM 1: full-resolution float logits held at once
 

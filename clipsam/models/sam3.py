@@ -101,6 +101,9 @@ class Sam3Proposer:
         max_instances: keep at most this many instances per phrase, best first (``None``: all above threshold).
     """
 
+    #: the backend it is (:mod:`clipsam.models.backends`)
+    backend = "sam3"
+
     def __init__(self, model: Any, device: torch.device | str = "cpu", *, name: str = "sam3",
                  threshold: float = 0.5, batch: int = 4, max_instances: int | None = None) -> None:
         require_transformers()

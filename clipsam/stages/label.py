@@ -24,6 +24,7 @@ from ..core.labels import (
     subtree_scores,
 )
 from ..core.taxonomy import Taxonomy, TaxonomyNode
+from ..core.settings import UNION_MARGIN, Settings
 from ..core.tree import DEFAULT_CONTAINMENT, depths
 from ..core.vocabulary import Entry, competitors, default_vocabulary, normal, query_taxonomy
 from ..errors import PromptError
@@ -32,13 +33,6 @@ __all__ = ["REST_MIN_SHARE", "UNION_MARGIN", "LabelPolicy", "Labelled", "drop_ne
            "label_tree", "match_query", "parse_query", "resolve_query"]
 
 
-#: How much higher (in logits: CLIP's temperature times cosine similarity) a region must score on a label than a
-#: region containing it, for the container to *merely contain* that label (a sofa+cat union called "cat").
-#: Measured in the CLIP-like world (``python benchmarks/labels_world.py --margins --seeds 40``): a half, a part or
-#: a near-duplicate scores above its whole object by at most 2.6 logits in 95 % of 868 pairs and 4.2 in 99 %; an
-#: object scores above the union of it and its support by 5.2 logits at the median (286 pairs). At 4.5, 0.6 % of
-#: wholes would lose their label to a piece of themselves, and half of all unions lose their member's label.
-UNION_MARGIN = 4.5
 #: A labelled region that two labelled regions of different categories inside it cover to at least this share is a
 #: *group* (a cat together with the sofa it lies on), not one object: it is unknown, and its members are objects.
 #: Two members of one top-level category make a group only when they do not touch (two dogs, not two halves of one).
@@ -74,6 +68,12 @@ class LabelPolicy:
     scoring: str = "subtree"
     vocabulary: bool = True
     union_margin: float | None = UNION_MARGIN
+
+    @classmethod
+    def of(cls, settings: Settings) -> LabelPolicy:
+        """The policy a segmenter's :class:`~clipsam.core.settings.Settings` describe."""
+        return cls(settings.negatives, settings.min_confidence, settings.descend_confidence,
+                   settings.part_confidence, settings.scoring, settings.vocabulary, settings.union_margin)
 
     def words(self) -> tuple[Entry, ...]:
         return default_vocabulary() if self.vocabulary else ()
