@@ -27,7 +27,7 @@ out = Console()
 err = Console(stderr=True)
 
 SAM_HELP = ("SAM model: vit_b, vit_l, vit_h, sam2.1_hiera_tiny/_small/_base_plus/_large, sam3 (concepts from text; "
-            "clipsam\\[sam3]), tiny-random or tiny-random-sam3 "
+            "clipsam\\[sam3]), tiny-random, tiny-random-sam2 or tiny-random-sam3 "
             "(random weights, for tests only: output meaningless).")
 def _shipped() -> str:
     from ..core.taxonomy import shipped_taxonomies
@@ -236,7 +236,9 @@ def download_progress(enabled: bool) -> Iterator[Callable[[str], Callable[[int, 
 
 def check_model(name: str, family: str) -> None:
     """Refuse an unknown or wrong-family model name before anything is downloaded or built."""
-    tiny = ["tiny-random", "tiny-random-sam3"] if family == "sam" else ["tiny-random"]
+    from ..models.backends import TINY_VERSIONS
+
+    tiny = sorted(TINY_VERSIONS) if family == "sam" else ["tiny-random"]
     if name in tiny:
         return
     known = sorted(n for n, c in W.REGISTRY.items() if c.family == family) + tiny
@@ -252,7 +254,9 @@ def check_model(name: str, family: str) -> None:
 def weights_needed(names: list[str]) -> list[str]:
     """The registry checkpoints behind model *names* (tiny-random needs none); SAM 3 brings the SAM whose automatic
     masks complete its results (the segmenter's default ``unknown_sam``)."""
-    wanted = [W.get(n).name for n in names if n not in ("tiny-random", "tiny-random-sam3")]
+    from ..models.backends import TINY_VERSIONS
+
+    wanted = [W.get(n).name for n in names if n not in TINY_VERSIONS]
     if any(W.get(n).extra.get("backend") == "sam3" for n in wanted):
         from ..segmenter import DEFAULT_SAM
 
