@@ -442,3 +442,36 @@ def test_a_near_duplicate_of_an_object_is_merged_into_it():
     out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=_masks((0, 20), (0, 19), (0, 10)))
     assert out.kinds == ("object", "unknown part", "unknown part") and out.merged == {1} and out.kept() == [0, 2]
     assert label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE).merged == frozenset()  # no masks
+
+
+def test_another_category_inside_an_object_needs_the_nested_margin():
+    """Inside a dog, a region whose crop says "sofa" 1.5 logits more than "dog" is still a piece of the dog (nested
+    regions are pieces unless clearly another thing: ``NESTED_MARGIN`` = 2); 3 logits more, it is a sofa on it."""
+    from clipsam.stages.label import NESTED_MARGIN
+
+    assert NESTED_MARGIN == 2.0
+    for gain, kind in ((0.15, "unknown part"), (0.3, "object")):  # x logit_scale 10
+        feats = rows({"dog": 0.9}, {"dog": 0.6, "sofa": 0.6 + gain})
+        out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE)
+        assert out.kinds == ("object", kind), gain
+
+
+def test_overlapping_members_of_two_categories_are_no_group():
+    """A dog whose big piece a noisy crop calls "sofa", overlapping the dog's half it is cut from: not a cat beside a
+    sofa, so the dog stays a dog."""
+    rles = _masks((0, 20), (5, 20), (0, 10))  # the dog, a piece (75 %) called sofa, its left half
+    feats = rows({"dog": 0.9}, {"sofa": 0.9}, {"dog": 0.9})
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.decisions[0].node.name == "dog"
+    apart = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=_masks((0, 20), (10, 20), (0, 10)))
+    assert apart.decisions[0].node is None  # side by side: a group
+
+
+def test_a_noisy_piece_does_not_veto_the_majority_that_tiles_an_unsure_whole():
+    feats = rows({"background": 0.9, "dog": 0.5}, {"dog": 0.9}, {"dog": 0.9}, {"sofa": 0.9})
+    rles = _masks((0, 20), (0, 10), (10, 20), (8, 12))  # two halves say dog, a small middle strip says sofa
+    out = label_tree(feats, np.array([-1, 0, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.decisions[0].node.name == "dog"
+    rles = _masks((0, 20), (0, 4), (16, 20), (4, 16))  # the strip holds most of the area: no majority for dog
+    out = label_tree(feats, np.array([-1, 0, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.decisions[0].node is None or out.decisions[0].node.name != "dog"

@@ -40,6 +40,9 @@ GROUP_COVER = 0.85
 #: Whole or union: the rest of a container outside a related inner region that beats it (its pixels outside that
 #: region) below this share of the container adds nothing -- the container is the object, the inner region a piece.
 REST_MIN_SHARE = 0.1
+#: Two members of a group are two things side by side: they overlap by at most this share of the smaller (a piece of
+#: the scooter that a noisy crop calls "laptop" overlaps the scooter's half it is cut from; a cat and its sofa do not).
+GROUP_OVERLAP = 0.1
 #: With the regions' masks and an embedder, a container is judged by its rest once an inner region beats it on their
 #: shared label by more than this (logits); the rest decides, and the margin rule only where the rest cannot tell.
 REST_TRIGGER = 0.0
@@ -47,6 +50,11 @@ REST_TRIGGER = 0.0
 #: object seen by another mask (SAM's near-duplicates that the nest stage's label-blind 0.9 keeps): it is merged into
 #: the object -- not returned -- rather than returned as an ``unknown part`` that is almost all of its parent.
 SAME_OBJECT_IOU = 0.8
+#: Logits by which another category must beat its owner's own explanation (its category or one of its parts) on a
+#: region nested in a labelled object to be a second object lying on it (a cup on a table's mask): the log of the
+#: prior odds that a nested region is a piece of its owner (SAM returns a whole, a part and a sub-part for every click,
+#: so pieces far outnumber objects lying on objects; e^2 = 7.4 to 1). Chosen from that prior, not fitted.
+NESTED_MARGIN = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,10 +140,13 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
        that two labelled regions of different categories inside it cover (:data:`GROUP_COVER`) is a group of
        objects, not an object: it is unknown, and its members are objects; two members of one top-level category
        make a group only when they do not touch (two dogs, not the two halves of one dog).
-    3. Parents before children: outside labelled objects a region keeps its object label (or unknown). Inside a
-       labelled object it is labelled among that object's parts, unless another top-level category beats every
-       part (an object lying on top of another: a cat on a sofa), else it is an ``unknown part``; its own
-       object's category is not a rival there (a half or a part of a dog is not a second dog).
+    3. Bottom-up: an unknown region tiled by touching labelled pieces of mostly one category is that object
+       (:func:`_promote`).
+    4. Parents before children: outside labelled objects a region keeps its object label (or unknown). Inside a
+       labelled object it is scored in one softmax over that object's parts, every category's labels (its own
+       included) and the negatives: a named part, or a piece of it (``unknown part``; merged into it when it
+       covers it to :data:`SAME_OBJECT_IOU`), unless another category beats both on the region itself by
+       :data:`NESTED_MARGIN` logits (an object lying on top of another: a cup on a table's mask).
 
     Args:
         feats: ``(N, D)`` unit region embeddings.
@@ -295,7 +306,8 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
 
 def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
     """The group rule of :func:`label_tree`: a labelled region is a group, and unknown, when two labelled members of
-    different top-level categories cover it (:data:`GROUP_COVER`: a cat and the sofa it lies on), or when its members
+    different top-level categories, side by side (:data:`GROUP_OVERLAP`), cover it (:data:`GROUP_COVER`: a cat and
+    the sofa it lies on), or when its members
     cover it and fall apart into separate clusters that do not touch (two or four dogs; the two halves of one dog
     touch). A region's members are the labelled regions inside it (:data:`~clipsam.core.tree.DEFAULT_CONTAINMENT`
     of their pixels) in no larger one inside it, groups replaced by their own members (smaller regions are decided
@@ -339,8 +351,11 @@ def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[
     sizes = dict(zip([*members, *unlabelled], area[1:], strict=True))
     for x, a in enumerate(members):
         for b in members[x + 1:]:
-            if objects[a].node.path[0] != objects[b].node.path[0] and sizes[a] + sizes[b] >= cover and \
-                    M.area([M.merge([rles[a], rles[b]])])[0] >= cover:
+            if objects[a].node.path[0] == objects[b].node.path[0] or sizes[a] + sizes[b] < cover:
+                continue
+            both = M.area([M.merge([rles[a], rles[b]])])[0]
+            overlap = sizes[a] + sizes[b] - both
+            if both >= cover and overlap <= GROUP_OVERLAP * min(sizes[a], sizes[b]):
                 return True
     parts = [*members, *unlabelled]
     if len(parts) < 2 or sum(sizes.values()) < cover or M.area([M.merge([rles[m] for m in parts])])[0] < cover:
@@ -360,18 +375,19 @@ def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[
 
 
 def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
-    """Bottom-up: an unknown region that its labelled pieces tile -- two or more outermost labelled regions inside it
-    (in the tree), all of one top-level category, covering :data:`GROUP_COVER` of it and touching one another into
-    one cluster (the halves of a cup whose whole crop was unsure) -- is that object, labelled with the pieces'
-    deepest shared label, each path score the smallest of theirs. Groups (separate clusters) and unions (another
-    category inside) are never promoted."""
+    """Bottom-up: an unknown region that labelled pieces tile -- two or more outermost labelled regions inside it (in
+    the tree), covering :data:`GROUP_COVER` of it and touching one another into one cluster (the halves of a cup
+    whose whole crop was unsure) -- is an object when one top-level category holds most of the pieces' area (a
+    noisy piece that says "laptop" among the halves of a scooter does not veto it). Its label is the deepest label
+    the majority's pieces share, each path score the smallest of theirs. Groups (separate clusters) are never
+    promoted; nor are unions, whose other member is another category of comparable area."""
     out = list(objects)
     inside = _descendants(parents)
     for r, below in enumerate(inside):
         if objects[r].node is not None or len(below) < 2:
             continue
         members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
-        if len(members) < 2 or len({objects[c].node.path[0] for c in members}) > 1:
+        if len(members) < 2:
             continue
         area = np.asarray(M.area([rles[i] for i in [r, *members]]), dtype=np.float64)
         if area[1:].sum() < GROUP_COVER * area[0] or \
@@ -379,11 +395,17 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
             continue
         if _is_group(members, [], r, rles, objects):
             continue
-        node = objects[members[0]].node
-        for c in members[1:]:
+        by_top: dict[str, float] = {}
+        for c, a in zip(members, area[1:], strict=True):
+            by_top[objects[c].node.path[0]] = by_top.get(objects[c].node.path[0], 0.0) + a
+        top, held = max(by_top.items(), key=lambda kv: kv[1])
+        majority = [c for c in members if objects[c].node.path[0] == top]
+        if held < 0.5 * area[1:].sum() or len(majority) < 2:
+            continue
+        node = objects[majority[0]].node
+        for c in majority[1:]:
             node = _shared(node, objects[c].node) or _common(node, objects[c].node)
-        depth = len(node.path)
-        scores = tuple(min(objects[c].path_scores[k] for c in members) for k in range(depth))
+        scores = tuple(min(objects[c].path_scores[k] for c in majority) for k in range(len(node.path)))
         out[r] = LabelDecision(node, scores, node, scores[0])
     return out
 
@@ -420,7 +442,8 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
     on it. One softmax over the object's parts, every category's labels -- the object's own category included --
     and the negatives: a probability is only meaningful over the full set of candidates. A piece whose best label is
     its owner's category (a half of a cat) is never renamed by taking that category out and renormalising the rest;
-    another category wins only by beating the owner's category and every part on the region itself."""
+    another category wins only by beating the owner's category and every part on the region itself by
+    :data:`NESTED_MARGIN` logits."""
     whole = whole_decision.node
     assert whole is not None  # the owner is a labelled object
     parts = whole.all_parts() if with_parts else []
@@ -442,10 +465,10 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
     best_rival = int(rival_best.argmax()) if rivals else -1
     part_score = float(part_p[best_part]) if best_part >= 0 else -1.0
     rival_score = float(rival_best[best_rival]) if best_rival >= 0 else -1.0
-    if part_score >= rival_score and part_score >= own_best:  # a named part of its owner
-        return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy)
-    if own_best >= rival_score:  # a piece of its owner: a half, a pair of parts, a sliver
-        return LabelDecision(None, (), whole, own_best), "unknown part"
+    if rival_score < max(part_score, own_best) * np.exp(NESTED_MARGIN):  # nested regions are pieces of their owner
+        if part_score >= own_best:  # a named part of its owner
+            return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy)
+        return LabelDecision(None, (), whole, own_best), "unknown part"  # a piece: a half, a pair of parts, a sliver
     top, top_mass = rivals[best_rival], float(rival_mass[best_rival])
     if rival_score <= negative or top_mass < policy.min_confidence:
         return LabelDecision(None, (), top, top_mass), "unknown part"
