@@ -298,8 +298,8 @@ def _print_grid(rows: list[tuple[str, float, dict]], args: argparse.Namespace) -
     for name, noise, row in rows:
         print(f"| {name} | {noise} | {row['labelled']} | " + " | ".join(_cell(row, c) for c in cols)
               + f" | {row['confident wrong']} ({row['confident wrong pieces']}) |")
-    print("\nobject L1 / L2 / L3 in parentheses: the same objects labelled from their own exact crop alone (the ceiling "
-          "of a rule that reads one crop).")
+    print("\nobject L1 / L2 / L3 in parentheses: the same objects labelled from their own exact crop alone "
+          "(the ceiling of a rule that reads one crop).")
     print("\nreliability (share right per score bin), default world:")
     for name, noise, row in rows:
         if name == "default":

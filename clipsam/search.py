@@ -316,6 +316,72 @@ def compaction_due(appends: int) -> bool:
     return appends % COMPACT_MAX_EVERY == 0
 
 
+class _AddRun:
+    """The state of one :meth:`RegionIndex.add`: finished images not yet written (written every
+    ``flush_images`` images or ``flush_seconds``), moved images, counts and the failure guard."""
+
+    def __init__(self, index: RegionIndex, seg: Any, meta: dict[str, Any] | None, done: dict[str, str],
+                 on_result: Callable[[dict[str, Any]], None] | None) -> None:
+        self.index, self.seg, self.meta, self.done, self.on_result = index, seg, meta, done, on_result
+        self.counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0, "moved": 0}
+        self.pending: list[tuple[str, str, list[dict[str, Any]]]] = []
+        self.moved: dict[str, str] = {}  # hash -> new path of images found elsewhere than indexed
+        self.guard = FailureGuard()
+        self.last_flush, self.flushes = time.monotonic(), 0
+
+    def flush(self) -> None:
+        if self.pending or self.moved:
+            index = self.index
+            _write_images(index._connect(True), index._tables(), self.pending,
+                          int(self.meta["dim"]) if self.meta else 0, self.moved)
+            self.pending.clear()
+            self.moved.clear()
+            self.flushes += 1
+            if compaction_due(self.flushes):
+                index.compact()
+        self.last_flush = time.monotonic()
+
+    def one(self, path: str) -> None:
+        """Index the image at *path*, skip it (already indexed: perhaps moved), or report why it failed."""
+        counts, on_result = self.counts, self.on_result
+        try:
+            digest = file_hash(path)
+        except (OSError, ClipsamError) as exc:
+            counts["failed"] += 1
+            reason = str(exc) if isinstance(exc, ClipsamError) else f"{printable(path)}: {exc.strerror or exc}"
+            _report(on_result, path, "error", reason)
+            return
+        if digest in self.done:
+            if self.done[digest] != path and not os.path.isfile(self.done[digest]):  # the same image, moved
+                self.moved[digest] = self.done[digest] = path
+                counts["moved"] += 1
+            counts["skipped"] += 1
+            _report(on_result, path, "skipped")
+            return
+        try:
+            result = self.seg.segment_everything(path, taxonomy=self.index.taxonomy, with_embeddings=True)
+        except Exception as exc:  # one bad image never ends the run: report it and go on ...
+            counts["failed"] += 1
+            try:  # ... unless the run itself is broken: then stop, keeping what finished
+                _failed(exc, path, on_result, self.guard)
+            except SystematicFailure:
+                self.flush()
+                raise
+            return
+        self.guard.record(True)
+        if self.meta is None and result.embeddings is not None and len(result):  # the embedding size is known
+            self.meta = self.index._new_meta(self.seg, result)
+        rows = _rows(path, digest, result)
+        self.pending.append((path, digest, rows))
+        self.done[digest] = path
+        counts["added"] += 1
+        counts["regions"] += len(rows)
+        _report(on_result, path, "added", regions=len(rows))
+        if len(self.pending) >= self.index.flush_images or \
+                time.monotonic() - self.last_flush >= self.index.flush_seconds:
+            self.flush()
+
+
 class RegionIndex:
     """A searchable table of image regions.
 
@@ -426,72 +492,18 @@ class RegionIndex:
         paths = [os.path.abspath(p) for p in paths]  # hits must open from any working directory
         self._connect(create=True)
         with self._index_lock():
-            seg = self.segmenter
             meta = self.meta()
             if meta is not None and not meta.get("dim"):  # written by a run whose first image had no region
                 meta = None
             self.check_models(meta)
-            done = _indexed(self._connect(True), self._tables())  # hash -> path
-            counts = {"added": 0, "skipped": 0, "failed": 0, "regions": 0, "moved": 0}
-            pending: list[tuple[str, str, list[dict[str, Any]]]] = []  # finished images not yet written
-            moved: dict[str, str] = {}  # hash -> new path of images found elsewhere than indexed
-            guard = FailureGuard()
-            last_flush = time.monotonic()
-            flushes = 0
-
-            def flush() -> None:
-                nonlocal last_flush, flushes
-                if pending or moved:
-                    _write_images(self._connect(True), self._tables(), pending, int(meta["dim"]) if meta else 0,
-                                  moved)
-                    pending.clear()
-                    moved.clear()
-                    flushes += 1
-                    if compaction_due(flushes):
-                        self.compact()
-                last_flush = time.monotonic()
-
+            run = _AddRun(self, self.segmenter, meta, _indexed(self._connect(True), self._tables()), on_result)
             for path in paths:
-                try:
-                    digest = file_hash(path)
-                except (OSError, ClipsamError) as exc:
-                    counts["failed"] += 1
-                    reason = str(exc) if isinstance(exc, ClipsamError) else f"{printable(path)}: {exc.strerror or exc}"
-                    _report(on_result, path, "error", reason)
-                    continue
-                if digest in done:
-                    if done[digest] != path and not os.path.isfile(done[digest]):  # the same image, moved
-                        moved[digest] = done[digest] = path
-                        counts["moved"] += 1
-                    counts["skipped"] += 1
-                    _report(on_result, path, "skipped")
-                    continue
-                try:
-                    result = seg.segment_everything(path, taxonomy=self.taxonomy, with_embeddings=True)
-                except Exception as exc:  # one bad image never ends the run: report it and go on ...
-                    counts["failed"] += 1
-                    try:  # ... unless the run itself is broken: then stop, keeping what finished
-                        _failed(exc, path, on_result, guard)
-                    except SystematicFailure:
-                        flush()
-                        raise
-                    continue
-                guard.record(True)
-                if meta is None and result.embeddings is not None and len(result):  # the embedding size is known
-                    meta = self._new_meta(seg, result)
-                rows = _rows(path, digest, result)
-                pending.append((path, digest, rows))
-                done[digest] = path
-                counts["added"] += 1
-                counts["regions"] += len(rows)
-                _report(on_result, path, "added", regions=len(rows))
-                if len(pending) >= self.flush_images or time.monotonic() - last_flush >= self.flush_seconds:
-                    flush()
-            flush()
-            if flushes:
+                run.one(path)
+            run.flush()
+            if run.flushes:
                 self.compact()
-            self._maybe_index(meta)
-        return counts
+            self._maybe_index(run.meta)
+        return run.counts
 
     def _new_meta(self, seg: Any, result: Any) -> dict[str, Any]:
         meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": int(result.embeddings.shape[1]),

@@ -24,18 +24,16 @@ from .core.image import ImageInput
 from .core.settings import DEFAULT_MAX_SIDE, FAST_GRID, REGION_FEATURES, SPEEDS, Settings
 from .core.taxonomy import Taxonomy, load_taxonomy
 from .errors import ConfigError
-from .models.backends import TINY_SAM2, Backend, backend_for, backend_of, check_options
+from .models.backends import TINY_SAM2, backend_for, backend_of, check_options
 from .models.base import TINY, TINY_GENERATOR_PARAMS, TINY_SAM3
 from .models.owner import ModelOwner
 from .pipelines.concepts import ConceptPipeline
 from .pipelines.points import PointPipeline
 from .pipelines.requests import Caches, Everything, Query
 from .result import Segmentation
-from .stages.assemble import prompt_result
 from .stages.guide import STRATEGIES
 from .stages.label import LabelPolicy, parse_query, resolve_query
 from .stages.prepare import Work, prepare
-from .stages.prompt import predict_prompt, validate_prompts
 
 log = logging.getLogger(__name__)
 
@@ -162,24 +160,6 @@ class Segmenter(ModelOwner):
         return seg
 
     @property
-    def backend(self) -> Backend:
-        """What kind of mask model *sam* is and what it can do (:mod:`clipsam.models.backends`)."""
-        return backend_for(self._proposer) if self._proposer is not None else backend_of(self.sam_name)
-
-    @property
-    def is_concept_model(self) -> bool:
-        """*sam* is SAM 3 (finds every instance of a phrase) rather than a point-prompted SAM."""
-        return self.backend.pipeline == "concepts"
-
-    @property
-    def unknown_proposer(self) -> Any:
-        """The SAM 1 / 2.1 model whose automatic masks complete a SAM 3 result (``unknown_sam``), built on first use."""
-        if self._unknown_proposer is None and self.unknown_sam is None:
-            raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
-                              "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
-        return self._built("_unknown_proposer", "build_proposer", self.unknown_sam)
-
-    @property
     def policy(self) -> LabelPolicy:
         return LabelPolicy.of(self.settings)
 
@@ -249,19 +229,7 @@ class Segmenter(ModelOwner):
                 ``points_per_batch``, ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``,
                 ``crop_n_layers``, …).
         """
-        check_strategy(strategy)
-        check_generator_params(generator_params)
-        if not self.is_concept_model:
-            check_options(self.backend, strategy=strategy, part_points=part_points, generator_params=generator_params)
-        else:  # generator parameters set the grid of unknown_sam, if there is one
-            check_options(self.backend, strategy=strategy, part_points=part_points)
-            if generator_params and self.unknown_sam is None:
-                raise ConfigError(f"generator parameters ({', '.join(sorted(generator_params))}) set the point grid "
-                                  "of unknown_sam, and this SAM 3 segmenter has unknown_sam=None")
-            if generator_params:
-                unknown = self._unknown_proposer
-                check_options(backend_for(unknown) if unknown is not None else backend_of(str(self.unknown_sam)),
-                              generator_params=generator_params)
+        self._check_everything(strategy, part_points, generator_params)
         tax = load_taxonomy(taxonomy) if taxonomy is not None else self.taxonomy
         if strategy == "guided" and (tax is None or not label):
             raise ConfigError("strategy='guided' needs a taxonomy to label with: its top-level categories "
@@ -287,19 +255,24 @@ class Segmenter(ModelOwner):
             and reused by every later prompt on the same image.
         """
         check_options(self.backend, prompts=True)
-        work = self.prepare(image)
-        prompts = validate_prompts(points, labels, box, work.original_size)  # before SAM runs
-        emb = self.caches.sam.get(work, self.proposer)
-        out = predict_prompt(self.proposer, emb, work, *prompts, mask=mask, multimask=multimask)
-        pts, lbls, bx = prompts
-        given = {**({"points": pts.tolist(), "labels": lbls.tolist()} if pts is not None else {}),
-                 **({"box": bx.tolist()} if bx is not None else {})}
-        logits = out.upscale_logits if out.upscale_logits is not None else out.low_res_logits
-        full = self.proposer.upscale(emb, logits) if work.embeds_original(self.proposer) else None
-        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, self.model_names(), given,
-                             full_rles=full)
+        return PointPipeline(self).prompt(image, points, labels, box, mask, multimask)
 
     # -- for the pipelines -----------------------------------------------------------------------------------------
+    def _check_everything(self, strategy: str, part_points: int, generator_params: dict[str, Any]) -> None:
+        """``segment_everything``'s options, before any model runs; with SAM 3, generator parameters set the grid of
+        ``unknown_sam``, if there is one."""
+        check_strategy(strategy)
+        check_generator_params(generator_params)
+        grid = self.backend
+        if self.is_concept_model and generator_params:
+            if self.unknown_sam is None:
+                raise ConfigError(f"generator parameters ({', '.join(sorted(generator_params))}) set the point grid "
+                                  "of unknown_sam, and this SAM 3 segmenter has unknown_sam=None")
+            unknown = self._unknown_proposer
+            grid = backend_for(unknown) if unknown is not None else backend_of(str(self.unknown_sam))
+        check_options(self.backend, strategy=strategy, part_points=part_points)
+        check_options(grid, generator_params=generator_params)
+
     def _run(self, what: str, request: Any) -> Segmentation:
         pipeline = PIPELINES[self.backend.pipeline](self)
         try:

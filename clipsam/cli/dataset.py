@@ -97,9 +97,7 @@ def label(
     """Pseudo-label a collection into COCO (RLE masks, label paths, part-whole parents); resumable."""
     import time as _time
 
-    from rich.progress import MofNCompleteColumn
-
-    from ..dataset import Filters, LabelJob, list_images, run_local, run_ray
+    from ..dataset import Filters, LabelJob, list_images
 
     exports = _check_label_options(engine, workers, min_area, max_regions, part_points, min_score, out_dir, formats,
                                    strategy, speed)
@@ -123,11 +121,30 @@ def label(
     record = job.prepare(force=force, items=items, overwrite=overwrite)
     todo = job.pending(items)
     ensure_weights([sam, clip], show=not as_json, verb="label")
-    counts = {"found": len(items), "resumed": len(items) - len(todo), "processed": 0, "failed": 0}
+    start = _time.time()
+    counts = _run_with_progress(job, todo, engine, workers, as_json)
+    counts.update(found=len(items), resumed=len(items) - len(todo))
+    record = job.finish(record, counts)
+    summary = {"out": str(out_dir), **record["counts"], "seconds": round(_time.time() - start, 2)}
+    if as_json:
+        emit_json(summary)
+        return
+    _print_summary(summary, out_dir)
+
+
+def _run_with_progress(job: Any, todo: list, engine: str, workers: int, quiet: bool) -> dict[str, int]:
+    """Label *todo* on *engine* with a progress bar (rate, errors); counts of processed and failed images."""
+    import time as _time
+
+    from rich.progress import MofNCompleteColumn
+
+    from ..dataset import run_local, run_ray
+
+    counts = {"processed": 0, "failed": 0}
     start = _time.time()
     progress = Progress(TextColumn("[bold]labelling"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
-                        TextColumn("[red]{task.fields[errors]} errors"), console=err, disable=as_json)
+                        TextColumn("[red]{task.fields[errors]} errors"), console=err, disable=quiet)
     with progress:
         task = progress.add_task("labelling", total=len(todo), rate="-", errors=0)
 
@@ -137,15 +154,11 @@ def label(
             rate = counts["processed"] / max(_time.time() - start, 1e-9)
             progress.update(task, advance=1, rate=f"{rate:.2f}", errors=counts["failed"])
 
-        if engine == "ray":
-            run_ray(job, todo, workers=workers, on_result=on_result)
-        else:
-            run_local(job, todo, workers=workers, on_result=on_result)
-    record = job.finish(record, counts)
-    summary = {"out": str(out_dir), **record["counts"], "seconds": round(_time.time() - start, 2)}
-    if as_json:
-        emit_json(summary)
-        return
+        (run_ray if engine == "ray" else run_local)(job, todo, workers=workers, on_result=on_result)
+    return counts
+
+
+def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table = Table(title=show(f"clipsam label -> {out_dir}"), title_justify="left", header_style="bold")
     table.add_column("")
     table.add_column("", justify="right")

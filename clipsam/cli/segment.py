@@ -90,7 +90,7 @@ def _write_outputs(result: Any, image: Path, segmenter: Any, paths: dict[str, Pa
 
 
 def _check_combination(query_given: bool, terms: list[str], prompted: bool, taxonomy: str | None, refine: bool,
-                       part_points: int, points_per_side: int | None) -> None:
+                       part_points: int, points_per_side: int | None, strategy: str = "grid") -> None:
     """Refuse empty queries and options that have no effect together, before anything runs."""
     if query_given and not terms:
         fail("the text query is empty: give one or more labels (e.g. dog or 'dog, cat'), or leave it out to "
@@ -105,6 +105,10 @@ def _check_combination(query_given: bool, terms: list[str], prompted: bool, taxo
         fail("--refine re-predicts the masks a text query matched: give a query")
     if prompted and points_per_side is not None:
         fail("--points-per-side sets the automatic grid; it has no effect with --points/--box")
+    if strategy == "guided" and prompted:
+        fail("--strategy guided places prompts for a text query or a taxonomy; clicks and boxes are prompts already")
+    if strategy == "guided" and not terms and taxonomy is None:
+        fail("--strategy guided needs a text query or --taxonomy (their labels guide the prompts)")
 
 
 @guard
@@ -152,9 +156,7 @@ def segment(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens.", metavar=""),
 ) -> None:
     """Segment an image: by text query, by clicks/box, or everything (labelled with a taxonomy)."""
-    from ..core.labels import SCORINGS
-    from ..segmenter import REGION_FEATURES, Segmenter
-    from ..stages.guide import STRATEGIES
+    from ..segmenter import Segmenter
 
     if verbose:
         verbose_logging()
@@ -162,27 +164,11 @@ def segment(
     clicks = [parse_point(p) for p in (points or [])]
     bx = parse_box(box) if box else None
     prompted = bool(clicks or bx)
-    _check_combination(query is not None, terms, prompted, taxonomy, refine, part_points, points_per_side)
-    if not image.is_file():
-        fail(f"{image}: no such image file")
-    check_output_file(out_path, "--out", OVERLAY_SUFFIXES)
-    check_output_file(save_json, "--save-json")
-    check_output_file(coco_path, "--coco", (".json",))
-    check_output_file(html_path, "--html", (".html", ".htm"))
-    check_outputs([("--out", out_path), ("--save-json", save_json), ("--coco", coco_path), ("--html", html_path)],
-                  [image], overwrite=overwrite)
-    check_model(sam, "sam")
-    check_model(clip, "clip")
-    check_device(device)
-    for flag, value, allowed in (("--scoring", scoring, SCORINGS), ("--strategy", strategy, STRATEGIES),
-                                 ("--region-features", region_features, REGION_FEATURES),
-                                 ("--speed", speed, ("exact", "fast"))):
-        if value not in allowed:
-            fail(f"{flag} must be one of {', '.join(allowed)}, got {show(value)!r}")
-    if strategy == "guided" and prompted:
-        fail("--strategy guided places prompts for a text query or a taxonomy; clicks and boxes are prompts already")
-    if strategy == "guided" and not terms and taxonomy is None:
-        fail("--strategy guided needs a text query or --taxonomy (their labels guide the prompts)")
+    _check_combination(query is not None, terms, prompted, taxonomy, refine, part_points, points_per_side, strategy)
+    outputs = {"overlay": out_path, "JSON": save_json, "COCO": coco_path, "HTML report": html_path}
+    _check_files(image, outputs, overwrite)
+    _check_models_and_choices(sam, clip, device, {"--scoring": scoring, "--strategy": strategy,
+                                                  "--region-features": region_features, "--speed": speed})
     segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
                           full_resolution=full_resolution, speed=speed, min_confidence=min_confidence, scoring=scoring,
                           region_features=region_features,
@@ -194,31 +180,58 @@ def segment(
     needs_clip = bool(terms) or (taxonomy is not None and not prompted)
     ensure_weights([sam] + ([clip] if needs_clip else []), show=not as_json, verb="segment")
     with err.status("segmenting…", spinner="dots") if not as_json else nullcontext():
-        if prompted:
-            import numpy as np
-
-            pts = np.asarray([c[:2] for c in clicks]) if clicks else None
-            lbl = np.asarray([c[2] for c in clicks]) if clicks else None
-            result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
-            title = f"{plural(len(result), 'mask')} for the prompt (best first)"
-        elif terms:
-            result = segmenter.segment(image, terms, refine=refine, part_points=part_points, strategy=strategy)
-            title = f"{plural(len(result), 'region')} match{'es' if len(result) == 1 else ''} {', '.join(terms)!r}"
-        else:
-            result = segmenter.segment_everything(image, part_points=part_points, strategy=strategy)
-            title = plural(len(result), "region") + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
-                                                " (unlabelled: give a query or --taxonomy to label them)")
-    written = _write_outputs(result, image, segmenter, {"overlay": out_path, "JSON": save_json, "COCO": coco_path,
-                                                        "HTML report": html_path})
+        result, title = _run(segmenter, image, clicks, bx, terms, taxonomy,
+                             {"refine": refine, "part_points": part_points, "strategy": strategy})
+    written = _write_outputs(result, image, segmenter, outputs)
     if as_json:
         emit_json(result.to_dict())
         return
-    if tree:
-        out.print(_rich_tree(result))
-    else:
-        out.print(_regions_table(result, title))
+    out.print(_rich_tree(result) if tree else _regions_table(result, title))
     if not len(result) and terms:
         hint = " (lower --min-confidence to be less strict)" if min_confidence > 0 else ""
         out.print(f"[yellow]nothing matched {show(repr(', '.join(terms)))}[/]{hint}")
     for what, path in written:
         out.print(f"{what} written to [bold]{show(path)}[/]")
+
+
+def _check_files(image: Path, outputs: dict[str, Path | None], overwrite: bool) -> None:
+    if not image.is_file():
+        fail(f"{image}: no such image file")
+    flags = {"overlay": ("--out", OVERLAY_SUFFIXES), "JSON": ("--save-json", None), "COCO": ("--coco", (".json",)),
+             "HTML report": ("--html", (".html", ".htm"))}
+    for what, path in outputs.items():
+        check_output_file(path, *flags[what])
+    check_outputs([(flags[what][0], path) for what, path in outputs.items()], [image], overwrite=overwrite)
+
+
+def _check_models_and_choices(sam: str, clip: str, device: str, choices: dict[str, str]) -> None:
+    from ..core.labels import SCORINGS
+    from ..core.settings import REGION_FEATURES, SPEEDS
+    from ..stages.guide import STRATEGIES
+
+    check_model(sam, "sam")
+    check_model(clip, "clip")
+    check_device(device)
+    allowed = {"--scoring": SCORINGS, "--strategy": STRATEGIES, "--region-features": REGION_FEATURES,
+               "--speed": SPEEDS}
+    for flag, value in choices.items():
+        if value not in allowed[flag]:
+            fail(f"{flag} must be one of {', '.join(allowed[flag])}, got {show(value)!r}")
+
+
+def _run(segmenter: Any, image: Path, clicks: list, bx: Any, terms: list[str], taxonomy: str | None,
+         options: dict[str, Any]) -> tuple[Any, str]:
+    """The result of the prompt, the query or everything, and the title of its table."""
+    if clicks or bx is not None:
+        import numpy as np
+
+        pts = np.asarray([c[:2] for c in clicks]) if clicks else None
+        lbl = np.asarray([c[2] for c in clicks]) if clicks else None
+        result = segmenter.segment_prompt(image, points=pts, labels=lbl, box=bx)
+        return result, f"{plural(len(result), 'mask')} for the prompt (best first)"
+    if terms:
+        result = segmenter.segment(image, terms, **options)
+        return result, f"{plural(len(result), 'region')} match{'es' if len(result) == 1 else ''} {', '.join(terms)!r}"
+    result = segmenter.segment_everything(image, part_points=options["part_points"], strategy=options["strategy"])
+    return result, plural(len(result), "region") + (f" labelled with taxonomy {taxonomy!r}" if taxonomy else
+                                                     " (unlabelled: give a query or --taxonomy to label them)")

@@ -7,15 +7,18 @@ import threading
 from typing import Any
 
 from ..core.labels import TextBank
+from ..errors import ConfigError
+from .backends import Backend, backend_for, backend_of
 from .base import MaskProposer, RegionEmbedder, is_concept_proposer
 
 __all__ = ["ModelOwner"]
 
 
 class ModelOwner:
-    """Holds a proposer (SAM), an embedder (CLIP) and their text bank. Subclasses set ``sam_name``, ``clip_name``,
-    ``device_name``, ``download``, ``seed``, ``precision``, ``templates`` and ``text_cache``, and ``_proposer``,
-    ``_embedder``, ``_bank`` to ``None``."""
+    """Holds a proposer (SAM), an embedder (CLIP), their text bank, and SAM 3's ``unknown_sam``. Subclasses set
+    ``sam_name``, ``clip_name``, ``device_name``, ``download``, ``seed``, ``precision``, ``templates``,
+    ``text_cache`` and ``unknown_sam``, and ``_proposer``, ``_unknown_proposer``, ``_embedder``, ``_bank`` to
+    ``None``."""
 
     sam_name: str
     clip_name: str
@@ -25,7 +28,9 @@ class ModelOwner:
     precision: str
     templates: tuple[str, ...]
     text_cache: bool
+    unknown_sam: Any
     _proposer: MaskProposer | None
+    _unknown_proposer: Any
     _embedder: RegionEmbedder | None
     _bank: TextBank | None
     #: builds one model at a time: threads that share a segmenter before its first use must not build it twice (nor
@@ -41,6 +46,24 @@ class ModelOwner:
     def embedder(self) -> RegionEmbedder:
         """The region embedder (CLIP), built on first use."""
         return self._built("_embedder", "build_embedder", self.clip_name)
+
+    @property
+    def backend(self) -> Backend:
+        """What kind of mask model *sam* is and what it can do (:mod:`clipsam.models.backends`)."""
+        return backend_for(self._proposer) if self._proposer is not None else backend_of(self.sam_name)
+
+    @property
+    def is_concept_model(self) -> bool:
+        """*sam* is SAM 3 (finds every instance of a phrase) rather than a point-prompted SAM."""
+        return self.backend.pipeline == "concepts"
+
+    @property
+    def unknown_proposer(self) -> Any:
+        """The SAM 1 / 2.1 model whose automatic masks complete a SAM 3 result (``unknown_sam``), built on first use."""
+        if self._unknown_proposer is None and self.unknown_sam is None:
+            raise ConfigError("this SAM 3 segmenter has unknown_sam=None: it only finds the concepts it is asked "
+                              "for; give unknown_sam='vit_b' (or another SAM) for prompt-free masks")
+        return self._built("_unknown_proposer", "build_proposer", self.unknown_sam)
 
     def _built(self, attr: str, builder: str, name: str) -> Any:
         """The model in *attr*, built by *builder* from registry *name* on first use, once, whichever threads ask."""

@@ -16,16 +16,17 @@ import numpy as np
 
 from ..core.regions import Regions
 from ..core.taxonomy import Taxonomy
-from ..models.base import TINY_GENERATOR_PARAMS, dense_unsupported
 from ..models.backends import TINY_VERSIONS
+from ..models.base import TINY_GENERATOR_PARAMS, dense_unsupported
 from ..result import Segmentation
-from ..stages.assemble import assemble
+from ..stages.assemble import assemble, prompt_result
 from ..stages.embed import embed_regions
 from ..stages.guide import guide_targets, guided_part_candidates, pool_regions, propose_guided
 from ..stages.label import Labelled, drop_nested_same_label, label_tree, match_query
 from ..stages.nest import nest, nest_proposals, propose
 from ..stages.parts import merge_candidates, part_candidates, refine_masks
 from ..stages.prepare import Work
+from ..stages.prompt import predict_prompt, validate_prompts
 from .requests import Everything, Query
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,22 @@ class PointPipeline:
             feats = self.embed(work, regions.rles)
         keep = labelled.kept() if labelled is not None else range(len(regions))
         return assemble(work, regions, labelled, keep, taxonomy=tax, feats=feats, models=self.seg.model_names())
+
+    def prompt(self, image: Any, points: Any, labels: Any, box: Any, mask: Any, multimask: bool | None
+               ) -> Segmentation:
+        """SAM's masks for clicks, a box, a prior mask (see :meth:`~clipsam.Segmenter.segment_prompt`)."""
+        seg = self.seg
+        work = seg.prepare(image)
+        prompts = validate_prompts(points, labels, box, work.original_size)  # before SAM runs
+        emb = seg.caches.sam.get(work, seg.proposer)
+        out = predict_prompt(seg.proposer, emb, work, *prompts, mask=mask, multimask=multimask)
+        pts, lbls, bx = prompts
+        given = {**({"points": pts.tolist(), "labels": lbls.tolist()} if pts is not None else {}),
+                 **({"box": bx.tolist()} if bx is not None else {})}
+        logits = out.upscale_logits if out.upscale_logits is not None else out.low_res_logits
+        full = seg.proposer.upscale(emb, logits) if work.embeds_original(seg.proposer) else None
+        return prompt_result(work, out.masks, out.iou_predictions, out.low_res_logits, seg.model_names(), given,
+                             full_rles=full)
 
     # -- stages -----------------------------------------------------------------------------------------------------
     def candidates(self, image: Any, params: dict[str, Any], guide: tuple[list, list] | None = None

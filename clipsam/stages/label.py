@@ -23,8 +23,8 @@ from ..core.labels import (
     softmax,
     subtree_scores,
 )
-from ..core.taxonomy import Taxonomy, TaxonomyNode
 from ..core.settings import UNION_MARGIN, Settings
+from ..core.taxonomy import Taxonomy, TaxonomyNode
 from ..core.tree import DEFAULT_CONTAINMENT, depths
 from ..core.vocabulary import Entry, competitors, default_vocabulary, normal, query_taxonomy
 from ..errors import PromptError
@@ -300,7 +300,8 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
             excluded.add(out[p].node.path[0])
             remaining = [t for t in tops if t.name not in excluded]
             guess = objects[p]
-            out[p] = relabel(p, remaining) if remaining else LabelDecision(None, (), guess.best_guess, guess.best_guess_score)
+            out[p] = relabel(p, remaining) if remaining else \
+                LabelDecision(None, (), guess.best_guess, guess.best_guess_score)
     return out
 
 

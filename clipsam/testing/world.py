@@ -361,7 +361,7 @@ def _groups(instances: Sequence[Instance]) -> tuple[M.RLE, ...]:
             by_basic.setdefault(s.path[:2], []).append(s.rle)
     out: list[M.RLE] = []
     for rles in by_basic.values():
-        out += [M.merge([a, b]) for a, b in zip(rles, rles[1:])]
+        out += [M.merge([a, b]) for a, b in zip(rles, rles[1:], strict=False)]
         if len(rles) > 2:
             out.append(M.merge(rles))
     return tuple(out)
