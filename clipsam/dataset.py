@@ -70,6 +70,8 @@ MAX_ADDED_SUFFIX = 5
 PART_NAME = re.compile(r"^(-?\d{1,19})(\.error)?\.json$")
 #: Sub-folders of OUT that clipsam writes into (never through a link).
 OUTPUT_FOLDERS = ("parts", "semantic", "instances", "labels", "images")
+#: The largest id a 16-bit semantic or instance PNG holds.
+PNG_MAX_ID = 65535
 
 #: File endings treated as images when a folder is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -273,6 +275,11 @@ class LabelJob:
         self.tax = load_taxonomy(self.taxonomy)
         self.categories = category_table(self.tax, self.filters.include_unknown)
         self.cat_ids = {c["label_path"]: c["id"] for c in self.categories}
+        top_id = max(self.cat_ids.values(), default=0)
+        if self.pngs and top_id > PNG_MAX_ID:
+            raise ClipsamError(f"--png writes 16-bit PNGs (ids up to {PNG_MAX_ID:,}), and taxonomy {self.tax.name!r} "
+                               f"has category ids up to {top_id:,}: label without --png (annotations.json holds every "
+                               "category), or with a smaller taxonomy")
         self._lock = FolderLock(self.out, "output folder")
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes and Ray actors get the job, not the lock
@@ -431,6 +438,9 @@ class LabelJob:
         try:
             seg = segmenter.segment_everything(item.path, taxonomy=self.tax, **self.segment_params)
             regions = self.filters.apply(seg)
+            h, w = seg.image_size
+            if self.pngs:
+                self._write_pngs(item.output_stem, (h, w), regions)
         except Exception as exc:  # one bad image must never end the batch: record it and go on
             reason = str(exc) if isinstance(exc, (ImageError, ClipsamError)) else f"{type(exc).__name__}: {exc}"
             log.warning("%s: %s", item.path, reason)
@@ -438,9 +448,6 @@ class LabelJob:
             atomic_write(parts / f"{item.image_id}.error.json", json.dumps(record).encode())
             return {"image_id": item.image_id, "status": "error", "reason": record["reason"],
                     "image_error": isinstance(exc, ImageError)}
-        h, w = seg.image_size
-        if self.pngs:
-            self._write_pngs(item.output_stem, (h, w), regions)
         part = {"image": {"id": item.image_id, "file_name": item.file_name, "height": h, "width": w},
                 "source": {"path": item.path, "stem": item.output_stem}, "regions": [r.to_dict() for r in regions]}
         atomic_write(parts / f"{item.image_id}.json", json.dumps(part).encode())
@@ -448,6 +455,9 @@ class LabelJob:
         return {"image_id": item.image_id, "status": "done", "regions": len(regions)}
 
     def _write_pngs(self, stem: str, size: tuple[int, int], regions: list[Region]) -> None:
+        if len(regions) > PNG_MAX_ID:
+            raise OutputError(f"an instance PNG holds at most {PNG_MAX_ID:,} regions (16-bit), this image has "
+                              f"{len(regions):,}: pass --max-regions, or label without --png")
         rles = [r.rle for r in regions]
         semantic = paint(rles, [self.cat_ids.get(category_key(r), 0) for r in regions], size)
         instances = paint(rles, list(range(1, len(regions) + 1)), size)

@@ -215,3 +215,46 @@ def test_index_stops_on_a_systematic_failure_and_keeps_what_finished(tmp_path, s
     with pytest.raises(SystematicFailure, match="20 images in a row"):
         store.add(paths)
     assert store.image_count() == 2  # the one finished before the failure was written, not lost
+
+
+# -- item 8: 16-bit PNGs --------------------------------------------------------------------------------------------
+
+def test_png_ids_beyond_16_bits_are_refused_before_any_model_runs(tmp_path):
+    """Item 8: a taxonomy with 70,000 labels and --png: category ids above 65,535 overflowed the 16-bit semantic PNG,
+    and the OverflowError came outside the per-image guard and ended the batch. Now the job refuses at once."""
+    from clipsam.core.taxonomy import Taxonomy
+    from clipsam.dataset import LabelJob
+    from clipsam.errors import ClipsamError
+
+    big = Taxonomy.from_dict({"name": "big", "nodes": [{"name": "thing", "children": [f"t{k}" for k in range(70_000)]}]})
+    with pytest.raises(ClipsamError, match=r"16-bit PNGs \(ids up to 65,535\).*up to 70,00\d") as err:
+        LabelJob(tmp_path / "out", big, pngs=True)
+    assert "\n" not in str(err.value)
+    LabelJob(tmp_path / "out", big)  # without --png the COCO file holds every category
+
+
+def test_a_png_that_cannot_be_written_fails_that_image_only(tmp_path, scene, monkeypatch):
+    """Item 8: the PNGs were written outside the per-image guard: one image whose PNG could not be written (a full
+    disk, a region count past 16 bits) ended the whole run."""
+    import clipsam.dataset as D
+    from clipsam.testing import oracle_segmenter
+
+    (tmp_path / "src").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(scene.image).save(tmp_path / "src" / name)
+    job = D.LabelJob(tmp_path / "out", scene.taxonomy, pngs=True, segmenter_spec={"sam": "x", "clip": "y"})
+    record = job.prepare()
+    real = D._write_png
+
+    def full_disk_for_a(path, array):
+        if path.stem == "a":
+            raise OSError(28, "No space left on device")
+        real(path, array)
+
+    monkeypatch.setattr(D, "_write_png", full_disk_for_a)
+    results = []
+    D.run_local(job, D.list_images(tmp_path / "src"), segmenter=oracle_segmenter(scene), on_result=results.append)
+    job.finish(record, {})
+    assert sorted(r["status"] for r in results) == ["done", "error"]
+    assert (tmp_path / "out" / "semantic" / "b.png").is_file()
+    assert len(json.loads((tmp_path / "out" / "annotations.json").read_text())["images"]) == 1
