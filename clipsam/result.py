@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .core.boxes import xywh_to_xyxy_inclusive
 from .core.regions import KINDS, Region, Regions
 from .errors import OutputError
 from .files import atomic_write, marked_image_bytes, same_file
@@ -236,8 +237,10 @@ class Segmentation:
     def to_supervision(self) -> Any:
         """The regions as ``supervision.Detections`` (supervision is not a dependency: install it to use this).
 
-        ``xyxy`` boxes, dense ``mask`` ``(N, H, W)``, ``confidence`` (label score), ``class_id`` (the category id
-        :meth:`to_coco` gives), and ``data`` with ``class_name`` (the unique category name), ``label_path``,
+        ``xyxy`` boxes (inclusive: ``x1`` is the last pixel column, as ``sv.mask_to_xyxy`` gives them;
+        ``Region.bbox_xyxy`` is end-exclusive, see :mod:`clipsam.core.boxes`), dense ``mask`` ``(N, H, W)``,
+        ``confidence`` (label score), ``class_id`` (the category id :meth:`to_coco` gives), and ``data`` with
+        ``class_name`` (the unique category name), ``label_path``,
         ``parent_id``, ``kind`` and ``region_id``.
         """
         try:
@@ -248,7 +251,8 @@ class Segmentation:
         by_id = {c["id"]: c for c in coco["categories"]}
         anns = coco["annotations"]
         n = len(self.regions)
-        xyxy = np.asarray([r.bbox_xyxy for r in self.regions], dtype=np.float32).reshape(n, 4)
+        xyxy = xywh_to_xyxy_inclusive(np.asarray([r.bbox_xywh for r in self.regions]).reshape(n, 4))
+        xyxy = xyxy.astype(np.float32)  # inclusive, as supervision's mask_to_xyxy gives them
         return sv.Detections(
             xyxy=xyxy, mask=self.masks() if n else np.zeros((0, *self.image_size), bool),
             confidence=np.asarray([r.score for r in self.regions], dtype=np.float32),

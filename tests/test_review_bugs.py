@@ -226,7 +226,8 @@ def test_png_ids_beyond_16_bits_are_refused_before_any_model_runs(tmp_path):
     from clipsam.dataset import LabelJob
     from clipsam.errors import ClipsamError
 
-    big = Taxonomy.from_dict({"name": "big", "nodes": [{"name": "thing", "children": [f"t{k}" for k in range(70_000)]}]})
+    labels = [f"t{k}" for k in range(70_000)]
+    big = Taxonomy.from_dict({"name": "big", "nodes": [{"name": "thing", "children": labels}]})
     with pytest.raises(ClipsamError, match=r"16-bit PNGs \(ids up to 65,535\).*up to 70,00\d") as err:
         LabelJob(tmp_path / "out", big, pngs=True)
     assert "\n" not in str(err.value)
@@ -258,3 +259,40 @@ def test_a_png_that_cannot_be_written_fails_that_image_only(tmp_path, scene, mon
     assert sorted(r["status"] for r in results) == ["done", "error"]
     assert (tmp_path / "out" / "semantic" / "b.png").is_file()
     assert len(json.loads((tmp_path / "out" / "annotations.json").read_text())["images"]) == 1
+
+
+# -- item 9: one box convention per consumer -----------------------------------------------------------------------
+
+def test_supervision_boxes_are_supervisions_own(scene):
+    """Item 9: ``to_supervision()`` boxes were end-exclusive, 1 px larger than ``sv.mask_to_xyxy`` of the same masks."""
+    sv = pytest.importorskip("supervision")
+    from clipsam.testing import oracle_segmenter
+
+    det = oracle_segmenter(scene).segment_everything(scene.image).to_supervision()
+    assert len(det) >= 3
+    assert np.array_equal(det.xyxy, sv.mask_to_xyxy(det.mask).astype(np.float32))
+
+
+def test_refine_prompts_sam_with_sams_own_box_of_the_mask():
+    """Item 9: ``refine`` prompted SAM with the end-exclusive box, one pixel past the mask on the right and bottom;
+    SAM's own box of a mask (``batched_mask_to_box``, stock's ``stock_boxes``) is inclusive."""
+    import torch
+    from segment_anything.utils.amg import batched_mask_to_box
+
+    from clipsam.core.regions import Regions
+    from clipsam.models.base import PromptMasks
+    from clipsam.stages.parts import refine_masks
+
+    boxes = []
+
+    class Recorder:
+        def predict(self, embedding, *, box=None, **kwargs):
+            boxes.append(np.asarray(box))
+            return PromptMasks(np.zeros((1, 20, 30), bool), np.ones(1, np.float32), np.zeros((1, 8, 8), np.float32))
+
+    m = np.zeros((20, 30), bool)
+    m[3:9, 5:17] = True
+    regions = Regions.from_rles([M.encode(m)], predicted_iou=np.ones(1), stability_score=np.ones(1))
+    refine_masks(Recorder(), None, regions, [0], np.zeros((1, 4)), lambda rles: np.zeros((len(rles), 4)))
+    sams = batched_mask_to_box(torch.as_tensor(m)[None]).numpy()[0]
+    assert boxes[0].tolist() == sams.tolist() == [5, 3, 16, 8]

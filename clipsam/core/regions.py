@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import masks as M
+from .boxes import xywh_to_xyxy
 
 #: ``Region.kind`` values.
 KINDS = ("object", "part", "unknown", "unknown part", "prompt")
@@ -57,8 +58,9 @@ class Region:
 
     @property
     def bbox_xyxy(self) -> tuple[float, float, float, float]:
-        x, y, w, h = self.bbox_xywh
-        return (x, y, x + w, y + h)
+        """End-exclusive ``(x0, y0, x1, y1)``: ``x1 = x + w`` (see :mod:`clipsam.core.boxes`)."""
+        x0, y0, x1, y1 = xywh_to_xyxy(self.bbox_xywh)
+        return (float(x0), float(y0), float(x1), float(y1))
 
     @property
     def label_path_str(self) -> str:
@@ -265,9 +267,9 @@ class Regions:
     # -- views ---------------------------------------------------------------------------------------------
     @property
     def bbox_xyxy(self) -> np.ndarray:
-        """``(N, 4) float64`` boxes ``(x0, y0, x1, y1)``."""
+        """``(N, 4) float64`` end-exclusive boxes ``(x0, y0, x1, y1)`` (see :mod:`clipsam.core.boxes`)."""
         b = self.bbox_xywh
-        return np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1) if len(b) else np.zeros((0, 4))
+        return xywh_to_xyxy(b) if len(b) else np.zeros((0, 4))
 
     def masks(self, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """Dense ``(N, H, W) bool`` masks (memory: N*H*W bytes; decode one at a time with ``row(i).mask()``)."""

@@ -29,6 +29,7 @@ from segment_anything.utils.amg import batch_iterator, build_all_layer_point_gri
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms
 
+from ..core.boxes import xywh_to_xyxy_inclusive
 from .base import Proposal
 
 #: Full-resolution float logits held at once (pixels x masks): 64 Mpx = 256 MB.
@@ -131,9 +132,7 @@ def generate(
 
 def stock_boxes(encoded: list[dict[str, Any]]) -> torch.Tensor:
     """Stock SAM's boxes of RLE-encoded masks: ``(k, 4) int64`` inclusive x0, y0, x1, y1; zeros for an empty mask."""
-    bbox = coco_mask.toBbox(encoded).reshape(-1, 4)
-    xyxy = np.stack([bbox[:, 0], bbox[:, 1], bbox[:, 0] + bbox[:, 2] - 1, bbox[:, 1] + bbox[:, 3] - 1], 1)
-    xyxy[bbox[:, 2] == 0] = 0
+    xyxy = xywh_to_xyxy_inclusive(coco_mask.toBbox(encoded).reshape(-1, 4))
     return torch.as_tensor(xyxy.astype(np.int64))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core import masks as M
+from ..core.boxes import xywh_to_xyxy_inclusive
 from ..core.regions import Regions
 from ..models.base import MaskProposer
 from .nest import nest
@@ -68,9 +69,8 @@ def refine_masks(proposer: MaskProposer, embedding: Any, regions: Regions, rows:
     and *feats* with those rows re-embedded."""
     rles, piou = list(regions.rles), regions.predicted_iou.copy()
     for i in rows:
-        x, y, w, h = M.bbox_xywh(rles[i])
-        out = proposer.predict(embedding, box=np.asarray([x, y, x + w, y + h], dtype=np.float64),
-                               multimask_output=False)
+        box = xywh_to_xyxy_inclusive(M.bbox_xywh(rles[i]))  # SAM's own convention for a mask's box
+        out = proposer.predict(embedding, box=box, multimask_output=False)
         if out.masks[0].any():
             rles[i] = M.encode(out.masks[0])  # type: ignore[assignment]
             piou[i] = float(out.iou_predictions[0])
