@@ -7,9 +7,8 @@ Pure numpy; the text encoder is any :class:`~clipsam.models.base.RegionEmbedder`
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,20 +128,24 @@ class TextBank:
                 self._memory[key] = vec
                 path = self._file(key)
                 if path is not None:
-                    try:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        # one temporary name per writer: workers that embed the same label never share one
-                        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npy")
-                        try:
-                            np.save(tmp, vec)
-                            tmp.replace(path)
-                        finally:
-                            tmp.unlink(missing_ok=True)
-                    except OSError as exc:  # a read-only cache must not stop labelling
-                        log.warning("could not write text cache %s: %s", path, exc)
+                    self._store(path, vec)
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self._memory[k] for k in keys])
+
+    @staticmethod
+    def _store(path: Path, vec: np.ndarray) -> None:
+        """One cache file, written atomically (:func:`clipsam.files.atomic_write`: a temporary name per writer, never
+        through a link), so that workers embedding the same label never see half a file."""
+        from ..files import atomic_write
+
+        buffer = io.BytesIO()
+        np.save(buffer, vec)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, buffer.getvalue())
+        except OSError as exc:  # a read-only cache must not stop labelling
+            log.warning("could not write text cache %s: %s", path, exc)
 
     def embed_nodes(self, nodes: Sequence[TaxonomyNode]) -> np.ndarray:
         return self.embed([n.prompts for n in nodes])
