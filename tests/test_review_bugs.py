@@ -296,3 +296,40 @@ def test_refine_prompts_sam_with_sams_own_box_of_the_mask():
     refine_masks(Recorder(), None, regions, [0], np.zeros((1, 4)), lambda rles: np.zeros((len(rles), 4)))
     sams = batched_mask_to_box(torch.as_tensor(m)[None]).numpy()[0]
     assert boxes[0].tolist() == sams.tolist() == [5, 3, 16, 8]
+
+
+# -- items 4 and 11: options checked on every path, before any model runs; none recorded and ignored ---------------
+
+@pytest.mark.parametrize("call", [
+    lambda s, im: s.segment(im, "dog", strategy="guided", points_per_side=0),
+    lambda s, im: s.segment(im, "dog", strategy="guided", points_per_sid=8),
+    lambda s, im: s.segment_everything(im, strategy="guided", taxonomy="everyday", pred_iou_thresh=2.0),
+    lambda s, im: s.segment(im, "dog", points_per_side=0),
+], ids=["guided-zero", "guided-misspelt", "guided-everything", "grid-zero"])
+def test_generator_parameters_are_checked_on_every_path_before_sam_runs(call, scene):
+    """Item 4: the guided path ignored generator parameters and never checked them (``points_per_side=0`` was
+    accepted), and a misspelt one was caught only on the grid path, after SAM's encoder had run."""
+    from clipsam import Segmenter
+    from clipsam.errors import ConfigError
+
+    seg = Segmenter("tiny-random", "tiny-random", text_cache=False)
+    with pytest.raises(ConfigError):
+        call(seg, scene.image)
+    assert seg._proposer is None and seg._embedder is None
+
+
+def test_fast_and_bf16_are_applied_or_refused_never_recorded_and_ignored():
+    """Item 11: ``precision="bf16"`` and ``speed="fast"`` were recorded in ``config()`` for SAM 2.1 and SAM 3 and not
+    applied. SAM 2.1 runs fp32 in clipsam: ``speed="fast"`` thins its grid and records fp32; bf16 is refused for both,
+    and ``speed="fast"`` for SAM 3, which has no grid to thin."""
+    from clipsam import Segmenter
+    from clipsam.errors import ConfigError
+
+    fast2 = Segmenter("sam2.1_hiera_tiny", speed="fast")
+    assert fast2.config()["precision"] == "fp32" and fast2.config()["generator_params"] == {"points_per_side": 16}
+    assert Segmenter("vit_b", speed="fast").config()["precision"] == "bf16"  # SAM 1: autocast on CUDA
+    for kwargs in ({"sam": "sam2.1_hiera_tiny", "precision": "bf16"}, {"sam": "sam3", "precision": "bf16"},
+                   {"sam": "sam3", "speed": "fast"}):
+        with pytest.raises(ConfigError) as err:
+            Segmenter(**kwargs)
+        assert "\n" not in str(err.value)
