@@ -237,11 +237,9 @@ class Segmentation:
     def to_supervision(self) -> Any:
         """The regions as ``supervision.Detections`` (supervision is not a dependency: install it to use this).
 
-        ``xyxy`` boxes (inclusive: ``x1`` is the last pixel column, as ``sv.mask_to_xyxy`` gives them;
-        ``Region.bbox_xyxy`` is end-exclusive, see :mod:`clipsam.core.boxes`), dense ``mask`` ``(N, H, W)``,
-        ``confidence`` (label score), ``class_id`` (the category id :meth:`to_coco` gives), and ``data`` with
-        ``class_name`` (the unique category name), ``label_path``,
-        ``parent_id``, ``kind`` and ``region_id``.
+        Inclusive ``xyxy`` boxes, as ``sv.mask_to_xyxy`` gives them (:mod:`clipsam.core.boxes`), dense ``mask``,
+        ``confidence`` (label score), ``class_id`` (:meth:`to_coco`'s category id), and ``data`` with
+        ``class_name``, ``label_path``, ``parent_id``, ``kind`` and ``region_id``.
         """
         try:
             import supervision as sv
@@ -251,8 +249,7 @@ class Segmentation:
         by_id = {c["id"]: c for c in coco["categories"]}
         anns = coco["annotations"]
         n = len(self.regions)
-        xyxy = xywh_to_xyxy_inclusive(np.asarray([r.bbox_xywh for r in self.regions]).reshape(n, 4))
-        xyxy = xyxy.astype(np.float32)  # inclusive, as supervision's mask_to_xyxy gives them
+        xyxy = xywh_to_xyxy_inclusive(np.asarray([r.bbox_xywh for r in self.regions]).reshape(n, 4)).astype("f4")
         return sv.Detections(
             xyxy=xyxy, mask=self.masks() if n else np.zeros((0, *self.image_size), bool),
             confidence=np.asarray([r.score for r in self.regions], dtype=np.float32),
