@@ -456,19 +456,23 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
         rival_best = np.asarray([s.prob[0, s.subtree(t)].max() for t in rivals])  # a rival's best label
         rival_mass = np.asarray([s.mass[0, s.column(t)] for t in rivals])
         own_best = float(s.prob[0, s.subtree(own)].max())
+        own_mass = float(s.mass[0, s.column(own)])
     else:  # top-down: categories by their top-level names
         text = bank.embed([c.prompts for c in [*parts, *rivals, own]] + prompt_sets(policy.negatives))
         p = softmax(bank.logit_scale * (feat @ text.T))[0]
         part_p, rival_mass = p[:len(parts)], p[len(parts):len(parts) + len(rivals)]
         rival_best, own_best = rival_mass, float(p[len(parts) + len(rivals)])
+        own_mass = own_best
         negative = float(p[len(parts) + len(rivals) + 1:].max()) if len(p) > len(parts) + len(rivals) + 1 else 0.0
     best_part = int(part_p.argmax()) if len(parts) else -1
     best_rival = int(rival_best.argmax()) if rivals else -1
     part_score = float(part_p[best_part]) if best_part >= 0 else -1.0
     rival_score = float(rival_best[best_rival]) if best_rival >= 0 else -1.0
     if rival_score < max(part_score, own_best) * np.exp(NESTED_MARGIN):  # nested regions are pieces of their owner
-        if part_score >= own_best:  # a named part of its owner
-            return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy)
+        if part_score >= own_best:  # a named part of its owner, sure of it as far as it is inside its owner
+            inside = float(part_p.sum()) + own_mass
+            return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy,
+                                  inside)
         return LabelDecision(None, (), whole, own_best), "unknown part"  # a piece: a half, a pair of parts, a sliver
     top, top_mass = rivals[best_rival], float(rival_mass[best_rival])
     if rival_score <= negative or top_mass < policy.min_confidence:
@@ -482,10 +486,17 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
 
 
 def _part_decision(node: TaxonomyNode, node_p: float, part_p: np.ndarray, parts: Sequence[TaxonomyNode],
-                   negative: float, whole_decision: LabelDecision, policy: LabelPolicy) -> tuple[LabelDecision, str]:
+                   negative: float, whole_decision: LabelDecision, policy: LabelPolicy, inside: float = 1.0
+                   ) -> tuple[LabelDecision, str]:
     """The part *node* (probability *node_p* in the region's softmax), or ``unknown part`` when a negative wins or it
-    is too unsure. Path scores: the whole's path, then each part level's subtree times the whole's score."""
-    if node_p <= negative or node_p < policy.part_confidence:
+    is too unsure. Its confidence is conditional on the region being inside its owner (the decision already made:
+    *inside* is the softmax mass of the owner's parts and category), so that labels of other categories, each too
+    weak to claim the region, do not dilute it. Path scores: the whole's path, then each part level's subtree times
+    the whole's score."""
+    if node_p <= negative:
+        return LabelDecision(None, (), node, node_p), "unknown part"
+    node_p, part_p = node_p / max(inside, 1e-12), part_p / max(inside, 1e-12)
+    if node_p < policy.part_confidence:
         return LabelDecision(None, (), node, node_p), "unknown part"
     owner = node.object_node()
     scores = list(whole_decision.path_scores[:len(owner.path)])
