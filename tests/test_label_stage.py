@@ -489,3 +489,17 @@ def test_a_parts_confidence_is_conditional_on_lying_inside_its_owner():
                                 "furniture": 0.45, "sofa": 0.45})
     out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE)
     assert out.kinds == ("object", "part") and out.decisions[1].node.name == "head"
+
+
+def test_an_unsure_whole_with_one_half_is_that_object_when_its_rest_is_too():
+    """SAM gave the whole cup (its crop unsure: the negative wins) and one half of it ("cup"). The whole's rest -- the
+    other half -- embedded as one more crop, shows a cup too: the whole is the cup. If the rest shows a sofa, the
+    whole stays unknown."""
+    feats = rows({"background": 0.9, "cat": 0.5}, {"cat": 0.9})
+    rles = _masks((0, 20), (0, 10))
+    same = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE, rles=rles,
+                      embed=Embedder(rows({"cat": 0.9})))
+    assert same.decisions[0].node.name == "cat" and same.kinds == ("object", "unknown part")
+    other = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE, rles=rles,
+                       embed=Embedder(rows({"sofa": 0.9})))
+    assert other.decisions[0].node is None and other.kinds == ("unknown", "object")

@@ -175,7 +175,7 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         objects = _resolve_unions(feats, objects, parents, bank, policy.union_margin, taxonomy.top,
                                   lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
         if rles is not None:
-            objects = _promote(_ungroup(objects, rles, parents), rles, parents)
+            objects = _promote(_ungroup(objects, rles, parents), rles, parents, rest)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -375,24 +375,29 @@ def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[
     return len({find(i) for i in range(len(parts))}) >= 2
 
 
-def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
+def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, rest: _Rest | None = None
+             ) -> list[LabelDecision]:
     """Bottom-up: an unknown region that labelled pieces tile -- two or more outermost labelled regions inside it (in
     the tree), covering :data:`GROUP_COVER` of it and touching one another into one cluster (the halves of a cup
     whose whole crop was unsure) -- is an object when one top-level category holds most of the pieces' area (a
     noisy piece that says "laptop" among the halves of a scooter does not veto it). Its label is the deepest label
     the majority's pieces share, each path score the smallest of theirs. Groups (separate clusters) are never
-    promoted; nor are unions, whose other member is another category of comparable area."""
+    promoted; nor are unions, whose other member is another category of comparable area. With *rest*, an unknown
+    region whose largest labelled piece covers half of it or more, and whose rest (its pixels outside that piece)
+    shows the same thing, is that piece's object too (a cup whose whole crop was unsure and of which SAM gave one
+    half)."""
     out = list(objects)
     inside = _descendants(parents)
     for r, below in enumerate(inside):
         if objects[r].node is not None or len(below) < 2:
             continue
         members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
-        if len(members) < 2:
+        if not members:
             continue
         area = np.asarray(M.area([rles[i] for i in [r, *members]]), dtype=np.float64)
         if area[1:].sum() < GROUP_COVER * area[0] or \
                 M.area([M.merge([rles[m] for m in members])])[0] < GROUP_COVER * area[0]:
+            out[r] = _by_its_rest(r, members, area, objects, rest) or out[r]
             continue
         if _is_group(members, [], r, rles, objects):
             continue
@@ -409,6 +414,17 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
         scores = tuple(min(objects[c].path_scores[k] for c in majority) for k in range(len(node.path)))
         out[r] = LabelDecision(node, scores, node, scores[0])
     return out
+
+
+def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence[LabelDecision], rest: _Rest | None
+                 ) -> LabelDecision | None:
+    """Region *r*'s label from its largest labelled piece when that piece covers half of it and *r*'s rest shows the
+    same thing (see :func:`_promote`), else ``None``."""
+    k = int(np.argmax(area[1:]))
+    piece = objects[members[k]]
+    if rest is None or area[1 + k] < 0.5 * area[0] or rest.verdict(r, members[k], piece.node, piece.node) != "same":
+        return None
+    return LabelDecision(piece.node, piece.path_scores, piece.node, piece.score)
 
 
 def _common(a: TaxonomyNode, b: TaxonomyNode) -> TaxonomyNode:
