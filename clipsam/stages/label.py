@@ -389,7 +389,7 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     out = list(objects)
     inside = _descendants(parents)
     for r, below in enumerate(inside):
-        if objects[r].node is not None or len(below) < 2:
+        if objects[r].node is not None or not below:
             continue
         members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
         if not members:
