@@ -261,8 +261,8 @@ class Segmentation:
                   "region_id": np.asarray([r.id for r in self.regions])})
 
     def to_pandas(self) -> Any:
-        """One row per region (``id``, ``label``, ``label_path``, ``score``, ``kind``, ``parent_id``, ``area``,
-        ``x``, ``y``, ``w``, ``h``, ``predicted_iou``, ``stability_score``; masks stay out: ``rle`` holds them)."""
+        """One row per region (``id``, ``label``, ``label_path``, ``score``, ``kind``, ``parent_id`` (Int64: ``<NA>``
+        for none), ``area``, ``x``, ``y``, ``w``, ``h``, ``predicted_iou``, ``stability_score``, ``rle``)."""
         try:
             import pandas as pd
         except ImportError as exc:
@@ -273,4 +273,4 @@ class Segmentation:
                  "stability_score": r.stability_score, "rle": r.rle} for r in self.regions]
         columns = ["id", "label", "label_path", "score", "kind", "parent_id", "area", "x", "y", "w", "h",
                    "predicted_iou", "stability_score", "rle"]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=columns).astype({"parent_id": "Int64"})  # no parent: <NA>, not NaN

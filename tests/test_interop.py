@@ -133,9 +133,15 @@ def test_python_interop_supervision_pandas_overlay(tmp_path):
     assert list(det.data["class_name"]) == [names[a["category_id"]] for a in coco["annotations"]]
     assert "head" in set(det.data["class_name"]) and "animal/dog/head" in set(det.data["label_path"])
     assert list(det.data["parent_id"]) == [-1 if r.parent_id is None else r.parent_id for r in seg]
+    import pandas as pd
+
     table = seg.to_pandas()
     assert len(table) == len(seg) and list(table["label_path"]) == [r.label_path_str for r in seg]
     assert (table["area"] == [r.area for r in seg]).all()
+    # "no parent" is <NA> in a nullable integer column, not NaN turning every parent id into a float
+    assert str(table["parent_id"].dtype) == "Int64" and table["parent_id"].isna().sum() == sum(
+        r.parent_id is None for r in seg) > 0
+    assert [None if pd.isna(v) else int(v) for v in table["parent_id"]] == [r.parent_id for r in seg]
     picture = seg.overlay()
     assert picture.size == (scene.image.shape[1], scene.image.shape[0])
     assert seg._repr_png_().startswith(b"\x89PNG")

@@ -113,6 +113,10 @@ def test_cli_index_and_search_with_tiny_models(tmp_path, photo_folder):
     assert len(hits) == 3 and all(-1.0 <= h["similarity"] <= 1.0 for h in hits)
     sims = [h["similarity"] for h in hits]
     assert sims == sorted(sims, reverse=True)
+    from clipsam.core import masks as M
+
+    for h in hits:  # each hit's mask, as COCO RLE (it was null)
+        assert M.area(h["rle"]) == h["area"] and M.bbox_xywh(h["rle"]) == pytest.approx(h["bbox_xywh"])
     crops = tmp_path / "crops"
     like = _cli("search", "--like", photo_folder / "p0.png", "--box", "0,0,100,100", "--db", db, "-k", "2",
                 "--save-crops", crops)

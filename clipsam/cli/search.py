@@ -147,7 +147,7 @@ def search(
     files = [h.file_status() for h in hits]  # moved or edited since indexing: said per hit, never a failed search
     saved = _save_hits(hits, files, save_crops) if save_crops is not None else 0
     if as_json:
-        emit_json([h.to_dict() | {"rle": None, "file": f} for h, f in zip(hits, files, strict=True)])
+        emit_json([h.to_dict() | {"file": f} for h, f in zip(hits, files, strict=True)])  # masks as COCO RLE
         return
     table = Table(title=show(f"{len(hits)} regions for {query or str(like)!r}"), title_justify="left",
                   header_style="bold")
