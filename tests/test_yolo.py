@@ -179,3 +179,77 @@ def test_yolo_added_to_a_finished_run_without_labelling_again(tmp_path):
     record = run(("yolo",), Refuses())
     lines = (tmp_path / "out" / "labels" / "scene.txt").read_text().splitlines()
     assert record["counts"]["yolo_polygons"] == len(lines) > 0
+
+
+_TRAINER_MASKS = textwrap.dedent("""
+    import json, sys
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+    data = check_det_dataset(sys.argv[1])
+    out = {}
+    for overlap in (True, False):  # the trainer's default, and what clipsam's datasets need
+        cfg = get_cfg(overrides={"task": "segment", "imgsz": 256, "overlap_mask": overlap, "fraction": 1.0})
+        ds = build_yolo_dataset(cfg, data["train"], 1, data, mode="val")
+        areas = []
+        for k in range(len(ds)):
+            item = ds[k]
+            masks, n = item["masks"], int(item["cls"].shape[0])
+            if overlap:  # one index map: instance i is where the map holds i + 1
+                areas.append([int((masks[0] == i + 1).sum()) for i in range(n)])
+            else:
+                areas.append([int(m.sum()) for m in masks])
+        out[str(overlap)] = {"areas": areas, "files": [lb["im_file"] for lb in ds.labels]}
+    print(json.dumps(out))
+""")
+
+
+def test_ultralytics_training_keeps_parts_and_wholes_whole(yolo_run, tmp_path):
+    """Issue 27, item 1: Ultralytics' default ``overlap_mask=True`` paints an image's masks into one index map, so a
+    whole loses the pixels of every part on it. Loaded as ``yolo segment train`` builds its dataset, with
+    ``overlap_mask=False`` (the command clipsam prints and documents) every whole keeps its area."""
+    import importlib.util
+
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("needs ultralytics (in the dev extra)")
+    out, coco, _ = yolo_run
+    config = tmp_path / "ultralytics-config"
+    config.mkdir()
+    for font in ("Arial.ttf", "Arial.Unicode.ttf"):
+        (config / font).write_bytes(b"")
+    env = dict(os.environ, YOLO_CONFIG_DIR=str(config), YOLO_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _TRAINER_MASKS, str(out / "data.yaml")], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    cut, kept, wholes = 0, 0, 0
+    for k, f in enumerate(got["False"]["files"]):
+        im = next(i for i in coco["images"] if f.endswith(i["file_name"]))
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"] and a["category_id"] > 0]
+        ids = {a["id"] for a in anns}
+        separate, painted = got["False"]["areas"][k], got["True"]["areas"][got["True"]["files"].index(f)]
+        assert len(separate) == len(anns) == len(painted)
+        scale = (256 / max(im["height"], im["width"]) / 4) ** 2  # letterboxed to 256, masks at a quarter
+        for a, sep, paint in zip(anns, separate, painted, strict=True):
+            if a["area"] < 400:
+                continue
+            assert sep == pytest.approx(a["area"] * scale, rel=0.2), a["label_path"]  # the whole mask
+            if any(b.get("parent_id") == a["id"] for b in anns if b["id"] in ids):
+                wholes += 1
+                cut += paint < 0.95 * sep
+                kept += sep >= 0.8 * a["area"] * scale
+    assert wholes >= 2 and cut >= 1 and kept == wholes  # the default cuts parts out; overlap_mask=False does not
+
+
+def test_clipsam_label_prints_the_training_command_that_keeps_parts_whole(tmp_path):
+    from typer.testing import CliRunner
+
+    from clipsam.cli import app
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(synthetic_scene().image).save(tmp_path / "photos" / "a.png")
+    res = CliRunner().invoke(app, ["label", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--format",
+                                   "yolo", "--taxonomy", "everyday", "--sam", "tiny-random", "--clip", "tiny-random",
+                                   "--points-per-side", "4"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "yolo segment train data=" in res.output and "overlap_mask=False" in res.output

@@ -169,6 +169,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if summary["errors"]:
         out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see "
                   f"{show(out_dir / 'errors.jsonl')}[/]")
+    if "yolo_polygons" in summary:  # Ultralytics' default paints masks into one map: parts would cut their wholes
+        out.print(f"train with: yolo segment train data={show(out_dir / 'data.yaml')} model=yolo11n-seg.pt "
+                  "overlap_mask=False  (keeps each part and its whole whole)")
 
 
 @guard
