@@ -103,17 +103,22 @@ def every_region(seeds: int, scenes: int, params: WorldParams, first_seed: int =
                 scene = world.scene(k)
                 seg = world.segmenter(scene, **rules).segment_everything(scene.image)
                 verdicts += region_verdicts(seg, scene, world.taxonomy)
-        row = {"labelled": len(verdicts), "precision": float(np.mean([v["correct"] for v in verdicts]))}
-        for kind in REGION_KINDS:
-            hits = [v["correct"] for v in verdicts if v["kind"] == kind]
-            row[f"precision {kind}"] = float(np.mean(hits)) if hits else float("nan")
-            row[f"n {kind}"] = len(hits)
-        row["confident wrong"] = sum(not v["correct"] and v["score"] >= 0.5 for v in verdicts)
-        row["confident wrong pieces"] = sum(not v["correct"] and v["score"] >= 0.5 and v["kind"] == "piece"
-                                            for v in verdicts)
-        row["reliability"] = reliability(verdicts)
-        out[name] = row
+        out[name] = verdict_row(verdicts)
     return out
+
+
+def verdict_row(verdicts: list[dict]) -> dict:
+    """Label precision over every labelled region and per kind, confident wrong labels (score >= 0.5; of them
+    pieces), and the reliability table."""
+    row: dict = {"labelled": len(verdicts), "precision": float(np.mean([v["correct"] for v in verdicts]))}
+    for kind in REGION_KINDS:
+        hits = [v["correct"] for v in verdicts if v["kind"] == kind]
+        row[f"precision {kind}"], row[f"n {kind}"] = (float(np.mean(hits)) if hits else float("nan")), len(hits)
+    wrong = [v for v in verdicts if not v["correct"] and v["score"] >= 0.5]
+    row["confident wrong"] = len(wrong)
+    row["confident wrong pieces"] = sum(v["kind"] == "piece" for v in wrong)
+    row["reliability"] = reliability(verdicts)
+    return row
 
 
 #: World settings of ``--grid``: what issue 23 asks the default rules to hold across, without re-tuning.
@@ -145,18 +150,11 @@ def measure(params: WorldParams, rules: dict, seeds: int, scenes: int, first_see
             for term in basic_terms(scene) + [absent_term(world, scene)]:
                 counts += query_counts(free.segment(scene.image, term), scene, term)
     tp, fp, fn = counts
-    row: dict = {"labelled": len(verdicts), "precision": float(np.mean([v["correct"] for v in verdicts]))}
-    for kind in REGION_KINDS:
-        hits = [v["correct"] for v in verdicts if v["kind"] == kind]
-        row[f"precision {kind}"], row[f"n {kind}"] = (float(np.mean(hits)) if hits else float("nan")), len(hits)
-    wrong = [v for v in verdicts if not v["correct"] and v["score"] >= 0.5]
-    row["confident wrong"] = len(wrong)
-    row["confident wrong pieces"] = sum(v["kind"] == "piece" for v in wrong)
+    row = verdict_row(verdicts)
     row.update({level: float(np.mean(levels[level])) for level in LEVELS if levels[level]})
     row.update({f"n {level}": len(levels[level]) for level in LEVELS})
     row.update({f"ceiling {level}": float(np.mean(ceiling[level])) for level in LEVELS if ceiling[level]})
     row["free precision"], row["free recall"] = tp / max(1, tp + fp), tp / max(1, tp + fn)
-    row["reliability"] = reliability(verdicts)
     return row
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,20 @@ def test_yolo_files_match_the_coco_output(yolo_run):
     assert record["counts"]["yolo_polygons"] == sum(1 for a in coco["annotations"] if a["category_id"] > 0)
 
 
+def _ultralytics(script: str, data_yaml: Path, tmp_path: Path) -> dict:
+    """Run *script* on *data_yaml* in a fresh interpreter (Ultralytics patches PIL globally), offline, its fonts
+    stubbed (its checker would download them); the JSON it prints last."""
+    config = tmp_path / "ultralytics-config"
+    config.mkdir(exist_ok=True)
+    for font in ("Arial.ttf", "Arial.Unicode.ttf"):
+        (config / font).write_bytes(b"")
+    env = dict(os.environ, YOLO_CONFIG_DIR=str(config), YOLO_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", script, str(data_yaml)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 _ULTRALYTICS = textwrap.dedent("""
     import json, sys
     from ultralytics.data.dataset import YOLODataset
@@ -129,15 +144,7 @@ def test_ultralytics_loads_the_yolo_dataset(yolo_run, tmp_path):
     if importlib.util.find_spec("ultralytics") is None:  # not imported here: it patches PIL.Image.open globally
         pytest.skip("needs ultralytics (in the dev extra)")
     out, coco, _ = yolo_run
-    config = tmp_path / "ultralytics-config"
-    config.mkdir()
-    for font in ("Arial.ttf", "Arial.Unicode.ttf"):  # its checker would download fonts: there is no network
-        (config / font).write_bytes(b"")
-    env = dict(os.environ, YOLO_CONFIG_DIR=str(config), YOLO_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", _ULTRALYTICS, str(out / "data.yaml")], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _ultralytics(_ULTRALYTICS, out / "data.yaml", tmp_path)
     assert got["nc"] == len(coco["categories"])
     assert {int(k): v for k, v in got["names"].items()} == {c["id"] - 1: c["name"] for c in coco["categories"]}
     images = {im["file_name"]: im for im in coco["images"]}
@@ -213,15 +220,7 @@ def test_ultralytics_training_keeps_parts_and_wholes_whole(yolo_run, tmp_path):
     if importlib.util.find_spec("ultralytics") is None:
         pytest.skip("needs ultralytics (in the dev extra)")
     out, coco, _ = yolo_run
-    config = tmp_path / "ultralytics-config"
-    config.mkdir()
-    for font in ("Arial.ttf", "Arial.Unicode.ttf"):
-        (config / font).write_bytes(b"")
-    env = dict(os.environ, YOLO_CONFIG_DIR=str(config), YOLO_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", _TRAINER_MASKS, str(out / "data.yaml")], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _ultralytics(_TRAINER_MASKS, out / "data.yaml", tmp_path)
     cut, kept, wholes = 0, 0, 0
     for k, f in enumerate(got["False"]["files"]):
         im = next(i for i in coco["images"] if f.endswith(i["file_name"]))
