@@ -503,3 +503,14 @@ def test_an_unsure_whole_with_one_half_is_that_object_when_its_rest_is_too():
     other = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE, rles=rles,
                        embed=Embedder(rows({"sofa": 0.9})))
     assert other.decisions[0].node is None and other.kinds == ("unknown", "object")
+
+
+def test_a_group_is_never_promoted_back_by_one_of_its_members():
+    """Two dogs apart and their pair mask: the pair is a group. One dog labelled, the other too unsure to be: the
+    labelled dog covers more than half of the pair and the pair's rest (the other dog) shows a dog -- still a group,
+    not one dog."""
+    rles = _masks(((0, 11), (13, 20)), (0, 11), (13, 20))
+    feats = rows({"dog": 0.9}, {"dog": 0.9}, {"background": 0.9, "dog": 0.5})
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles,
+                     embed=Embedder(rows({"dog": 0.9})))
+    assert out.decisions[0].node is None and out.kinds[:2] == ("unknown", "object")

@@ -175,7 +175,9 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         objects = _resolve_unions(feats, objects, parents, bank, policy.union_margin, taxonomy.top,
                                   lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
         if rles is not None:
-            objects = _promote(_ungroup(objects, rles, parents), rles, parents, rest)
+            ungrouped = _ungroup(objects, rles, parents)
+            groups = {i for i, (a, b) in enumerate(zip(objects, ungrouped, strict=True)) if a.node and not b.node}
+            objects = _promote(ungrouped, rles, parents, rest, groups)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -375,8 +377,8 @@ def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[
     return len({find(i) for i in range(len(parts))}) >= 2
 
 
-def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, rest: _Rest | None = None
-             ) -> list[LabelDecision]:
+def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, rest: _Rest | None = None,
+             groups: set[int] = frozenset()) -> list[LabelDecision]:  # type: ignore[assignment]
     """Bottom-up: an unknown region that labelled pieces tile -- two or more outermost labelled regions inside it (in
     the tree), covering :data:`GROUP_COVER` of it and touching one another into one cluster (the halves of a cup
     whose whole crop was unsure) -- is an object when one top-level category holds most of the pieces' area (a
@@ -389,7 +391,7 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     out = list(objects)
     inside = _descendants(parents)
     for r, below in enumerate(inside):
-        if objects[r].node is not None or not below:
+        if objects[r].node is not None or not below or r in groups:  # groups found by _ungroup stay groups
             continue
         members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
         if not members:
