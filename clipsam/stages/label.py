@@ -319,7 +319,7 @@ def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     still a dog's mask)."""
     out = list(objects)
     rows = np.asarray([i for i, d in enumerate(objects) if d.node is not None], dtype=np.int64)
-    if len(rows) < 3:
+    if not len(rows):
         return out
     share = M.contained_share([rles[i] for i in rows]) >= DEFAULT_CONTAINMENT
     np.fill_diagonal(share, False)
