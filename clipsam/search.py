@@ -210,9 +210,9 @@ def _rows(path: str, digest: str, seg: Any) -> list[dict[str, Any]]:
     return [{
         "vector": seg.embeddings[i].astype(np.float32).tolist(), "image_path": _store_path(path),
         "image_hash": digest,
-        "region_id": r.id, "parent_id": -1 if r.parent_id is None else r.parent_id, "bbox": list(r.bbox_xywh),
+        "region_id": r.id, "parent_id": r.parent_id, "bbox": list(r.bbox_xywh),
         "height": h, "width": w, "rle_counts": r.rle["counts"], "area": r.area, "label": r.label or "",
-        "label_path": "/" + "/".join(r.label_path) + "/" if r.label_path else "/", "score": r.score,
+        "label_path": "/".join(r.label_path), "score": r.score,
         "kind": r.kind,
     } for i, r in enumerate(seg.regions)]
 
@@ -221,7 +221,8 @@ def _hit(r: dict[str, Any]) -> SearchHit:
     """A result row of the regions table as a :class:`SearchHit`."""
     return SearchHit(
         similarity=float(1.0 - r["_distance"]), image_path=_load_path(r["image_path"]), image_hash=r["image_hash"],
-        region_id=int(r["region_id"]), parent_id=None if r["parent_id"] < 0 else int(r["parent_id"]),
+        region_id=int(r["region_id"]),
+        parent_id=None if r["parent_id"] is None or r["parent_id"] < 0 else int(r["parent_id"]),
         bbox_xywh=tuple(float(v) for v in r["bbox"]), area=int(r["area"]),
         rle={"size": [int(r["height"]), int(r["width"])], "counts": r["rle_counts"]},
         label=r["label"] or None, label_path=tuple(p for p in r["label_path"].split("/") if p),
@@ -314,6 +315,11 @@ def compaction_due(appends: int) -> bool:
     if appends <= COMPACT_MAX_EVERY:
         return appends & (appends - 1) == 0  # a power of two
     return appends % COMPACT_MAX_EVERY == 0
+
+
+#: The tables' conventions: 2 = COCO's (label paths ``animal/dog``, unknown ``""``, no parent null); 1 (no
+#: ``format`` in the metadata) wrote ``/animal/dog/``, ``/`` and ``-1``, and is migrated on first use.
+FORMAT = 2
 
 
 class _AddRun:
@@ -496,6 +502,7 @@ class RegionIndex:
             if meta is not None and not meta.get("dim"):  # written by a run whose first image had no region
                 meta = None
             self.check_models(meta)
+            meta = self._migrate(meta) if meta is not None else None
             run = _AddRun(self, self.segmenter, meta, _indexed(self._connect(True), self._tables()), on_result)
             for path in paths:
                 run.one(path)
@@ -507,7 +514,7 @@ class RegionIndex:
 
     def _new_meta(self, seg: Any, result: Any) -> dict[str, Any]:
         meta = {"clip": seg.clip_name, "sam": seg.sam_name, "seed": seg.seed, "dim": int(result.embeddings.shape[1]),
-                "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0}
+                "taxonomy": result.taxonomy, "clipsam_version": __version__, "indexed_rows": 0, "format": FORMAT}
         self._write_meta(meta)
         return meta
 
@@ -525,6 +532,26 @@ class RegionIndex:
                 with warnings.catch_warnings():  # its warning about concurrent readers: keep covers them
                     warnings.simplefilter("ignore", UserWarning)
                     db.open_table(name).optimize(cleanup_older_than=timedelta(seconds=keep))
+
+    def _migrate(self, meta: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+        """A database written before format 2 (label paths as ``/animal/dog/``, unknown as ``/``, no parent as
+        ``-1``) brought to COCO's convention (``animal/dog``, ``""``, null) in place; *strict*: a database that
+        cannot be written (read-only, an object store without rights) is an error, else it is searched as it is."""
+        if int(meta.get("format", 1)) >= FORMAT or "regions" not in self._tables():
+            return meta
+        try:
+            table = self._connect(False).open_table("regions")
+            table.update(values_sql={"label_path": "btrim(label_path, '/')"})
+            table.update(where="parent_id < 0", values_sql={"parent_id": "NULL"})
+            meta = {**meta, "format": FORMAT}
+            self._write_meta(meta)
+            log.info("region database %s brought to format %d (COCO label paths, null parents)", self.path, FORMAT)
+        except Exception as exc:  # noqa: BLE001 -- LanceDB reports a read-only store in assorted ways
+            if strict:
+                raise ClipsamError(f"{self.path}: a region database from an older clipsam that cannot be updated "
+                                   f"here ({type(exc).__name__}); re-index into a new --db") from exc
+            log.warning("%s: an older region database, searched as it is (%s)", self.path, exc)
+        return meta
 
     def _index_lock(self) -> Any:
         """An exclusive lock on a local database while indexing (object stores: no lock, one writer per share)."""
@@ -578,12 +605,13 @@ class RegionIndex:
             raise ClipsamError(f"the region index at {self.path} is empty: add images with `clipsam index SRC "
                                f"--db {self.path}`")
         self.check_models(meta)
+        meta = self._migrate(meta, strict=False)
         vec = self.embed_query(query, box)
         if vec.shape[0] != int(meta["dim"]):
             raise ClipsamError(f"query embedding has {vec.shape[0]} dimensions, the index {meta['dim']}")
         filters = []
-        if label:  # strpos, not LIKE: a label is literal text, never a pattern
-            filters.append(f"strpos(label_path, {_quote('/' + label.strip('/') + '/')}) > 0")
+        if label:  # strpos, not LIKE: a label is literal text, never a pattern; any level of the path
+            filters.append(f"strpos(concat('/', label_path, '/'), {_quote('/' + label.strip('/') + '/')}) > 0")
         if min_area:
             filters.append(f"area >= {int(min_area)}")
         if where:

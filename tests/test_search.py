@@ -223,3 +223,30 @@ def test_index_writes_in_batches_and_compacts(tmp_path, scene, monkeypatch):
     assert again["skipped"] == 7 and len(index) == 70
     with pytest.raises(ClipsamError, match="flush_images"):
         RegionIndex(tmp_path / "x", seg, flush_images=0)
+
+
+def test_the_database_speaks_cocos_dialect_and_old_ones_are_migrated(tmp_path, scene, scene_files):
+    """Issue 27, item 5: label paths were stored as ``/animal/dog/`` (unknown ``/``) and "no parent" as ``-1``, so
+    ``where="label_path LIKE 'animal%'"`` found nothing. Now COCO's convention; an old database is migrated."""
+    import lancedb
+
+    index = _oracle_index(tmp_path / "db", scene)
+    index.add(scene_files)
+    rows = lancedb.connect(str(tmp_path / "db")).open_table("regions").to_arrow().to_pylist()
+    assert rows and all(not r["label_path"].startswith("/") and not r["label_path"].endswith("/") for r in rows)
+    assert any(r["parent_id"] is None for r in rows) and all(r["parent_id"] is None or r["parent_id"] >= 0
+                                                             for r in rows)
+    animals = index.search("a photo", k=50, where="label_path LIKE 'animal%'")
+    assert animals and all(h.label_path[0] == "animal" for h in animals)
+    assert {h.region_id for h in index.search("a photo", k=50, label="animal")} == {h.region_id for h in animals}
+    # a database in the old dialect: rewritten the way clipsam wrote it before, then searched and added to
+    table = lancedb.connect(str(tmp_path / "db")).open_table("regions")
+    table.update(values_sql={"label_path": "concat('/', label_path, '/')"})
+    table.update(where="parent_id IS NULL", values_sql={"parent_id": "-1"})
+    meta = {k: v for k, v in index.meta().items() if k != "format"}
+    index._write_meta(meta)
+    again = RegionIndex(tmp_path / "db", index.segmenter, taxonomy=scene.taxonomy)
+    assert {h.region_id for h in again.search("a photo", k=50, where="label_path LIKE 'animal%'")} == {
+        h.region_id for h in animals}
+    migrated = lancedb.connect(str(tmp_path / "db")).open_table("regions").to_arrow().to_pylist()
+    assert sorted(map(str, migrated)) == sorted(map(str, rows)) and again.meta()["format"] == 2
