@@ -249,6 +249,8 @@ def test_clipsam_label_prints_the_training_command_that_keeps_parts_whole(tmp_pa
     Image.fromarray(synthetic_scene().image).save(tmp_path / "photos" / "a.png")
     res = CliRunner().invoke(app, ["label", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--format",
                                    "yolo", "--taxonomy", "everyday", "--sam", "tiny-random", "--clip", "tiny-random",
-                                   "--points-per-side", "4"], env={"COLUMNS": "300"})
+                                   "--points-per-side", "4"], env={"COLUMNS": "60"})
     assert res.exit_code == 0, res.output
-    assert "yolo segment train data=" in res.output and "overlap_mask=False" in res.output
+    line = next(ln for ln in res.output.splitlines() if "yolo segment train" in ln)  # one line to copy, never wrapped
+    assert f"data={tmp_path / 'out' / 'data.yaml'} " in line and line.endswith("overlap_mask=False  (keeps each part "
+                                                                               "and its whole whole)")

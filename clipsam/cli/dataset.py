@@ -171,7 +171,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
                   f"{show(out_dir / 'errors.jsonl')}[/]")
     if "yolo_polygons" in summary:  # Ultralytics' default paints masks into one map: parts would cut their wholes
         out.print(f"train with: yolo segment train data={show(out_dir / 'data.yaml')} model=yolo11n-seg.pt "
-                  "overlap_mask=False  (keeps each part and its whole whole)")
+                  "overlap_mask=False  (keeps each part and its whole whole)", soft_wrap=True)  # copyable: one line
 
 
 @guard
