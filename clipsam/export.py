@@ -55,10 +55,13 @@ def unique_names(paths: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _categories(paths: Sequence[tuple[str, ...]], is_part: Sequence[bool]) -> list[dict[str, Any]]:
-    """Categories 1.. for *paths*: unique ``name``, ``supercategory`` the direct parent (a top-level label is its
-    own, as in COCO's ``person``), ``label_path`` the path as a string."""
+    """Categories 1.. for *paths*: unique ``name``, ``supercategory`` the direct parent by its ``name`` in this file
+    (``dog/head`` for an ear, so that Datumaro and CVAT, which make it the label's parent, find it; a top-level label
+    is its own, as in COCO's ``person``; a parent not in the file keeps its last word), ``label_path`` the path as a
+    string."""
     names = unique_names(paths)
-    return [{"id": k + 1, "name": name, "supercategory": p[-2] if len(p) > 1 else p[0],
+    named = dict(zip(paths, names, strict=True))
+    return [{"id": k + 1, "name": name, "supercategory": named.get(p[:-1], p[-2]) if len(p) > 1 else p[0],
              "label_path": "/".join(p), "is_part": bool(part)}
             for k, (p, name, part) in enumerate(zip(paths, names, is_part, strict=True))]
 

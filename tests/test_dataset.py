@@ -152,7 +152,7 @@ def test_oracle_labels_filters_and_parents(tmp_path, scene):
     assert by_id[ear["parent_id"]]["label_path"] == "animal/dog/head"
     assert cats[ear["category_id"]]["label_path"] == "animal/dog/head/ear" and cats[ear["category_id"]]["is_part"]
     head = cats[by_id[ear["parent_id"]]["category_id"]]
-    assert head["supercategory"] == "dog" and cats[ear["category_id"]]["supercategory"] == "head"  # the parent
+    assert head["supercategory"] == "dog" and cats[ear["category_id"]]["supercategory"] == "dog/head"  # parent
 
     animals = run(Filters(labels=("animal",), min_area=100), "animals")  # the ear (52 px) goes, parts re-parent
     kept = {a["label_path"] for a in animals["annotations"]}

@@ -39,7 +39,7 @@ def test_category_names_are_unique_and_supercategories_are_parents():
     by_path = {c["label_path"]: c for c in cats}
     assert by_path["animal/dog/head"]["name"] == "dog/head" and by_path["animal/cat/head"]["name"] == "cat/head"
     assert by_path["animal/dog/head/ear"]["name"] == "ear"  # unique: the leaf alone
-    assert by_path["animal/dog/head/ear"]["supercategory"] == "head"
+    assert by_path["animal/dog/head/ear"]["supercategory"] == "dog/head"  # the parent as this file names it
     assert by_path["animal/dog"]["supercategory"] == "animal" and by_path["animal"]["supercategory"] == "animal"
     assert unique_names([("a", "b"), ("x", "a", "b"), ("b",)]) == ["a/b", "x/a/b", "b"]
     from clipsam.core.taxonomy import load_taxonomy
@@ -47,6 +47,8 @@ def test_category_names_are_unique_and_supercategories_are_parents():
     for name in ("everyday", "coco", "parts", "stuff"):
         shipped = [c["name"] for c in category_table(load_taxonomy(name), include_unknown=True)]
         assert len(shipped) == len(set(shipped)), name
+        table = category_table(load_taxonomy(name))  # every supercategory is a category of the file (a parent)
+        assert {c["supercategory"] for c in table} <= {c["name"] for c in table}, name
 
 
 def test_pycocotools_loads_evaluates_and_reads_info(labelled):
@@ -100,6 +102,9 @@ def test_datumaro_imports_it_as_coco_instances(labelled, tmp_path):
     assert len(masks) == len(data["annotations"])
     names = {labels[a.label].name for a in masks}
     assert {"dog/head", "ear", "wheel"} <= names
+    known = {label.name for label in labels}
+    assert all(label.parent in known for label in labels)  # each label's parent (COCO's supercategory) is a label
+    assert labels[labels.find("ear")[0]].parent == "dog/head"
 
 
 def test_torchvision_coco_detection(labelled):
