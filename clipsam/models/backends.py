@@ -44,7 +44,7 @@ SAM2_GENERATOR = SAM_GENERATOR | {"mask_threshold", "use_m2m", "multimask_output
 #: How a backend that lacks a capability says so.
 _LACKS = {
     "point_prompts": "answers text and taxonomy queries and has no point prompts (for clicks and boxes use a SAM 1 / "
-                     "2.1 model: vit_b, sam2.1_hiera_t …)",
+                     "2.1 model: vit_b, sam2.1_hiera_tiny …)",
     "guided": "takes no point prompts, so nothing to guide (it is asked for the concepts directly)",
     "grid": "runs no automatic point grid",
     "bf16": "is run in fp32 by clipsam (precision='bf16' is applied to SAM 1 only)",

@@ -172,12 +172,13 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
     if policy.union_margin is not None:
         rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy, parts_from) \
             if rles is not None and embed else None
-        objects = _resolve_unions(feats, objects, parents, bank, policy.union_margin, taxonomy.top,
+        below = _descendants(parents)  # every region's descendants, once for the three rules
+        objects = _resolve_unions(feats, objects, below, bank, policy.union_margin, taxonomy.top,
                                   lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
         if rles is not None:
-            ungrouped = _ungroup(objects, rles, parents)
+            ungrouped = _ungroup(objects, rles, parents, below)
             groups = {i for i, (a, b) in enumerate(zip(objects, ungrouped, strict=True)) if a.node and not b.node}
-            objects = _promote(ungrouped, rles, parents, rest, groups)
+            objects = _promote(ungrouped, rles, parents, below, rest, groups)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -282,11 +283,11 @@ def _stronger(feats: np.ndarray, p: int, rows: list[int], node: TaxonomyNode, co
     return verdict == "other" or (verdict is None and bool(gain[best] > margin))
 
 
-def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np.ndarray, bank, margin: float,
+def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], below: list[list[int]], bank, margin: float,
                     tops: Sequence[TaxonomyNode], relabel, rest: _Rest | None = None) -> list[LabelDecision]:
     """Step 2 of :func:`label_tree`: containers that merely contain a label are labelled without it."""
     out = list(objects)
-    for p, inside in enumerate(_descendants(parents)):
+    for p, inside in enumerate(below):
         excluded: set[str] = set()
         while out[p].node is not None and inside:
             pairs = [(c, _shared(objects[c].node, out[p].node)) for c in inside]
@@ -307,7 +308,8 @@ def _resolve_unions(feats: np.ndarray, objects: list[LabelDecision], parents: np
     return out
 
 
-def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray) -> list[LabelDecision]:
+def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, below: list[list[int]]
+             ) -> list[LabelDecision]:
     """The group rule of :func:`label_tree`: a labelled region is a group, and unknown, when two labelled members of
     different top-level categories, side by side (:data:`GROUP_OVERLAP`), cover it (:data:`GROUP_COVER`: a cat and
     the sofa it lies on), or when its members
@@ -325,10 +327,10 @@ def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     np.fill_diagonal(share, False)
     area = np.asarray(M.area([rles[i] for i in rows]), dtype=np.float64)
     grouped = np.zeros(len(rows), dtype=bool)
-    below = _descendants(parents)
     for r in np.argsort(area, kind="stable"):  # inner regions first
         inside = np.flatnonzero(share[:, r] & (area < area[r]) & ~grouped)
-        members = [int(rows[c]) for c in inside if not any(share[c, d] and area[d] > area[c] for d in inside)]
+        within = share[np.ix_(inside, inside)] & (area[inside][None, :] > area[inside][:, None])  # c in a larger d
+        members = [int(rows[c]) for c in inside[~within.any(axis=1)]]
         skip = {int(rows[g]) for g in np.flatnonzero(grouped)}
         unlabelled = [u for u in below[int(rows[r])] if objects[u].node is None
                       and _first_ancestor_not_in(u, parents, skip) == int(rows[r])]
@@ -377,8 +379,8 @@ def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[
     return len({find(i) for i in range(len(parts))}) >= 2
 
 
-def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, rest: _Rest | None = None,
-             groups: set[int] = frozenset()) -> list[LabelDecision]:  # type: ignore[assignment]
+def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.ndarray, inside: list[list[int]],
+             rest: _Rest | None = None, groups: set[int] = frozenset()) -> list[LabelDecision]:  # type: ignore
     """Bottom-up: an unknown region that labelled pieces tile -- two or more outermost labelled regions inside it (in
     the tree), covering :data:`GROUP_COVER` of it and touching one another into one cluster (the halves of a cup
     whose whole crop was unsure) -- is an object when one top-level category holds most of the pieces' area (a
@@ -389,7 +391,6 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     shows the same thing, is that piece's object too (a cup whose whole crop was unsure and of which SAM gave one
     half)."""
     out = list(objects)
-    inside = _descendants(parents)
     for r, below in enumerate(inside):
         if objects[r].node is not None or not below or r in groups:  # groups found by _ungroup stay groups
             continue
