@@ -21,7 +21,7 @@ from typing import Any
 
 from .core.config import check_device_name, check_generator_params
 from .core.image import ImageInput
-from .core.settings import DEFAULT_MAX_SIDE, FAST_GRID, REGION_FEATURES, SPEEDS, Settings
+from .core.settings import DEFAULT_MAX_SIDE, FAST_GRID, REGION_FEATURES, RUNTIMES, SPEEDS, Settings
 from .core.taxonomy import Taxonomy, load_taxonomy
 from .errors import ConfigError
 from .models.backends import TINY_SAM2, backend_for, backend_of, check_options
@@ -89,6 +89,11 @@ class Segmenter(ModelOwner):
             CUDA bf16 autocast (``precision="bf16"``). On a CPU this measured 2.2-2.5x faster, each exact mask's best
             match at a mean IoU of 0.94-0.95; an int8 image encoder was measured too and did not pay off there
             (``benchmarks/speed_fast.py``, ``benchmarks/RESULTS.md``).
+        runtime: what runs the models' heavy parts: ``torch`` (default), ``onnx`` (ONNX Runtime on a CPU for SAM 1's
+            image encoder and mask decoder and CLIP's towers, exported once into ``$CLIPSAM_HOME/onnx``: the same
+            masks save float rounding at SAM's threshold, 1.5-2x faster on a 2-core CPU; needs ``clipsam[onnx]``) or
+            ``auto`` (ONNX Runtime for each model that has an export when on a CPU and installed, else PyTorch).
+            See :mod:`clipsam.models.onnx`.
         seed: seed of the ``tiny-random`` models.
         unknown_sam: with a SAM 3 *sam* (which only finds what it is asked for), the SAM 1 / 2.1 model whose
             automatic masks that no concept claimed join ``segment_everything`` as regions labelled by CLIP (the
@@ -99,8 +104,9 @@ class Segmenter(ModelOwner):
     def __init__(self, sam: str = DEFAULT_SAM, clip: str = DEFAULT_CLIP, *, device: str = "auto",
                  taxonomy: str | Taxonomy | None = None, download: bool = True, text_cache: bool = True,
                  seed: int = 0, unknown_sam: Any = "auto", generator_params: dict[str, Any] | None = None,
-                 precision: str = "fp32", speed: str = "exact", **options: Any) -> None:
+                 precision: str = "fp32", speed: str = "exact", runtime: str = "torch", **options: Any) -> None:
         check_device_name(device)
+        check_runtime(runtime, device)
         unknown = sorted(set(options) - set(Settings.names()))
         if unknown:
             raise TypeError(f"Segmenter() got unexpected keyword argument(s) {', '.join(unknown)}")
@@ -112,8 +118,9 @@ class Segmenter(ModelOwner):
         self.settings = Settings(generator_params={**own, **check_generator_params(dict(generator_params or {}))},
                                  precision=precision, speed=speed, **options)
         if sam != "<custom>":
-            check_options(backend, precision=precision, speed=speed, generator_params=generator_params)
-        self.sam_name, self.clip_name, self.device_name = sam, clip, device
+            check_options(backend, precision=precision, speed=speed, generator_params=generator_params,
+                          runtime=runtime)
+        self.sam_name, self.clip_name, self.device_name, self.runtime = sam, clip, device, runtime
         self.taxonomy = load_taxonomy(taxonomy) if taxonomy is not None else None
         self.download, self.text_cache, self.precision, self.seed = download, text_cache, precision, seed
         self.templates = self.settings.templates
@@ -285,6 +292,15 @@ class Segmenter(ModelOwner):
 
     def model_names(self) -> dict[str, str]:
         return {"sam": self.sam_name, "clip": self.clip_name}
+
+
+def check_runtime(runtime: str, device: Any) -> None:
+    """*runtime* is one of :data:`~clipsam.models.onnx.RUNTIMES`, and ``onnx`` is not asked of a GPU."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "onnx" and str(device).split(":")[0] in ("cuda", "mps"):
+        raise ConfigError(f"runtime='onnx' is clipsam's CPU path; on {device} the models run in PyTorch "
+                          "(runtime='torch' or 'auto')")
 
 
 def check_strategy(strategy: str) -> None:

@@ -88,6 +88,7 @@ def test_what_a_backend_cannot_do_is_refused_in_one_line_before_any_model_is_bui
         "guided": lambda s: s.segment(scene.image, "dog", strategy="guided"),
         "grid": lambda s: s.segment(scene.image, "dog", points_per_side=4),
         "bf16": lambda s: _segmenter(backend, scene, precision="bf16"),
+        "onnx": lambda s: _segmenter(backend, scene, runtime="onnx"),
     }
     assert set(calls) | {"concepts", "fullres_logits"} == set(CAPABILITIES)
     for capability, call in calls.items():

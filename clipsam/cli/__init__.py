@@ -62,7 +62,7 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
                                        help="Print clipsam's version and exit.")) -> None:
     """Text-prompted, open-vocabulary, hierarchical segmentation with Segment Anything + CLIP."""
-weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify model checkpoints.")
+weights_app = typer.Typer(no_args_is_help=True, help="List, download, import, verify and export (ONNX) checkpoints.")
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Browse and validate label taxonomies.")
 app.add_typer(weights_app, name="weights")
 app.add_typer(taxonomy_app, name="taxonomy")
@@ -74,7 +74,7 @@ app.command()(search.index)
 app.command()(search.search)
 app.command()(report.report)
 app.command()(demo.demo)
-for _name in ("list", "download", "import", "verify"):
+for _name in ("list", "download", "import", "verify", "export"):
     weights_app.command(_name)(getattr(weights, f"weights_{_name}"))
 for _name in ("list", "show", "path", "search", "validate"):
     taxonomy_app.command(_name)(getattr(taxonomy, f"taxonomy_{_name}"))

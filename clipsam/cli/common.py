@@ -312,6 +312,21 @@ def device_option() -> Any:
     return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 
 
+def runtime_option() -> Any:
+    return typer.Option("torch", "--runtime", help="What runs SAM 1 and CLIP: torch, onnx (ONNX Runtime on a CPU: "
+                        "the same masks, faster; exported once into $CLIPSAM_HOME/onnx) or auto.")
+
+
+def check_runtime(runtime: str, device: str) -> None:
+    """Fail on an unknown --runtime, or onnx on a GPU, before anything is downloaded or built."""
+    from ..core.settings import RUNTIMES
+    from ..segmenter import check_runtime as check
+
+    if runtime not in RUNTIMES:
+        fail(f"--runtime must be one of {', '.join(RUNTIMES)}, got {show(runtime)!r}")
+    check(runtime, device)
+
+
 def json_option() -> Any:
     return typer.Option(False, "--json", help=JSON_HELP, metavar="")
 

@@ -14,6 +14,7 @@ from .common import (
     check_device,
     check_labels,
     check_model,
+    check_runtime,
     check_workers,
     clip_option,
     device_option,
@@ -26,6 +27,7 @@ from .common import (
     json_option,
     out,
     overwrite_option,
+    runtime_option,
     sam_option,
     show,
 )
@@ -83,6 +85,7 @@ def label(
     sam: str = sam_option(),
     clip: str = clip_option(),
     device: str = device_option(),
+    runtime: str = runtime_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
     full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
                                          help="Masks at the original size from SAM's logits (default), or the "
@@ -104,7 +107,9 @@ def label(
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
-    spec = {"sam": sam, "clip": clip, "device": device, "max_side": max_side, "full_resolution": full_resolution,
+    check_runtime(runtime, device)
+    spec = {"sam": sam, "clip": clip, "device": device, "runtime": runtime, "max_side": max_side,
+            "full_resolution": full_resolution,
             "speed": speed,
             "generator_params": generator_params(points_per_side), "text_cache": sam != "tiny-random"}
     filters = Filters(min_score=min_score, min_area=min_area,

@@ -15,6 +15,7 @@ from .common import (
     check_device,
     check_labels,
     check_model,
+    check_runtime,
     clip_option,
     device_option,
     emit_json,
@@ -27,6 +28,7 @@ from .common import (
     out,
     overwrite_option,
     parse_box,
+    runtime_option,
     sam_option,
     show,
 )
@@ -41,6 +43,7 @@ def index(
     sam: str = sam_option(),
     clip: str = clip_option(),
     device: str = device_option(),
+    runtime: str = runtime_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Processing long side in pixels."),
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density."),
     batch: int = typer.Option(64, "--batch", help="Write finished images N at a time (or every 30 s): fewer, larger "
@@ -61,7 +64,8 @@ def index(
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
-    segmenter = Segmenter(sam=sam, clip=clip, device=device, max_side=max_side,
+    check_runtime(runtime, device)
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, runtime=runtime, max_side=max_side,
                           generator_params=generator_params(points_per_side), text_cache=sam != "tiny-random")
     paths = [i.path for i in list_images(source)]
     store = RegionIndex(db, segmenter, taxonomy=taxonomy, flush_images=batch)

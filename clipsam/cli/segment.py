@@ -17,6 +17,7 @@ from .common import (
     check_device,
     check_model,
     check_output_file,
+    check_runtime,
     clip_option,
     device_option,
     emit_json,
@@ -32,6 +33,7 @@ from .common import (
     parse_box,
     parse_point,
     plural,
+    runtime_option,
     sam_option,
     show,
     verbose_logging,
@@ -134,6 +136,7 @@ def segment(
     sam: str = sam_option(),
     clip: str = clip_option(),
     device: str = device_option(),
+    runtime: str = runtime_option(),
     max_side: int = typer.Option(1024, "--max-side", help="Process at this long side (pixels); masks come back "
                                  "at full resolution."),
     full_resolution: bool = typer.Option(True, "--full-resolution/--no-full-resolution",
@@ -167,12 +170,11 @@ def segment(
     _check_combination(query is not None, terms, prompted, taxonomy, refine, part_points, points_per_side, strategy)
     outputs = {"overlay": out_path, "JSON": save_json, "COCO": coco_path, "HTML report": html_path}
     _check_files(image, outputs, overwrite)
-    _check_models_and_choices(sam, clip, device, {"--scoring": scoring, "--strategy": strategy,
+    _check_models_and_choices(sam, clip, device, {"--scoring": scoring, "--strategy": strategy, "--runtime": runtime,
                                                   "--region-features": region_features, "--speed": speed})
-    segmenter = Segmenter(sam=sam, clip=clip, device=device, taxonomy=taxonomy, max_side=max_side,
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, runtime=runtime, taxonomy=taxonomy, max_side=max_side,
                           full_resolution=full_resolution, speed=speed, min_confidence=min_confidence, scoring=scoring,
-                          region_features=region_features,
-                          generator_params=generator_params(points_per_side))
+                          region_features=region_features, generator_params=generator_params(points_per_side))
     if terms:  # a query that names nothing it could (a '/' outside the taxonomy's paths) fails before any download
         from ..stages.label import resolve_query
 
@@ -206,17 +208,18 @@ def _check_files(image: Path, outputs: dict[str, Path | None], overwrite: bool) 
 
 def _check_models_and_choices(sam: str, clip: str, device: str, choices: dict[str, str]) -> None:
     from ..core.labels import SCORINGS
-    from ..core.settings import REGION_FEATURES, SPEEDS
+    from ..core.settings import REGION_FEATURES, RUNTIMES, SPEEDS
     from ..stages.guide import STRATEGIES
 
     check_model(sam, "sam")
     check_model(clip, "clip")
     check_device(device)
     allowed = {"--scoring": SCORINGS, "--strategy": STRATEGIES, "--region-features": REGION_FEATURES,
-               "--speed": SPEEDS}
+               "--speed": SPEEDS, "--runtime": RUNTIMES}
     for flag, value in choices.items():
         if value not in allowed[flag]:
             fail(f"{flag} must be one of {', '.join(allowed[flag])}, got {show(value)!r}")
+    check_runtime(choices.get("--runtime", "torch"), device)
 
 
 def _run(segmenter: Any, image: Path, clicks: list, bx: Any, terms: list[str], taxonomy: str | None,

@@ -11,9 +11,11 @@ from .. import weights as W
 from .common import (
     download_progress,
     emit_json,
+    err,
     fail,
     guard,
     json_option,
+    nullcontext,
     out,
     show,
     weights_needed,
@@ -132,3 +134,49 @@ def weights_verify(
             out.print(f"[{colour}]{r.status}[/] {show(r.name)} ({show(r.path)})")
     if bad:
         raise typer.Exit(1)
+
+
+@guard
+def weights_export(
+    names: list[str] = typer.Argument(..., help="SAM 1 or CLIP names (tiny-random: both tiny models)."),
+    as_json: bool = json_option(),
+) -> None:
+    """Export models to ONNX for --runtime onnx ahead of time (else the first run does it), into
+    $CLIPSAM_HOME/onnx; checkpoints are downloaded first if needed."""
+    from ..models import onnx
+    from ..models.backends import TINY_VERSIONS, backend_of
+    from ..models.base import TINY
+    from .common import check_model, ensure_weights
+
+    why = onnx.unavailable()
+    if why:
+        fail(why[0].upper() + why[1:])
+    families = []
+    for name in names:
+        if name == TINY:
+            families += [(name, "sam"), (name, "clip")]
+        elif name in TINY_VERSIONS or not backend_of(name).can("onnx"):
+            fail(f"{show(name)}: only SAM 1 and CLIP models are exported to ONNX (SAM 2.1 and SAM 3 run in PyTorch)")
+        else:
+            families.append((name, W.get(name).family))
+            check_model(name, families[-1][1])
+    ensure_weights([n for n in names if n != TINY], show=not as_json)
+    rows = []
+    with err.status("exporting to ONNX… (minutes for a large model, once)", spinner="dots") if not as_json \
+            else nullcontext():
+        for name, family in families:
+            rows += _export_one(name, family)
+    if as_json:
+        emit_json({"cache": str(onnx.cache_root()), "exports": rows})
+        return
+    for r in rows:
+        out.print(f"[green]ok[/] {show(r['name'])} {r['part']} -> {show(r['path'])}", soft_wrap=True)
+
+
+def _export_one(name: str, family: str) -> list[dict[str, str]]:
+    from ..models import onnx
+    from ..models.build import build_embedder, build_proposer
+
+    build = build_proposer if family == "sam" else build_embedder
+    model = build(name, "cpu", download=False, runtime="onnx")
+    return [{"name": name, "part": g.part, "path": str(g.path)} for g in onnx.graphs(model)]

@@ -22,6 +22,9 @@ DEFAULT_MAX_SIDE = 1024
 SPEEDS = ("exact", "fast")
 #: The generator grid of ``speed="fast"`` (a quarter of SAM's 32x32 decoder prompts) unless the caller sets one.
 FAST_GRID: dict[str, Any] = {"points_per_side": 16}
+#: ``runtime`` values (:mod:`clipsam.models.onnx`): what runs the models' heavy parts. Not a setting: like the
+#: device, it changes how results are computed, not what they are (up to float rounding).
+RUNTIMES = ("torch", "onnx", "auto")
 #: How regions are embedded: a masked crop each, or dense features pooled inside each mask.
 REGION_FEATURES = ("crops", "pooled")
 #: Settings that must be numbers in [0, 1].

@@ -30,6 +30,7 @@ CAPABILITIES = {
     "concepts": "finds every instance of a noun phrase",
     "fullres_logits": "gives masks at the original resolution from its logits",
     "bf16": "runs in bfloat16 autocast on CUDA (precision='bf16')",
+    "onnx": "runs its image encoder and mask decoder in ONNX Runtime on a CPU (runtime='onnx')",
 }
 
 
@@ -48,6 +49,7 @@ _LACKS = {
     "guided": "takes no point prompts, so nothing to guide (it is asked for the concepts directly)",
     "grid": "runs no automatic point grid",
     "bf16": "is run in fp32 by clipsam (precision='bf16' is applied to SAM 1 only)",
+    "onnx": "has no ONNX export in clipsam (SAM 1 and CLIP have)",
 }
 
 
@@ -69,7 +71,8 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "sam": Backend("sam", "SAM 1 (segment-anything)", "points",
-                   frozenset({"point_prompts", "grid", "guided", "fullres_logits", "bf16"}), TINY, SAM_GENERATOR),
+                   frozenset({"point_prompts", "grid", "guided", "fullres_logits", "bf16", "onnx"}), TINY,
+                   SAM_GENERATOR),
     "sam2": Backend("sam2", "SAM 2.1 (sam2)", "points",
                     frozenset({"point_prompts", "grid", "guided", "fullres_logits"}), TINY_SAM2, SAM2_GENERATOR),
     "sam3": Backend("sam3", "SAM 3 (transformers)", "concepts", frozenset({"concepts"}), TINY_SAM3),
@@ -97,7 +100,7 @@ def backend_for(proposer: Any) -> Backend:
 
 def check_options(backend: Backend, *, strategy: str = "grid", refine: bool = False, part_points: int = 0,
                   generator_params: dict[str, Any] | None = None, precision: str = "fp32", speed: str = "exact",
-                  prompts: bool = False) -> None:
+                  prompts: bool = False, runtime: str = "torch") -> None:
     """Refuse, in one line, what *backend* cannot do -- before any model runs."""
     wants = []
     if prompts or refine or part_points:
@@ -108,6 +111,8 @@ def check_options(backend: Backend, *, strategy: str = "grid", refine: bool = Fa
         wants.append(("grid", f"generator parameters ({', '.join(sorted(generator_params))}) set that grid"))
     if precision == "bf16":
         wants.append(("bf16", "use precision='fp32'"))
+    if runtime == "onnx":
+        wants.append(("onnx", "use runtime='auto' (CLIP in ONNX Runtime, SAM in PyTorch) or 'torch'"))
     if speed == "fast" and not backend.can("grid"):
         wants.append(("grid", "speed='fast' thins that grid; use speed='exact'"))
     for capability, why in wants:

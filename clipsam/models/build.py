@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -15,7 +16,6 @@ from .clip import ClipEmbedder
 from .sam import SamProposer
 
 log = logging.getLogger(__name__)
-
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -58,10 +58,18 @@ def clip_names() -> list[str]:
 
 def build_proposer(
     name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "fp32", runtime: str = "torch",
 ) -> SamProposer:
     """A :class:`SamProposer` for registry name *name*, its weights fetched and verified as needed (a
-    :class:`~clipsam.models.sam3.Sam3Proposer` for SAM 3 entries)."""
+    :class:`~clipsam.models.sam3.Sam3Proposer` for SAM 3 entries); *runtime* (:data:`clipsam.models.onnx.RUNTIMES`)
+    chooses ONNX Runtime for SAM 1's heavy parts on a CPU."""
+    proposer = _build_proposer(name, device, download=download, progress=progress, seed=seed, precision=precision)
+    sha = weights.expected_sha256(weights.get(name)) if name in weights.REGISTRY else None
+    return with_runtime(proposer, runtime, key=sha or None)
+
+
+def _build_proposer(name: str, device: torch.device | str, *, download: bool, progress: Any, seed: int,
+                    precision: str) -> SamProposer:
     if name == TINY:
         from .tiny import tiny_sam
 
@@ -114,9 +122,17 @@ def _sam3_config(ckpt: weights.Checkpoint) -> Any:
 
 def build_embedder(
     name: str, device: torch.device | str = "cpu", *, download: bool = True, progress=None, seed: int = 0,
-    precision: str = "fp32",
+    precision: str = "fp32", runtime: str = "torch",
 ) -> ClipEmbedder:
-    """A :class:`ClipEmbedder` for registry name *name*, its weights fetched and verified as needed."""
+    """A :class:`ClipEmbedder` for registry name *name*, its weights fetched and verified as needed; *runtime*
+    chooses ONNX Runtime for its image and text towers on a CPU."""
+    embedder = _build_embedder(name, device, download=download, progress=progress, seed=seed, precision=precision)
+    sha = weights.expected_sha256(weights.get(name)) if name in weights.REGISTRY else None
+    return with_runtime(embedder, runtime, key=sha or None)
+
+
+def _build_embedder(name: str, device: torch.device | str, *, download: bool, progress: Any, seed: int,
+                    precision: str) -> ClipEmbedder:
     if name == TINY:
         from .tiny import tiny_clip
 
@@ -172,3 +188,29 @@ def wrap_embedder(clip: Any, preprocess: Any = None, tokenizer: Any = None,
         raise ModelError("an open_clip model needs its preprocess and tokenizer: "
                          "Segmenter.from_models(sam, clip, preprocess=..., tokenizer=...)")
     return ClipEmbedder(clip, preprocess, tokenizer, resolve_device(device), name="custom-clip")
+
+
+def with_runtime(model: Any, runtime: str, key: str | None = None) -> Any:
+    """*model* (a proposer or an embedder) with its heavy parts run by ONNX Runtime where *runtime* picks it
+    (:func:`clipsam.models.onnx.choose`); *key*: its checkpoint's SHA-256 (else its weights are hashed). ``auto``
+    keeps PyTorch, with a warning in the log, if the export fails; ``onnx`` raises."""
+    from . import onnx
+
+    exportable = isinstance(model, (SamProposer, ClipEmbedder))
+    device = getattr(model, "device", "cpu")
+    if onnx.choose(runtime, device, exportable, getattr(model, "name", type(model).__name__)) != "onnx":
+        return model
+    try:
+        if isinstance(model, SamProposer):
+            fast = SamProposer(onnx.onnx_sam(model.model, key), device, name=model.name, fast=model.fast,
+                               precision=model.precision)
+        else:
+            fast = copy.copy(model)
+            fast.model = onnx.onnx_clip(model.model, model.image_size, key)
+    except ModelError as exc:
+        if runtime == "onnx":
+            raise
+        log.warning("%s stays in PyTorch: %s", model.name, exc)
+        return model
+    fast.runtime = "onnx"
+    return fast

@@ -24,6 +24,9 @@ class ClipEmbedder:
         precision: ``fp32`` or ``bf16`` (autocast on CUDA only).
     """
 
+    #: what runs its image and text towers: ``torch`` or ``onnx`` (:mod:`clipsam.models.onnx`)
+    runtime = "torch"
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -16,7 +16,7 @@ __all__ = ["ModelOwner"]
 
 class ModelOwner:
     """Holds a proposer (SAM), an embedder (CLIP), their text bank, and SAM 3's ``unknown_sam``. Subclasses set
-    ``sam_name``, ``clip_name``, ``device_name``, ``download``, ``seed``, ``precision``, ``templates``,
+    ``sam_name``, ``clip_name``, ``device_name``, ``download``, ``seed``, ``precision``, ``runtime``, ``templates``,
     ``text_cache`` and ``unknown_sam``, and ``_proposer``, ``_unknown_proposer``, ``_embedder``, ``_bank`` to
     ``None``."""
 
@@ -26,6 +26,7 @@ class ModelOwner:
     download: bool
     seed: int
     precision: str
+    runtime: str
     templates: tuple[str, ...]
     text_cache: bool
     unknown_sam: Any
@@ -76,7 +77,12 @@ class ModelOwner:
     def _load(self, builder: str, name: str) -> Any:
         build = _build()
         return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
-                                       seed=self.seed, precision=self.precision)
+                                       seed=self.seed, precision=self.precision, runtime=self.runtime)
+
+    def runtimes(self) -> dict[str, str]:
+        """What runs each model built so far: ``{"sam": "onnx", "clip": "torch"}`` (see ``runtime``)."""
+        built = {"sam": self._proposer, "clip": self._embedder}
+        return {k: getattr(m, "runtime", "torch") for k, m in built.items() if m is not None}
 
     @property
     def text_bank(self) -> TextBank:
@@ -95,12 +101,14 @@ class ModelOwner:
         :class:`~clipsam.models.base.ConceptProposer` (SAM 3); an open_clip
         model (with its *preprocess* and *tokenizer*) or any :class:`RegionEmbedder`."""
         if sam is not None:
-            self._proposer = sam if isinstance(sam, MaskProposer) or is_concept_proposer(sam) else \
+            proposer = sam if isinstance(sam, MaskProposer) or is_concept_proposer(sam) else \
                 _build().wrap_proposer(sam, self.device_name)
+            self._proposer = _build().with_runtime(proposer, self.runtime) if self.runtime != "torch" else proposer
             self.sam_name = getattr(self._proposer, "name", "<custom>")
         if clip is not None:
-            self._embedder = clip if isinstance(clip, RegionEmbedder) else \
+            embedder = clip if isinstance(clip, RegionEmbedder) else \
                 _build().wrap_embedder(clip, preprocess, tokenizer, self.device_name)
+            self._embedder = _build().with_runtime(embedder, self.runtime) if self.runtime != "torch" else embedder
             self.clip_name = getattr(self._embedder, "name", "<custom>")
         self._bank = None
 

@@ -128,6 +128,8 @@ class SamProposer:
 
     #: the backend it is (:mod:`clipsam.models.backends`)
     backend = "sam"
+    #: what runs its image encoder and mask decoder: ``torch`` or ``onnx`` (:mod:`clipsam.models.onnx`)
+    runtime = "torch"
 
     #: embeds the original image and gives full-resolution masks from its logits (see :meth:`upscale`)
     full_resolution = True
