@@ -91,7 +91,8 @@ class Segmenter(ModelOwner):
             (``benchmarks/speed_fast.py``, ``benchmarks/RESULTS.md``).
         runtime: what runs the models' heavy parts: ``torch`` (default), ``onnx`` (ONNX Runtime on a CPU for SAM 1's
             image encoder and mask decoder and CLIP's towers, exported once into ``$CLIPSAM_HOME/onnx``: the same
-            masks save float rounding at SAM's threshold, 1.5-2x faster on a 2-core CPU; needs ``clipsam[onnx]``) or
+            masks save float rounding at SAM's threshold, about 1.5x faster end to end on a 2-core CPU; needs
+            ``clipsam[onnx]``) or
             ``auto`` (ONNX Runtime for each model that has an export when on a CPU and installed, else PyTorch).
             See :mod:`clipsam.models.onnx`.
         seed: seed of the ``tiny-random`` models.

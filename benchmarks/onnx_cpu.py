@@ -1,0 +1,188 @@
+"""Issue 25 — ONNX Runtime on a CPU: stock SAM + CLIP loop vs clipsam on PyTorch vs clipsam on ONNX Runtime.
+
+    python benchmarks/onnx_cpu.py                        # everything, 16x16 and 32x32 points, one query, label job
+    python benchmarks/onnx_cpu.py --grids 16 --photos 4  # shorter
+
+One process, one 1024-px photo, the same weights for every path (ViT-B and CLIP ViT-B/16: real when cached, else
+random; with random weights SAM's quality thresholds are off so that every mask is kept, as users' masks are with
+real weights):
+
+* ``everything``: stock ``SamAutomaticMaskGenerator.generate`` vs ``segment_everything`` (no taxonomy: every mask,
+  unlabelled) on PyTorch and on ONNX Runtime, at each grid; the embedding is part of every timing;
+* ``query``: ``segment(image, "dog")`` with the everyday taxonomy, PyTorch vs ONNX Runtime (stock has no query);
+* ``label``: ``LabelJob`` over N photos (COCO out), PyTorch vs ONNX Runtime.
+
+Agreement of ONNX Runtime with PyTorch over every region the user receives: the share of masks identical to one of
+PyTorch's (same RLE), and each mask's best IoU with PyTorch's (the worst one is printed); labels: the share of regions
+whose label is the same. The export's own time (once per checkpoint, then cached) is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Timer, best_ious, clip_model, machine, peak_rss_mb, photo, rss_mb, sam_model  # noqa: E402
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "cat", "camera", "immunohistochemistry", "hubble_deep_field")
+
+
+def _agreement(reference: list, other: list) -> dict:
+    """Identical share and best IoUs of *other*'s masks (RLE dicts) against *reference*'s."""
+    ref = {json.dumps(r, sort_keys=True) for r in reference}
+    same = sum(json.dumps(r, sort_keys=True) in ref for r in other)
+    differ = [r for r in other if json.dumps(r, sort_keys=True) not in ref]
+    worst = float(best_ious(differ, reference).min()) if differ else 1.0
+    return {"masks": len(other), "reference_masks": len(reference), "identical": same,
+            "identical_share": round(same / max(1, len(other)), 6), "worst_iou": round(worst, 6)}
+
+
+def _stock(model: torch.nn.Module, image: np.ndarray, params: dict) -> tuple[list, float]:
+    from segment_anything import SamAutomaticMaskGenerator
+
+    gen = SamAutomaticMaskGenerator(model, output_mode="coco_rle", **params)
+    with Timer() as t, torch.inference_mode():
+        records = gen.generate(image)
+    return [r["segmentation"] for r in records], t.seconds
+
+
+def _segmenters(sam: torch.nn.Module, clip: tuple) -> dict:
+    from clipsam import Segmenter
+
+    model, preprocess, tokenizer, _ = clip
+    out = {}
+    for runtime in ("torch", "onnx"):
+        with Timer() as t:
+            out[runtime] = Segmenter.from_models(sam, model, preprocess=preprocess, tokenizer=tokenizer,
+                                                 device="cpu", runtime=runtime, taxonomy="everyday",
+                                                 text_cache=False)
+        print(f"# {runtime}: ready in {t.seconds:.1f} s (ONNX: export or cache, and sessions)", flush=True)
+    return out
+
+
+def _everything(segs: dict, sam: torch.nn.Module, image: np.ndarray, grid: int, keep_all: dict,
+                repeat: int) -> dict:
+    """Each path *repeat* times, interleaved (stock, torch, onnx, stock, ...); the best time of each (a shared
+    machine's noise only ever adds time); each run on a fresh embedding cache."""
+    from clipsam.pipelines.requests import Caches
+
+    params = {"points_per_side": grid, **keep_all}
+    times: dict = {"stock": [], "torch": [], "onnx": []}
+    masks: dict = {}
+    for _ in range(repeat):
+        stock, t_stock = _stock(sam, image, params)
+        times["stock"].append(t_stock)
+        for runtime, seg in segs.items():
+            seg.caches = Caches()
+            with Timer() as t:
+                result = seg.segment_everything(image, taxonomy=None, label=False, **params)
+            times[runtime].append(t.seconds)
+            masks[runtime] = [r.rle for r in result.regions]
+    times = {k: min(v) for k, v in times.items()}
+    t_stock = times["stock"]
+    row = {"grid": grid, "stock_s": round(t_stock, 2), "torch_s": round(times["torch"], 2),
+           "onnx_s": round(times["onnx"], 2), "onnx_vs_stock": round(t_stock / times["onnx"], 2),
+           "onnx_vs_torch": round(times["torch"] / times["onnx"], 2),
+           "torch_vs_stock": round(t_stock / times["torch"], 2), "stock_masks": len(stock),
+           "onnx_vs_torch_masks": _agreement(masks["torch"], masks["onnx"])}
+    return row
+
+
+def _query(segs: dict, image: np.ndarray, grid: int, keep_all: dict) -> dict:
+    from clipsam.pipelines.requests import Caches
+
+    times, results = {}, {}
+    for runtime, seg in segs.items():
+        seg.caches = Caches()
+        with Timer() as t:
+            results[runtime] = seg.segment(image, "dog", points_per_side=grid, **keep_all)
+        times[runtime] = t.seconds
+    agree = _agreement([r.rle for r in results["torch"].regions], [r.rle for r in results["onnx"].regions])
+    return {"grid": grid, "torch_s": round(times["torch"], 2), "onnx_s": round(times["onnx"], 2),
+            "onnx_vs_torch": round(times["torch"] / times["onnx"], 2), "masks": agree,
+            "regions_same_label": sum(a.label == b.label and a.rle == b.rle for a, b in
+                                      zip(results["torch"].regions, results["onnx"].regions, strict=False)),
+            "labels_same": [r.label for r in results["torch"].regions] == [r.label for r in results["onnx"].regions]}
+
+
+def _label(segs: dict, photos: int, grid: int, keep_all: dict) -> dict:
+    from PIL import Image
+
+    from clipsam.dataset import LabelJob, list_images, run_local
+    from clipsam.pipelines.requests import Caches
+
+    root = Path(tempfile.mkdtemp())
+    for i in range(photos):
+        Image.fromarray(photo(long_side=1024, name=PHOTOS[i % len(PHOTOS)])).save(root / f"p{i:02d}.png")
+    times, labels = {}, {}
+    for runtime, seg in segs.items():
+        seg.caches = Caches()
+        job = LabelJob(root / f"out-{runtime}", "everyday", segmenter_spec={"sam": "vit_b", "clip": "ViT-B-16/openai"},
+                       segment_params={"points_per_side": grid, **keep_all})
+        items = list_images(root)
+        record = job.prepare(items=items)
+        with Timer() as t:
+            run_local(job, items, segmenter=seg)
+        job.finish(record, {})
+        times[runtime] = t.seconds
+        coco = json.loads((root / f"out-{runtime}" / "annotations.json").read_text())
+        labels[runtime] = [(a["image_id"], a["category_id"], json.dumps(a["segmentation"], sort_keys=True))
+                           for a in coco["annotations"]]
+    same = len(set(labels["torch"]) & set(labels["onnx"]))
+    return {"photos": photos, "grid": grid, "torch_s": round(times["torch"], 2), "onnx_s": round(times["onnx"], 2),
+            "onnx_vs_torch": round(times["torch"] / times["onnx"], 2), "annotations": len(labels["torch"]),
+            "identical_annotations": same}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grids", default="16,32")
+    ap.add_argument("--photos", type=int, default=20)
+    ap.add_argument("--label-grid", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
+    ap.add_argument("--skip", default="", help="comma-separated: everything, query, label")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import os
+
+    os.environ.setdefault("CLIPSAM_HOME", tempfile.mkdtemp())
+    sam, kind = sam_model("vit_b")
+    clip = clip_model("ViT-B-16/openai")
+    keep_all = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0} \
+        if kind == "random" else {}
+    image = photo(long_side=1024)
+    segs = _segmenters(sam, clip)
+    rows: dict = {"everything": [], "query": [], "label": []}
+    skip = set(filter(None, args.skip.split(",")))
+    for grid in map(int, args.grids.split(",")) if "everything" not in skip else ():
+        rows["everything"].append(_everything(segs, sam, image, grid, keep_all, args.repeat))
+        print(json.dumps(rows["everything"][-1]), flush=True)
+    if "query" not in skip:
+        rows["query"].append(_query(segs, image, args.label_grid, keep_all))
+        print(json.dumps(rows["query"][-1]), flush=True)
+    if "label" not in skip:
+        rows["label"].append(_label(segs, args.photos, args.label_grid, keep_all))
+        print(json.dumps(rows["label"][-1]), flush=True)
+    import onnxruntime
+
+    result = {"machine": machine(), "onnxruntime": onnxruntime.__version__, "weights": kind,
+              "image_hw": list(image.shape[:2]), "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+              "rss_mb": round(rss_mb()), "peak_rss_mb": round(peak_rss_mb()), **rows}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
