@@ -62,7 +62,7 @@ from .result import Region, Segmentation
 log = logging.getLogger(__name__)
 
 #: Exports :class:`LabelJob` can write besides ``annotations.json``.
-EXPORT_FORMATS = ("yolo",)
+EXPORT_FORMATS = ("yolo", "label-studio")
 
 #: Bytes the longest ending clipsam adds to an output stem may take (``.jpeg``, ``.tiff``, ``.webp``).
 MAX_ADDED_SUFFIX = 5
@@ -256,7 +256,9 @@ class LabelJob:
         segment_params: extra arguments of ``segment_everything`` (e.g. ``part_points``).
         formats: exports besides ``annotations.json``, written by :meth:`finish` from the finished images (so
             adding one to a finished run and rerunning writes it without labelling again): ``"yolo"``
-            (:func:`clipsam.yolo.write_yolo`).
+            (:func:`clipsam.yolo.write_yolo`), ``"label-studio"``
+            (:func:`clipsam.labelstudio.tasks.write_label_studio`).
+        ls_root: with ``label-studio``, the prefix of each task's image address (``file_name`` follows).
     """
 
     out: Path
@@ -266,6 +268,7 @@ class LabelJob:
     pngs: bool = False
     segment_params: dict[str, Any] = field(default_factory=dict)
     formats: tuple[str, ...] = ()
+    ls_root: str = "/data/local-files/?d="
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -380,6 +383,8 @@ class LabelJob:
         yield from ((name, None) for name in ("annotations.json", "errors.jsonl", "run.json"))
         if "yolo" in self.formats:
             yield "data.yaml", None
+        if "label-studio" in self.formats:
+            yield from (("label-studio.json", None), ("label-studio-config.xml", None))
         for item in items:
             stem = item.output_stem
             if self.pngs:
@@ -473,10 +478,7 @@ class LabelJob:
             sources: dict[int, tuple[str, str]] = {}
             coco, errors = assemble(self.out, self.categories, sources)
             atomic_write(self.out / "annotations.json", json.dumps(coco).encode())
-            if "yolo" in self.formats:
-                from .yolo import write_yolo
-
-                counts = dict(counts, yolo_polygons=write_yolo(self.out, coco, sources)["polygons"])
+            counts = write_exports(self, coco, sources, counts)
             atomic_write(self.out / "errors.jsonl", "".join(json.dumps(e) + "\n" for e in errors).encode())
             counts = dict(counts, images=len(coco["images"]), annotations=len(coco["annotations"]),
                           errors=len(errors))
@@ -485,6 +487,22 @@ class LabelJob:
         finally:
             self.close()
         return record
+
+
+def write_exports(job: LabelJob, coco: dict[str, Any], sources: dict[int, tuple[str, str]], counts: dict[str, int]
+                  ) -> dict[str, int]:
+    """The exports *job* asks for besides COCO, from the run's *coco*; returns *counts* with theirs added."""
+    if "yolo" in job.formats:
+        from .yolo import write_yolo
+
+        counts = dict(counts, yolo_polygons=write_yolo(job.out, coco, sources)["polygons"])
+    if "label-studio" in job.formats:
+        from .labelstudio.tasks import write_label_studio
+
+        version = f"clipsam-{job.segmenter_spec.get('sam')}-{job.segmenter_spec.get('clip')}"
+        done = write_label_studio(job.out, coco, job.tax, root=job.ls_root, model_version=version)
+        counts = dict(counts, label_studio_tasks=done["tasks"])
+    return counts
 
 
 def assemble(out: Path, categories: list[dict[str, Any]], sources: dict[int, tuple[str, str]] | None = None

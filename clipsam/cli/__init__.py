@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from .._version import __version__
-from . import dataset, demo, report, search, segment, taxonomy, weights
+from . import dataset, demo, report, search, segment, serve, taxonomy, weights
 from .common import emit_json, err, json_option, out, show
 
 #: The click that typer uses (some typer versions vendor their own copy), for its exception classes.
@@ -66,6 +66,8 @@ weights_app = typer.Typer(no_args_is_help=True, help="List, download, import, ve
 taxonomy_app = typer.Typer(no_args_is_help=True, help="Browse and validate label taxonomies.")
 app.add_typer(weights_app, name="weights")
 app.add_typer(taxonomy_app, name="taxonomy")
+labelstudio_app = typer.Typer(no_args_is_help=True, help="Label Studio: labeling configs for a taxonomy.")
+app.add_typer(labelstudio_app, name="labelstudio")
 
 app.command()(segment.segment)
 app.command()(dataset.label)
@@ -74,6 +76,8 @@ app.command()(search.index)
 app.command()(search.search)
 app.command()(report.report)
 app.command()(demo.demo)
+app.command()(serve.serve)
+labelstudio_app.command("config")(serve.labelstudio_config)
 for _name in ("list", "download", "import", "verify", "export"):
     weights_app.command(_name)(getattr(weights, f"weights_{_name}"))
 for _name in ("list", "show", "path", "search", "validate"):

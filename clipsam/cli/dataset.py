@@ -73,8 +73,11 @@ def label(
     max_regions: int = typer.Option(0, "--max-regions", help="Keep at most N regions per image (best first)."),
     unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched.", metavar=""),
     pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs.", metavar=""),
-    formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written) and/or "
-                                "yolo (OUT/data.yaml, labels/*.txt polygons, images/ links), comma-separated."),
+    formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written), yolo "
+                                "(OUT/data.yaml, labels/*.txt polygons, images/ links) and/or label-studio "
+                                "(OUT/label-studio.json tasks with predictions, OUT/label-studio-config.xml)."),
+    ls_root: str = typer.Option("/data/local-files/?d=", "--ls-root", help="With --format label-studio: prefix of "
+                                "each task's image address (a URL prefix, or Label Studio's local files)."),
     force: bool = typer.Option(False, "--force", metavar="",
                                help="Discard an earlier run in OUT made with other parameters."),
     overwrite: bool = overwrite_option(),
@@ -120,7 +123,7 @@ def label(
     if strategy != "grid":
         segment_params["strategy"] = strategy
     job = LabelJob(out_dir, taxonomy, filters=filters, segmenter_spec=spec, pngs=pngs, segment_params=segment_params,
-                   formats=exports)
+                   formats=exports, ls_root=ls_root)
     check_labels(list(filters.labels), job.tax, "--labels")
     items = job.inputs(items)
     record = job.prepare(force=force, items=items, overwrite=overwrite)
@@ -167,7 +170,8 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table = Table(title=show(f"clipsam label -> {out_dir}"), title_justify="left", header_style="bold")
     table.add_column("")
     table.add_column("", justify="right")
-    for key in ("found", "resumed", "processed", "images", "annotations", "yolo_polygons", "errors", "seconds"):
+    for key in ("found", "resumed", "processed", "images", "annotations", "yolo_polygons", "label_studio_tasks",
+                "errors", "seconds"):
         if key in summary:
             table.add_row(key, str(summary[key]))
     out.print(table)
@@ -177,6 +181,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if "yolo_polygons" in summary:  # Ultralytics' default paints masks into one map: parts would cut their wholes
         out.print(f"train with: yolo segment train data={show(out_dir / 'data.yaml')} model=yolo11n-seg.pt "
                   "overlap_mask=False  (keeps each part and its whole whole)", soft_wrap=True)  # copyable: one line
+    if "label_studio_tasks" in summary:
+        out.print(f"Label Studio: a project with the config {show(out_dir / 'label-studio-config.xml')}, then import "
+                  f"{show(out_dir / 'label-studio.json')} (Data Manager -> Import)", soft_wrap=True)
 
 
 @guard

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,25 +84,41 @@ def prepare(image: ImageInput, max_side: int | None, full_resolution: bool = Fal
 class EmbeddingCache:
     """The proposer's image embeddings of the last *size* images, by content and by model: each image is encoded
     once per model, and every prompt, query and refinement on it reuses the embedding. Safe to share between
-    threads: one lock guards the entries, and an image is encoded under it once however many threads ask."""
+    threads: an image is encoded once however many threads ask (the others wait for that one encoding), and a
+    thread encoding one image does not hold up threads that want another. ``hits`` and ``misses`` count lookups."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+        self._items: OrderedDict[tuple[int, str], tuple[Any, Future]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, work: Work, proposer: Any) -> Any:
         # the model is part of the key (adopt() swaps it); the entry holds the model, so its id is never reused
         key = (id(proposer), work.key + (":original" if work.embeds_original(proposer) else ""))
         with self._lock:
-            if key in self._items:
+            entry = self._items.get(key)
+            if entry is not None:
+                self.hits += 1
                 self._items.move_to_end(key)
-                return self._items[key][1]
+            else:
+                self.misses += 1
+                future: Future = Future()
+                self._items[key] = (proposer, future)
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        if entry is not None:
+            return entry[1].result()  # waits while another thread is still encoding this image
+        try:
             if work.embeds_original(proposer):  # SAM sees the image as stock SAM would; the pipeline works smaller
                 emb = proposer.embed(work.image, work_size=work.shape)
             else:
                 emb = proposer.embed(work.pixels)
-            self._items[key] = (proposer, emb)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-            return emb
+        except BaseException as e:
+            with self._lock:  # a failed encoding is not cached: the next caller tries again
+                if self._items.get(key, (None, None))[1] is future:
+                    del self._items[key]
+            future.set_exception(e)
+            raise
+        future.set_result(emb)
+        return emb

@@ -1,0 +1,164 @@
+"""``clipsam serve`` (the HTTP server and Label Studio ML backend) and ``clipsam labelstudio config``."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..files import atomic_write, check_outputs
+from .common import (
+    TAXONOMY_HELP,
+    check_output_file,
+    clip_option,
+    device_option,
+    emit_json,
+    ensure_weights,
+    err,
+    fail,
+    guard,
+    json_option,
+    out,
+    overwrite_option,
+    runtime_option,
+    sam_option,
+    show,
+)
+from .segment import _check_models_and_choices
+
+
+def is_loopback(host: str) -> bool:
+    """True when *host* only listens on this machine (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except (socket.gaierror, ValueError):
+            return False
+
+
+@guard
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback needs "
+                             "--api-key."),
+    port: int = typer.Option(9090, "--port", help="Port (Label Studio's ML backends default to 9090)."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", "-t", help=TAXONOMY_HELP + " Labels everything and "
+                                        "Label Studio pre-annotations with it."),
+    sam: str = sam_option(),
+    clip: str = clip_option(),
+    device: str = device_option(),
+    runtime: str = runtime_option(),
+    max_side: int = typer.Option(1024, "--max-side", help="Process at this long side (pixels)."),
+    min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
+    workers: int = typer.Option(1, "--workers", help="Model calls at once (threads sharing the models)."),
+    queue: int = typer.Option(16, "--queue", help="Requests that may wait for a worker; more are answered 503."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds a request may wait and run (else 504)."),
+    max_request_mb: float = typer.Option(64.0, "--max-request-mb", help="Largest request body, MiB (else 413)."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest image, pixels (else 413)."),
+    cache_images: int = typer.Option(16, "--cache-images", help="Images whose SAM embedding is kept for later "
+                                     "clicks and queries."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="CLIPSAM_API_KEY", show_envvar=True,
+                                       help="Key every request needs (Bearer, X-API-Key or basic auth password)."),
+    ls_url: str | None = typer.Option(None, "--label-studio-url", envvar="LABEL_STUDIO_URL", show_envvar=True,
+                                      help="Label Studio's address, to fetch task images (default: what the project"
+                                      " sends when it connects)."),
+    ls_key: str | None = typer.Option(None, "--label-studio-key", envvar="LABEL_STUDIO_API_KEY", show_envvar=True,
+                                      help="Label Studio API token or personal access token, to fetch task images."),
+    as_json: bool = json_option(),
+) -> None:
+    """Serve clipsam over HTTP: text queries, everything, clicks, and Label Studio's ML backend protocol.
+
+    The models load once; every request shares them and the embedding cache. OpenAPI docs at /docs.
+    """
+    from ..segmenter import Segmenter
+    from ..serve import Limits, Service
+
+    if not is_loopback(host) and not api_key:
+        fail(f"--host {show(host)} listens beyond this machine: give --api-key (or CLIPSAM_API_KEY) so that only "
+             "clients with the key are answered")
+    _check_models_and_choices(sam, clip, device, {"--runtime": runtime})
+    try:
+        limits = Limits(max_request_bytes=int(max_request_mb * 2 ** 20), max_pixels=max_pixels, workers=workers,
+                        queue=queue, timeout_s=timeout, cache_images=cache_images)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        import uvicorn
+
+        from ..serve.app import create_app
+        from ..serve.fetch import LabelStudioAccess
+        from ..serve.labelstudio import LabelStudioBackend
+    except ImportError:
+        fail("clipsam serve needs FastAPI and uvicorn: pip install 'clipsam[serve]'")
+    segmenter = Segmenter(sam=sam, clip=clip, device=device, runtime=runtime, taxonomy=taxonomy, max_side=max_side,
+                          min_confidence=min_confidence)
+    ensure_weights([sam, clip], show=not as_json, verb="serve")
+    with err.status("loading the models…", spinner="dots") if not as_json else _quiet():
+        _ = segmenter.proposer, segmenter.embedder, segmenter.text_bank  # load once, before the first request
+    service = Service(segmenter, limits)
+    access = LabelStudioAccess(ls_url, ls_key) if ls_url else None
+    if ls_key and not ls_url:
+        fail("--label-studio-key needs --label-studio-url: a key goes only to the host it is for")
+    app = create_app(service, api_key=api_key, label_studio=LabelStudioBackend(service, access))
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    ready = {"url": url, "docs": url + "/docs", "model_version": service.model_version, "taxonomy": taxonomy}
+    if as_json:
+        emit_json(ready)
+    else:
+        out.print(f"clipsam serving on [bold]{show(url)}[/] (docs {show(url)}/docs); Ctrl-C stops after the "
+                  "requests in flight")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(timeout) + 1)
+    finally:
+        service.close()
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+@guard
+def labelstudio_config(
+    taxonomy: str = typer.Option("everyday", "--taxonomy", "-t", help=TAXONOMY_HELP),
+    shape: str = typer.Option("brush", "--shape", help="brush (masks, Label Studio's RLE) or polygon."),
+    smart: bool = typer.Option(True, "--smart/--no-smart", help="Add the keypoint and rectangle smart tools for "
+                               "interactive clicks.", metavar=""),
+    unknown: bool = typer.Option(True, "--unknown/--no-unknown", help="Offer the labels unknown / unknown part for "
+                                 "regions that match no category.", metavar=""),
+    out_path: Path | None = typer.Option(None, "--out", "-o", help="Write the config to this .xml file."),
+    overwrite: bool = overwrite_option(),
+    as_json: bool = json_option(),
+) -> None:
+    """Print a ready Label Studio labeling config for a taxonomy (paste it under Settings -> Labeling Interface)."""
+    from ..core.taxonomy import load_taxonomy
+    from ..labelstudio import LabelConfig, label_config
+
+    if shape not in ("brush", "polygon"):
+        fail(f"--shape must be brush or polygon, got {show(shape)!r}")
+    check_output_file(out_path, "--out", (".xml",))
+    check_outputs([("--out", out_path)], [], overwrite=overwrite)
+    tax = load_taxonomy(taxonomy)
+    xml = label_config(tax, shape=shape, unknown=unknown, smart=smart)
+    if out_path is not None:
+        atomic_write(out_path, xml.encode("utf-8"))
+    if as_json:
+        cfg = LabelConfig.parse(xml)
+        emit_json({"taxonomy": tax.name, "shape": shape, "labels": list(cfg.labels), "config": xml,
+                   **({"written": os.fspath(out_path)} if out_path else {})})
+    elif out_path is None:
+        typer.echo(xml, nl=False)
+    else:
+        out.print(f"Label Studio config for taxonomy {show(tax.name)!r} ({shape}) written to "
+                  f"[bold]{show(out_path)}[/]")
+
