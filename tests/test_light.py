@@ -7,7 +7,9 @@ PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsa
                                         "vocabulary")),
         *(f"clipsam.stages.{m}" for m in ("prepare", "nest", "embed", "label", "guide", "parts", "prompt",
                                           "assemble")),
-        "clipsam.models.base", "clipsam.models.owner"]
+        "clipsam.models.base", "clipsam.models.owner", "clipsam.core.lsrle", "clipsam.labelstudio",
+        "clipsam.labelstudio.tasks", "clipsam.serve", "clipsam.serve.service", "clipsam.serve.labelstudio",
+        "clipsam.serve.fetch"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -63,7 +63,13 @@ def test_endpoints_answer_what_the_library_returns(served):
     assert r.json() == json.loads(seg.segment_everything(SCENE.image).to_json())
     assert {x["label"] for x in r.json()["regions"]} >= {"dog", "head", "ear", "cat", "sofa", "unknown"}
     r = client.post("/v1/prompt", files=upload(), data={"points": json.dumps(CAT_CLICK), "labels": "[1]"})
-    assert r.json() == json.loads(seg.segment_prompt(SCENE.image, points=CAT_CLICK, labels=[1]).to_json())
+    direct = seg.segment_prompt(SCENE.image, points=CAT_CLICK, labels=[1])
+    assert {k: v for k, v in r.json().items() if k != "logits_id"} == json.loads(direct.to_json())
+    refine = {"points": "[[48, 74], [20, 20]]", "labels": "[1, 0]", "mask_from": r.json()["logits_id"] + ":0"}
+    again = client.post("/v1/prompt", files=upload(), data=refine).json()
+    expected = seg.segment_prompt(SCENE.image, points=[[48, 74], [20, 20]], labels=[1, 0],
+                                  mask=direct.low_res_logits[0])
+    assert {k: v for k, v in again.items() if k != "logits_id"} == json.loads(expected.to_json())
     r = client.post("/v1/prompt", files=upload(), data={"box": "[8, 60, 90, 115]"})
     assert r.status_code == 200 and len(r.json()["regions"]) >= 1
 
@@ -86,6 +92,7 @@ def test_bad_requests_get_a_4xx_and_one_line(served, files, data, status, messag
     ({"points": "[[48, 74]]", "labels": "[1, 0]"}, "labels"),
     ({"box": "[1, 2, 3]"}, "box"),
     ({}, "point"),
+    ({"points": "[[48, 74]]", "mask_from": "nosuchid:0"}, "no such logits id"),
 ])
 def test_bad_prompts_get_a_400(served, data, message):
     _, _, client = served
@@ -170,10 +177,15 @@ def test_concurrent_clients_get_what_they_would_get_alone(served):
         jobs.append((image, "query", {"query": "cat"}))
         jobs.append((image, "prompt", {"points": json.dumps(CAT_CLICK)}))
         jobs.append((image, "everything", {}))
-    alone = [client.post(f"/v1/{kind}", files=upload(image), data=data).json() for image, kind, data in jobs]
+    def ask(job: tuple) -> dict:
+        image, kind, data = job
+        answer = client.post(f"/v1/{kind}", files=upload(image), data=data).json()
+        answer.pop("logits_id", None)  # a fresh id per answer
+        return answer
+
+    alone = [ask(job) for job in jobs]
     with ThreadPoolExecutor(6) as pool:
-        together = list(pool.map(lambda j: client.post(f"/v1/{j[1]}", files=upload(j[0]), data=j[2]).json(),
-                                 jobs * 3))
+        together = list(pool.map(ask, jobs * 3))
     assert together == alone * 3
     assert service.health()["requests"]["failed"] == 0
 
@@ -257,6 +269,15 @@ class ImageHost:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self):  # noqa: N802 (Label Studio's token exchange)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen.append((self.path, body.get("refresh")))
+                data = json.dumps({"access": "short-lived"}).encode()
+                self.send_response(200 if body.get("refresh") == "head.payload.sig" else 401)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def log_message(self, *args):
                 pass
 
@@ -306,6 +327,25 @@ def test_setup_then_predict_fetches_with_the_token_from_label_studio_only(served
     assert len(shapes) == len(expected.regions)
     for res, region in zip(shapes, expected.regions, strict=True):
         assert np.array_equal(lsrle.decode(res["value"]["rle"], *expected.image_size), region.mask())
+
+
+def test_a_personal_access_token_is_exchanged_once_for_an_access_token(hosts):
+    from clipsam.errors import ImageError
+    from clipsam.serve.fetch import LabelStudioAccess, fetch
+
+    studio, other = hosts
+    access = LabelStudioAccess(studio.url, "head.payload.sig")
+    for _ in range(2):
+        assert fetch("/data/upload/1/scene.png", access, max_bytes=10 ** 6, timeout=5) == png(SCENE.image)
+    upload_path = "/data/upload/1/scene.png"
+    assert studio.seen == [("/api/token/refresh", "head.payload.sig"), (upload_path, "Bearer short-lived"),
+                           (upload_path, "Bearer short-lived")]
+    with pytest.raises(ImageError, match="did not exchange the personal access token"):
+        fetch("/x.png", LabelStudioAccess(studio.url, "wrong.token.here"), max_bytes=10 ** 6, timeout=5)
+    with pytest.raises(ImageError, match="larger than this server's limit of 100 bytes"):
+        fetch(other.url + "/scene.png", access, max_bytes=100, timeout=5)
+    with pytest.raises(ImageError, match="does not know where Label Studio is"):
+        fetch("/data/upload/1/scene.png", None, max_bytes=10 ** 6, timeout=5)
 
 
 def test_a_failed_task_in_a_batch_keeps_its_place_and_a_lone_one_is_an_error(served, hosts):

@@ -83,6 +83,8 @@ def serve(
     if not is_loopback(host) and not api_key:
         fail(f"--host {show(host)} listens beyond this machine: give --api-key (or CLIPSAM_API_KEY) so that only "
              "clients with the key are answered")
+    if ls_key and not ls_url:
+        fail("--label-studio-key needs --label-studio-url: a key goes only to the host it is for")
     _check_models_and_choices(sam, clip, device, {"--runtime": runtime})
     try:
         limits = Limits(max_request_bytes=int(max_request_mb * 2 ** 20), max_pixels=max_pixels, workers=workers,
@@ -104,8 +106,6 @@ def serve(
         _ = segmenter.proposer, segmenter.embedder, segmenter.text_bank  # load once, before the first request
     service = Service(segmenter, limits)
     access = LabelStudioAccess(ls_url, ls_key) if ls_url else None
-    if ls_key and not ls_url:
-        fail("--label-studio-key needs --label-studio-url: a key goes only to the host it is for")
     app = create_app(service, api_key=api_key, label_studio=LabelStudioBackend(service, access))
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     ready = {"url": url, "docs": url + "/docs", "model_version": service.model_version, "taxonomy": taxonomy}

@@ -1,6 +1,7 @@
 """The HTTP app of ``clipsam serve`` (FastAPI): clipsam's own endpoints under ``/v1`` (query, everything, prompt;
 answers are :meth:`Segmentation.to_dict` JSON, masks as COCO RLE), Label Studio's ML backend protocol
-(``/setup``, ``/predict``, ``/webhook``, ``/versions``), ``/health`` and OpenAPI docs at ``/docs``.
+(``/setup``, ``/predict``, ``/webhook``, ``/versions``), ``/health`` and OpenAPI docs at ``/docs``. A prompt's
+answer adds ``logits_id``: pass ``mask_from="<logits_id>:<i>"`` with the next clicks to refine its mask *i*.
 
 Every error is one line of JSON, ``{"error": "..."}``, with a 4xx for what the client sent (400 bad input, 401 no
 or wrong key, 413 too large, 422 malformed fields) and 503 / 504 when the server is busy or a request ran too long.
@@ -173,16 +174,19 @@ def _clipsam_routes(app: FastAPI, service: Service) -> None:
                                                                        include_parts=include_parts))
         return out.to_dict()
 
-    @app.post("/v1/prompt", summary="SAM's masks for clicks and/or a box (Segmenter.segment_prompt)")
+    @app.post("/v1/prompt", summary="SAM's masks for clicks, a box and/or an earlier mask (Segmenter.segment_prompt)")
     async def prompt(image: UploadFile = File(...), points: str | None = Form(None, examples=["[[120, 80]]"]),
                      labels: str | None = Form(None, examples=["[1]"]),
                      box: str | None = Form(None, examples=["[10, 20, 200, 160]"]),
+                     mask_from: str | None = Form(None, description="'<logits_id>:<index>' of an earlier answer: "
+                                                  "refine that mask"),
                      multimask: bool | None = Form(None)) -> dict[str, Any]:
         pts, lbls, bx = _json_list(points, "points"), _json_list(labels, "labels"), _json_list(box, "box")
+        prior = service.logits(mask_from) if mask_from else None
         pixels = await _image(image)
         out = await service.run(lambda: service.seg.segment_prompt(pixels, points=pts, labels=lbls, box=bx,
-                                                                   multimask=multimask))
-        return out.to_dict()
+                                                                   mask=prior, multimask=multimask))
+        return {**out.to_dict(), "logits_id": service.keep_logits(out.low_res_logits)}
 
 
 def _label_studio_routes(app: FastAPI, service: Service, ls: LabelStudioBackend) -> None:

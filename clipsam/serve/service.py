@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -17,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from ..core.image import load_image
-from ..errors import ClipsamError, ImageError
+from ..errors import ClipsamError, ImageError, PromptError
 
 log = logging.getLogger(__name__)
+
+#: prompt results whose low-resolution logits are kept for refining prompts (``mask_from``)
+LOGITS_KEPT = 32
 
 __all__ = ["Busy", "Limits", "Service", "TimedOut", "TooLarge"]
 
@@ -83,6 +88,7 @@ class Service:
         self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="clipsam-serve")
         self._slots = threading.BoundedSemaphore(self.limits.workers + self.limits.queue)
         self._lock = threading.Lock()
+        self._logits: OrderedDict[str, Any] = OrderedDict()
         self.counts = {"requests": 0, "done": 0, "failed": 0, "busy": 0, "timed_out": 0, "running": 0}
         self.started = time.time()
 
@@ -137,6 +143,29 @@ class Service:
                            f"server takes at most {self.limits.max_pixels} (clipsam serve --max-pixels)")
         pil.filename = name  # type: ignore[attr-defined]
         return load_image(pil, max_pixels=self.limits.max_pixels)
+
+    def keep_logits(self, logits: Any) -> str | None:
+        """Keep a prompt result's low-resolution logits for a later refining prompt; returns their id."""
+        if logits is None:
+            return None
+        token = secrets.token_urlsafe(9)
+        with self._lock:
+            self._logits[token] = logits
+            while len(self._logits) > LOGITS_KEPT:
+                self._logits.popitem(last=False)
+        return token
+
+    def logits(self, ref: str) -> Any:
+        """The logits of mask *index* of an earlier prompt, from ``"<logits id>:<index>"``."""
+        token, _, index = ref.partition(":")
+        with self._lock:
+            kept = self._logits.get(token)
+        if kept is None:
+            raise PromptError(f"mask_from {ref!r}: no such logits id here (ids of the last {LOGITS_KEPT} prompts are "
+                              "kept)")
+        if not index.isdigit() or int(index) >= len(kept):
+            raise PromptError(f"mask_from {ref!r}: give '<logits id>:<mask index>' with an index below {len(kept)}")
+        return kept[int(index)]
 
     def health(self) -> dict[str, Any]:
         cache = self.seg.caches.sam
