@@ -91,6 +91,7 @@ CASES = [
     (["serve", *TINY, "--timeout", "0"], r"timeout_s > 0", None),
     (["serve", *TINY, "--runtime", "gpu"], r"--runtime must be one of", None),
     (["serve", *TINY, "--label-studio-key", "k"], r"--label-studio-key needs --label-studio-url", None),
+    (["serve", *TINY, "--replicas", "2"], r"--replicas must be at least 1 and needs --ray", None),
     (["labelstudio", "config", "-t", "nope"], r"nope: no such taxonomy", None),
     (["labelstudio", "config", "--shape", "circle"], r"--shape must be brush or polygon", None),
     (["labelstudio", "config", "--out", "{d}/x.txt"], r"unsupported file type '.txt'", None),

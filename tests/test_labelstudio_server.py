@@ -236,3 +236,48 @@ def test_clipsam_serve_answers_then_stops_after_the_request_in_flight(tmp_path):
     assert "Traceback" not in proc.stderr.read()
     ready = json.loads(proc.stdout.read())
     assert ready["url"] == url and ready["docs"] == url + "/docs"
+
+
+def test_clipsam_serve_on_ray_serve_with_two_replicas(tmp_path):
+    """``clipsam serve --ray --replicas 2`` on CPU: both replicas answer, each with the same JSON a lone segmenter
+    gives, and Ctrl-C stops Ray."""
+    pytest.importorskip("ray.serve")
+    from clipsam.testing import tiny_segmenter
+
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "clipsam", "serve", "--ray", "--replicas", "2", "--sam",
+                             "tiny-random", "--clip", "tiny-random", "--port", str(port), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    image = tmp_path / "scene.png"
+    Image.fromarray(SCENE.image).save(image)
+    try:
+        _wait(url + "/health", 300, proc)
+        pids = set()
+        for _ in range(40):
+            with urllib.request.urlopen(url + "/health", timeout=30) as r:
+                pids.add(json.loads(r.read())["pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2  # two replicas, two processes
+        boundary = "clipsamboundary"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"query\"\r\n\r\ncat\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"scene.png\"\r\n"
+                "Content-Type: image/png\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        req = urllib.request.Request(url + "/v1/query", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            answer = json.loads(r.read())
+        expected = json.loads(tiny_segmenter().segment(SCENE.image, "cat").to_json())
+        assert answer == expected
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0  # Ctrl-C stops the application and Ray, no error
+    assert "Traceback" not in proc.stderr.read()

@@ -71,26 +71,52 @@ def serve(
                                       " sends when it connects)."),
     ls_key: str | None = typer.Option(None, "--label-studio-key", envvar="LABEL_STUDIO_API_KEY", show_envvar=True,
                                       help="Label Studio API token or personal access token, to fetch task images."),
+    ray: bool = typer.Option(False, "--ray", help="Serve as a Ray Serve application (pip install 'ray[serve]'): "
+                             "--replicas copies, one GPU each where CUDA is present; joins RAY_ADDRESS if set.",
+                             metavar=""),
+    replicas: int = typer.Option(1, "--replicas", help="With --ray: replicas, each with its own models."),
     as_json: bool = json_option(),
 ) -> None:
     """Serve clipsam over HTTP: text queries, everything, clicks, and Label Studio's ML backend protocol.
 
     The models load once; every request shares them and the embedding cache. OpenAPI docs at /docs.
     """
-    from ..segmenter import Segmenter
-    from ..serve import Limits, Service
+    from ..serve import Limits
 
     if not is_loopback(host) and not api_key:
         fail(f"--host {show(host)} listens beyond this machine: give --api-key (or CLIPSAM_API_KEY) so that only "
              "clients with the key are answered")
     if ls_key and not ls_url:
         fail("--label-studio-key needs --label-studio-url: a key goes only to the host it is for")
+    if replicas < 1 or (replicas > 1 and not ray):
+        fail(f"--replicas must be at least 1 and needs --ray for more than one, got {replicas}")
     _check_models_and_choices(sam, clip, device, {"--runtime": runtime})
     try:
         limits = Limits(max_request_bytes=int(max_request_mb * 2 ** 20), max_pixels=max_pixels, workers=workers,
                         queue=queue, timeout_s=timeout, cache_images=cache_images)
     except ValueError as e:
         fail(str(e))
+    spec = {"sam": sam, "clip": clip, "device": device, "runtime": runtime, "taxonomy": taxonomy,
+            "max_side": max_side, "min_confidence": min_confidence}
+    ensure_weights([sam, clip], show=not as_json, verb="serve")
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    ready = {"url": url, "docs": url + "/docs", "taxonomy": taxonomy, "replicas": replicas if ray else None}
+    if ray:
+        _serve_ray(spec, limits, replicas, host, port, api_key, ls_url, ls_key, ready, as_json)
+    else:
+        _serve_here(spec, limits, host, port, api_key, ls_url, ls_key, ready, as_json)
+
+
+def _announce(ready: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(ready)
+    else:
+        out.print(f"clipsam serving on [bold]{show(ready['url'])}[/] (docs {show(ready['docs'])}); Ctrl-C stops "
+                  "after the requests in flight")
+
+
+def _serve_here(spec: dict[str, Any], limits: Any, host: str, port: int, api_key: str | None, ls_url: str | None,
+                ls_key: str | None, ready: dict[str, Any], as_json: bool) -> None:
     try:
         import uvicorn
 
@@ -99,25 +125,34 @@ def serve(
         from ..serve.labelstudio import LabelStudioBackend
     except ImportError:
         fail("clipsam serve needs FastAPI and uvicorn: pip install 'clipsam[serve]'")
-    segmenter = Segmenter(sam=sam, clip=clip, device=device, runtime=runtime, taxonomy=taxonomy, max_side=max_side,
-                          min_confidence=min_confidence)
-    ensure_weights([sam, clip], show=not as_json, verb="serve")
+    from ..segmenter import Segmenter
+    from ..serve import Service
+
+    segmenter = Segmenter(**spec)
     with err.status("loading the models…", spinner="dots") if not as_json else _quiet():
         _ = segmenter.proposer, segmenter.embedder, segmenter.text_bank  # load once, before the first request
     service = Service(segmenter, limits)
     access = LabelStudioAccess(ls_url, ls_key) if ls_url else None
     app = create_app(service, api_key=api_key, label_studio=LabelStudioBackend(service, access))
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    ready = {"url": url, "docs": url + "/docs", "model_version": service.model_version, "taxonomy": taxonomy}
-    if as_json:
-        emit_json(ready)
-    else:
-        out.print(f"clipsam serving on [bold]{show(url)}[/] (docs {show(url)}/docs); Ctrl-C stops after the "
-                  "requests in flight")
+    _announce({**ready, "model_version": service.model_version}, as_json)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(timeout) + 1)
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=int(limits.timeout_s) + 1)
     finally:
         service.close()
+
+
+def _serve_ray(spec: dict[str, Any], limits: Any, replicas: int, host: str, port: int, api_key: str | None,
+               ls_url: str | None, ls_key: str | None, ready: dict[str, Any], as_json: bool) -> None:
+    from dataclasses import asdict
+
+    try:
+        from ..serve import ray as ray_serve
+
+        app = ray_serve.application(spec, asdict(limits), replicas=replicas, api_key=api_key, ls_url=ls_url,
+                                    ls_key=ls_key)
+    except ImportError:
+        fail("clipsam serve --ray needs Ray Serve: pip install 'ray[serve]' 'clipsam[serve]'")
+    ray_serve.run(app, host, port, on_ready=lambda: _announce(ready, as_json))
 
 
 class _quiet:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import secrets
 import threading
 import time
@@ -172,7 +173,7 @@ class Service:
         lookups = cache.hits + cache.misses
         with self._lock:
             counts = dict(self.counts)
-        return {"status": "UP", "model_class": "clipsam", "model_version": self.model_version,
+        return {"status": "UP", "model_class": "clipsam", "model_version": self.model_version, "pid": os.getpid(),
                 "models": self.seg.model_names(), "uptime_s": round(time.time() - self.started, 1),
                 "requests": counts, "limits": asdict(self.limits),
                 "embedding_cache": {"images": cache.size, "hits": cache.hits, "misses": cache.misses,
