@@ -62,7 +62,7 @@ from .result import Region, Segmentation
 log = logging.getLogger(__name__)
 
 #: Exports :class:`LabelJob` can write besides ``annotations.json``.
-EXPORT_FORMATS = ("yolo", "label-studio")
+EXPORT_FORMATS = ("yolo", "label-studio", "cvat")
 
 #: Bytes the longest ending clipsam adds to an output stem may take (``.jpeg``, ``.tiff``, ``.webp``).
 MAX_ADDED_SUFFIX = 5
@@ -257,7 +257,7 @@ class LabelJob:
         formats: exports besides ``annotations.json``, written by :meth:`finish` from the finished images (so
             adding one to a finished run and rerunning writes it without labelling again): ``"yolo"``
             (:func:`clipsam.yolo.write_yolo`), ``"label-studio"``
-            (:func:`clipsam.labelstudio.tasks.write_label_studio`).
+            (:func:`clipsam.labelstudio.tasks.write_label_studio`), ``"cvat"`` (:func:`clipsam.cvat.write_cvat`).
         ls_root: with ``label-studio``, the prefix of each task's image address (``file_name`` follows).
     """
 
@@ -373,7 +373,7 @@ class LabelJob:
         """*items* without this job's own outputs, for a source folder that holds ``out``: its PNGs, part files and
         the links it made in ``images/`` are never labelled as images."""
         root = os.path.abspath(self.out)
-        own = tuple(os.path.join(root, sub) + os.sep for sub in ("parts", "semantic", "instances", "labels"))
+        own = tuple(os.path.join(root, sub) + os.sep for sub in ("parts", "semantic", "instances", "labels", "cvat"))
         links = os.path.join(root, "images") + os.sep
         return [i for i in items if not (os.path.abspath(i.path).startswith(own) or (
             os.path.abspath(i.path).startswith(links) and os.path.islink(i.path)))]
@@ -385,6 +385,8 @@ class LabelJob:
             yield "data.yaml", None
         if "label-studio" in self.formats:
             yield from (("label-studio.json", None), ("label-studio-config.xml", None))
+        if "cvat" in self.formats:
+            yield "cvat/annotations.xml", None
         for item in items:
             stem = item.output_stem
             if self.pngs:
@@ -393,6 +395,8 @@ class LabelJob:
             if "yolo" in self.formats:
                 yield f"labels/{stem}.txt", item
                 yield f"images/{stem}{Path(item.file_name).suffix.lower()}", item
+            if "cvat" in self.formats:
+                yield f"cvat/images/{stem}{Path(item.file_name).suffix}", item
 
     def check_outputs(self, items: Sequence[ImageItem], *, claimed: bool, overwrite: bool = False) -> None:
         """Refuse a run that would change the user's files, before anything is written.
@@ -419,7 +423,7 @@ class LabelJob:
                 continue
             if stat.S_ISLNK(st.st_mode):  # a link is replaced, never written through: its target is safe
                 continue
-            image_link = rel.startswith("images/")
+            image_link = rel.startswith(("images/", "cvat/images/"))
             if (st.st_dev, st.st_ino) in inputs:
                 if image_link and item is not None and same_file(path, item.path):
                     continue  # the image already lies where Ultralytics looks for it: nothing to link
@@ -502,6 +506,10 @@ def write_exports(job: LabelJob, coco: dict[str, Any], sources: dict[int, tuple[
         version = f"clipsam-{job.segmenter_spec.get('sam')}-{job.segmenter_spec.get('clip')}"
         done = write_label_studio(job.out, coco, job.tax, root=job.ls_root, model_version=version)
         counts = dict(counts, label_studio_tasks=done["tasks"])
+    if "cvat" in job.formats:
+        from .cvat import write_cvat
+
+        counts = dict(counts, cvat_masks=write_cvat(job.out, coco, sources)["masks"])
     return counts
 
 

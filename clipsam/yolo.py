@@ -22,7 +22,7 @@ from .core.polygons import mask_polygon
 from .errors import OutputError
 from .files import atomic_write, replace_link, same_file
 
-__all__ = ["mask_polygon", "write_yolo", "yolo_lines"]
+__all__ = ["link_image", "mask_polygon", "write_yolo", "yolo_lines"]
 
 
 def yolo_lines(annotations: Sequence[Mapping[str, Any]], size: tuple[int, int], tolerance: float = 1.0) -> list[str]:
@@ -41,7 +41,7 @@ def yolo_lines(annotations: Sequence[Mapping[str, Any]], size: tuple[int, int], 
     return lines
 
 
-def _link_image(source: str, link: Path) -> None:
+def link_image(source: str, link: Path) -> None:
     """Put a link to *source* at *link*, unless the image itself already lies there (a YOLO layout labelled in
     place); a regular file that is not that image is never replaced by a link."""
     if link.exists() and not link.is_symlink():
@@ -79,7 +79,7 @@ def write_yolo(out: str | os.PathLike, coco: Mapping[str, Any], sources: Mapping
         atomic_write(label, "".join(line + "\n" for line in lines).encode())
         link = root / "images" / f"{stem}{Path(im['file_name']).suffix.lower()}"
         link.parent.mkdir(parents=True, exist_ok=True)
-        _link_image(path, link)
+        link_image(path, link)
         images += 1
         polygons += len(lines)
     cats = sorted(coco["categories"], key=lambda c: c["id"])

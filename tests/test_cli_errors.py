@@ -82,7 +82,7 @@ CASES = [
     (["label", "{d}/badid.json", "-t", "coco", "--out", "{d}/o6", *TINY], r"has id 'x'; COCO image ids are integers",
      None),
     (["label", "{d}/folder", "-t", "coco", "--out", "{d}/o9", *TINY, "--format", "voc"],
-     r"--format must be coco, yolo, label-studio or a comma-separated mix, got 'voc'", None),
+     r"--format must be coco, yolo, label-studio, cvat or a comma-separated mix, got 'voc'", None),
     (["label", "{d}/outside.json", "-t", "coco", "--out", "{d}/o7", *TINY], r"lies outside the image root", None),
     (["label", "{d}/absolute.json", "-t", "coco", "--out", "{d}/o8", *TINY], r"lies outside the image root", None),
     (["taxonomy", "validate", "{d}/deep.yaml"], r"nested too deeply", None),

@@ -174,3 +174,30 @@ def test_label_path_is_one_type_and_eval_of_itself_is_perfect(labelled, tmp_path
     legacy = tmp_path / "legacy.json"
     legacy.write_text(json.dumps(old))
     assert evaluate(legacy, path).to_dict() == report.to_dict()
+
+
+class _Detection(dict):
+    """What link_parents reads and writes of a FiftyOne Detection: id, has_field, get_field, item assignment."""
+
+    def __init__(self, id_: str, **fields):
+        super().__init__(fields)
+        self.id = id_
+
+    def has_field(self, name):
+        return name in self
+
+    def get_field(self, name):
+        return self[name]
+
+
+def test_link_parents_turns_coco_parent_ids_into_label_ids():
+    from clipsam.integrations.fiftyone import link_parents
+
+    dets = [_Detection("a", coco_id=7, parent_id=None), _Detection("b", coco_id=8, parent_id=7),
+            _Detection("c", coco_id=9, parent_id=8), _Detection("d", coco_id=10, parent_id=99),  # parent filtered out
+            _Detection("e", coco_id=11, parent_id=12), _Detection("f", coco_id=12, parent_id=11)]  # a cycle ends
+    assert link_parents(dets) == 4
+    assert [(d["parent"], d["depth"]) for d in dets] == [(None, 0), ("a", 1), ("b", 2), (None, 0), ("f", 1),
+                                                          ("e", 1)]
+    with pytest.raises(ValueError, match="include_annotation_id=True"):
+        link_parents([_Detection("x", parent_id=None)])

@@ -9,7 +9,7 @@ PURE = ["clipsam", "clipsam.errors", "clipsam.result", "clipsam.export", "clipsa
                                           "assemble")),
         "clipsam.models.base", "clipsam.models.owner", "clipsam.core.lsrle", "clipsam.labelstudio",
         "clipsam.labelstudio.tasks", "clipsam.serve", "clipsam.serve.service", "clipsam.serve.labelstudio",
-        "clipsam.serve.fetch"]
+        "clipsam.serve.fetch", "clipsam.cvat", "clipsam.integrations.fiftyone"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -74,8 +74,10 @@ def label(
     unknown: bool = typer.Option(False, "--unknown", help="Also keep regions no label matched.", metavar=""),
     pngs: bool = typer.Option(False, "--png", help="Also write semantic and instance index PNGs.", metavar=""),
     formats: str = typer.Option("coco", "--format", help="coco (OUT/annotations.json, always written), yolo "
-                                "(OUT/data.yaml, labels/*.txt polygons, images/ links) and/or label-studio "
-                                "(OUT/label-studio.json tasks with predictions, OUT/label-studio-config.xml)."),
+                                "(OUT/data.yaml, labels/*.txt polygons, images/ links), label-studio "
+                                "(OUT/label-studio.json tasks with predictions, OUT/label-studio-config.xml) and/or "
+                                "cvat (OUT/cvat/annotations.xml, CVAT for images 1.1: parts grouped with their "
+                                "wholes, drawn over them)."),
     ls_root: str = typer.Option("/data/local-files/?d=", "--ls-root", help="With --format label-studio: prefix of "
                                 "each task's image address (a URL prefix, or Label Studio's local files)."),
     force: bool = typer.Option(False, "--force", metavar="",
@@ -171,7 +173,7 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     table.add_column("")
     table.add_column("", justify="right")
     for key in ("found", "resumed", "processed", "images", "annotations", "yolo_polygons", "label_studio_tasks",
-                "errors", "seconds"):
+                "cvat_masks", "errors", "seconds"):
         if key in summary:
             table.add_row(key, str(summary[key]))
     out.print(table)
@@ -184,6 +186,9 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if "label_studio_tasks" in summary:
         out.print(f"Label Studio: a project with the config {show(out_dir / 'label-studio-config.xml')}, then import "
                   f"{show(out_dir / 'label-studio.json')} (Data Manager -> Import)", soft_wrap=True)
+    if "cvat_masks" in summary:
+        out.print(f"CVAT: in a task with these images, Actions -> Upload annotations -> CVAT 1.1, "
+                  f"{show(out_dir / 'cvat' / 'annotations.xml')}", soft_wrap=True)
 
 
 @guard
