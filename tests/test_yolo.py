@@ -251,6 +251,7 @@ def test_clipsam_label_prints_the_training_command_that_keeps_parts_whole(tmp_pa
                                    "yolo", "--taxonomy", "everyday", "--sam", "tiny-random", "--clip", "tiny-random",
                                    "--points-per-side", "4"], env={"COLUMNS": "60"})
     assert res.exit_code == 0, res.output
+    assert "gt.loadRes(json.load(open(...))['annotations'])" in res.output  # the file is not a results list
     line = next(ln for ln in res.output.splitlines() if "yolo segment train" in ln)  # one line to copy, never wrapped
     assert f"data={tmp_path / 'out' / 'data.yaml'} " in line and line.endswith("overlap_mask=False  (keeps each part "
                                                                                "and its whole whole)")

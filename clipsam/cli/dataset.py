@@ -180,6 +180,8 @@ def _print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     if summary["errors"]:
         out.print(f"[yellow]{summary['errors']} image(s) could not be processed: see "
                   f"{show(out_dir / 'errors.jsonl')}[/]")
+    out.print(f"[dim]pycocotools: COCO('{show(out_dir / 'annotations.json')}') as ground truth; as predictions, "
+              "gt.loadRes(json.load(open(...))['annotations'])[/]", soft_wrap=True)
     if "yolo_polygons" in summary:  # Ultralytics' default paints masks into one map: parts would cut their wholes
         out.print(f"train with: yolo segment train data={show(out_dir / 'data.yaml')} model=yolo11n-seg.pt "
                   "overlap_mask=False  (keeps each part and its whole whole)", soft_wrap=True)  # copyable: one line
