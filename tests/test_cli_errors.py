@@ -94,6 +94,7 @@ CASES = [
     (["serve", *TINY, "--replicas", "2"], r"--replicas must be at least 1 and needs --ray", None),
     (["labelstudio", "config", "-t", "nope"], r"nope: no such taxonomy", None),
     (["labelstudio", "config", "--shape", "circle"], r"--shape must be brush or polygon", None),
+    (["labelstudio", "config", "--path", "tree"], r"--path must be text or taxonomy", None),
     (["labelstudio", "config", "--out", "{d}/x.txt"], r"unsupported file type '.txt'", None),
     (["index", "{d}/folder", "--db", "{d}/plain", *TINY], r"is a file", None),
     (["search", "dog", "--db", "{d}/plain"], r"is a file", None),

@@ -135,6 +135,28 @@ def test_every_region_becomes_a_brush_result_with_its_path_and_its_parts_related
     assert all(r.get("labels") == [PART_OF] for r in results if r["type"] == "relation")
 
 
+def test_a_taxonomy_tag_carries_each_regions_path_as_a_choice_in_the_tree(scene_result):
+    scene, seg = scene_result
+    cfg = LabelConfig.parse(label_config(scene.taxonomy, path="taxonomy"))
+    assert cfg.tree == "label_path" and cfg.path is None
+    assert cfg.tree_paths == {tuple(n.path) for n in scene.taxonomy}  # the whole tree, parts included
+    results = region_results(seg, cfg)
+    chosen = {r["id"]: r["value"]["taxonomy"] for r in results if r["type"] == "taxonomy"}
+    assert chosen == {f"cs{r.id}": [list(r.label_path)] for r in seg.regions if r.label_path}
+    assert all(r["from_name"] == "label_path" and r["to_name"] == "image" for r in results if r["type"] == "taxonomy")
+    xml = ('<View><Image name="image" value="$image"/><BrushLabels name="label" toName="image"><Label value="dog"/>'
+           '<Label value="ear"/></BrushLabels><Taxonomy name="t" toName="image" perRegion="true">'
+           '<Choice value="animal"><Choice value="dog"/></Choice></Taxonomy></View>')
+    short = LabelConfig.parse(xml)  # a hand-made tree without parts: the longest start of each path it offers
+    assert short.tree_path(("animal", "dog", "head", "ear")) == ["animal", "dog"]
+    assert short.tree_path(("vehicle", "car")) is None
+    chosen = {r["id"]: r["value"]["taxonomy"] for r in region_results(seg, short) if r["type"] == "taxonomy"}
+    ear = next(r for r in seg.regions if r.label == "ear")
+    assert chosen[f"cs{ear.id}"] == [["animal", "dog"]]
+    with pytest.raises(ConfigError, match="path must be text or taxonomy"):
+        label_config(scene.taxonomy, path="tree")
+
+
 def test_regions_outside_the_projects_labels_are_left_out_and_parts_relate_to_the_nearest_kept(scene_result):
     _, seg = scene_result
     xml = ('<View><Image name="image" value="$image"/><BrushLabels name="label" toName="image">'

@@ -281,3 +281,36 @@ def test_clipsam_serve_on_ray_serve_with_two_replicas(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0  # Ctrl-C stops the application and Ray, no error
     assert "Traceback" not in proc.stderr.read()
+
+
+VALIDATE = """
+import json, sys
+from label_studio_sdk.label_interface import LabelInterface
+job = json.load(sys.stdin)
+li = LabelInterface(job["config"])
+tree = next(t for t in li.controls if t.tag.lower() == "taxonomy")
+print(json.dumps({"errors": li.validate_prediction({"result": job["result"]}, return_errors=True),
+                  "per_region": str(tree.attr.get("perRegion")), "taxonomy": tree.name}))
+"""
+
+
+def test_label_studio_accepts_the_taxonomy_config_and_its_per_region_paths():
+    """Label Studio's own LabelInterface reads `labelstudio config --path taxonomy` and finds the prediction with a
+    taxonomy choice per region valid (no server needed: the SDK of the Label Studio environment)."""
+    python = _label_studio_python()
+    if python is None:
+        if os.environ.get("CLIPSAM_REQUIRE_LABEL_STUDIO") == "1":
+            pytest.fail("CLIPSAM_REQUIRE_LABEL_STUDIO=1 and no Label Studio environment (.venv-labelstudio)")
+        pytest.skip("no Label Studio environment: make .venv-labelstudio as .ci/run does")
+    from clipsam.labelstudio import LabelConfig, label_config, prediction
+    from clipsam.testing import oracle_segmenter
+
+    config = label_config(SCENE.taxonomy, path="taxonomy")
+    seg = oracle_segmenter(SCENE).segment_everything(SCENE.image)
+    result = prediction(seg, LabelConfig.parse(config), "clipsam-test")["result"]
+    assert sum(r["type"] == "taxonomy" for r in result) == sum(bool(r.label_path) for r in seg.regions) > 0
+    done = subprocess.run([str(python), "-c", VALIDATE], input=json.dumps({"config": config, "result": result}),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer == {"errors": [], "per_region": "true", "taxonomy": "label_path"}

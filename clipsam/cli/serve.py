@@ -171,6 +171,8 @@ def labelstudio_config(
                                "interactive clicks.", metavar=""),
     unknown: bool = typer.Option(True, "--unknown/--no-unknown", help="Offer the labels unknown / unknown part for "
                                  "regions that match no category.", metavar=""),
+    path: str = typer.Option("text", "--path", help="How each region's label path shows: text (a per-region text "
+                             "area) or taxonomy (a per-region <Taxonomy> of the tree, annotators can pick another)."),
     out_path: Path | None = typer.Option(None, "--out", "-o", help="Write the config to this .xml file."),
     overwrite: bool = overwrite_option(),
     as_json: bool = json_option(),
@@ -181,15 +183,17 @@ def labelstudio_config(
 
     if shape not in ("brush", "polygon"):
         fail(f"--shape must be brush or polygon, got {show(shape)!r}")
+    if path not in ("text", "taxonomy"):
+        fail(f"--path must be text or taxonomy, got {show(path)!r}")
     check_output_file(out_path, "--out", (".xml",))
     check_outputs([("--out", out_path)], [], overwrite=overwrite)
     tax = load_taxonomy(taxonomy)
-    xml = label_config(tax, shape=shape, unknown=unknown, smart=smart)
+    xml = label_config(tax, shape=shape, unknown=unknown, smart=smart, path=path)
     if out_path is not None:
         atomic_write(out_path, xml.encode("utf-8"))
     if as_json:
         cfg = LabelConfig.parse(xml)
-        emit_json({"taxonomy": tax.name, "shape": shape, "labels": list(cfg.labels), "config": xml,
+        emit_json({"taxonomy": tax.name, "shape": shape, "path": path, "labels": list(cfg.labels), "config": xml,
                    **({"written": os.fspath(out_path)} if out_path else {})})
     elif out_path is None:
         typer.echo(xml, nl=False)

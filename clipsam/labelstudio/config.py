@@ -2,8 +2,8 @@
 
 A config is XML (``<View>`` with an ``<Image>`` and control tags). clipsam reads the first ``<Image>``, its
 ``<BrushLabels>`` or ``<PolygonLabels>`` (where regions go), ``<Relations>`` (the ``part of`` link), a per-region
-``<TextArea>`` (the label path) and the smart tools (``<KeyPointLabels>``, ``<RectangleLabels>``) that send clicks
-and boxes. Pure Python; no torch.
+``<TextArea>`` or ``<Taxonomy>`` (the label path: text, or a choice in the taxonomy's tree) and the smart tools
+(``<KeyPointLabels>``, ``<RectangleLabels>``) that send clicks and boxes. Pure Python; no torch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import quoteattr
 
@@ -25,6 +26,8 @@ PART_OF = "part of"
 UNKNOWN_LABELS = ("unknown", "unknown part")
 #: names of the tags :func:`label_config` writes
 IMAGE, REGIONS, PATH, CLICK, BOX = "image", "label", "label_path", "click", "box"
+#: how a generated config carries each region's label path
+PATH_TAGS = ("text", "taxonomy")
 
 
 def _colour(name: str) -> str:
@@ -41,12 +44,37 @@ def taxonomy_labels(taxonomy: Taxonomy, unknown: bool = True) -> list[str]:
     return names + [u for u in UNKNOWN_LABELS if unknown and u not in names]
 
 
-def label_config(taxonomy: Taxonomy, *, shape: str = "brush", unknown: bool = True, smart: bool = True) -> str:
+def _choices(taxonomy: Taxonomy) -> list[str]:
+    """The taxonomy's tree as nested ``<Choice>`` elements (Label Studio's ``<Taxonomy>``), one line each."""
+    children: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    for node in taxonomy:
+        path = tuple(node.path)
+        siblings = children.setdefault(path[:-1], [])
+        if path not in siblings:
+            siblings.append(path)
+
+    def walk(parent: tuple[str, ...], depth: int) -> list[str]:
+        lines = []
+        for path in children.get(parent, []):
+            pad, value = "  " * (depth + 2), quoteattr(path[-1])
+            inner = walk(path, depth + 1)
+            lines += [f"{pad}<Choice value={value}>", *inner, f"{pad}</Choice>"] if inner else \
+                [f"{pad}<Choice value={value}/>"]
+        return lines
+
+    return walk((), 0)
+
+
+def label_config(taxonomy: Taxonomy, *, shape: str = "brush", unknown: bool = True, smart: bool = True,
+                 path: str = "text") -> str:
     """A ready Label Studio labeling config for *taxonomy*: the image, ``BrushLabels`` (or ``PolygonLabels`` with
-    *shape* ``polygon``) for every category, the ``part of`` relation, a per-region text area for the label path,
-    and (with *smart*) the keypoint and rectangle smart tools for interactive clicks and boxes."""
+    *shape* ``polygon``) for every category, the ``part of`` relation, the label path per region (*path* ``text``: a
+    text area; ``taxonomy``: a ``<Taxonomy>`` of the taxonomy's tree, where annotators can pick another path), and
+    (with *smart*) the keypoint and rectangle smart tools for interactive clicks and boxes."""
     if shape not in ("brush", "polygon"):
         raise ConfigError(f"shape must be brush or polygon, got {shape!r}")
+    if path not in PATH_TAGS:
+        raise ConfigError(f"path must be {' or '.join(PATH_TAGS)}, got {path!r}")
     labels = taxonomy_labels(taxonomy, unknown)
     tag = "BrushLabels" if shape == "brush" else "PolygonLabels"
 
@@ -62,11 +90,30 @@ def label_config(taxonomy: Taxonomy, *, shape: str = "brush", unknown: bool = Tr
                   label_lines(True).rstrip("\n"), "  </KeyPointLabels>",
                   f'  <RectangleLabels name="{BOX}" toName="{IMAGE}" smart="true" smartOnly="true">',
                   label_lines(True).rstrip("\n"), "  </RectangleLabels>"]
-    lines += ["  <Relations>", f"    <Relation value={quoteattr(PART_OF)}/>", "  </Relations>",
-              f'  <TextArea name="{PATH}" toName="{IMAGE}" perRegion="true" editable="true" '
-              'displayMode="region-list" placeholder="label path (animal/dog/head)"/>',
-              "</View>", ""]
+    lines += ["  <Relations>", f"    <Relation value={quoteattr(PART_OF)}/>", "  </Relations>"]
+    if path == "text":
+        lines.append(f'  <TextArea name="{PATH}" toName="{IMAGE}" perRegion="true" editable="true" '
+                     'displayMode="region-list" placeholder="label path (animal/dog/head)"/>')
+    else:
+        lines += [f'  <Taxonomy name="{PATH}" toName="{IMAGE}" perRegion="true" leafsOnly="false" '
+                  'showFullPath="true" pathSeparator="/">', *_choices(taxonomy), "  </Taxonomy>"]
+    lines += ["</View>", ""]
     return "\n".join(lines)
+
+
+def _tree_paths(tag: ET.Element) -> frozenset[tuple[str, ...]]:
+    """Every path of nested ``<Choice>`` values under a ``<Taxonomy>`` tag."""
+    found: set[tuple[str, ...]] = set()
+
+    def walk(element: ET.Element, prefix: tuple[str, ...]) -> None:
+        for choice in element:
+            if choice.tag == "Choice" and choice.get("value"):
+                path = (*prefix, choice.get("value", ""))
+                found.add(path)
+                walk(choice, path)
+
+    walk(tag, ())
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -81,6 +128,7 @@ class LabelConfig:
         labels: that tag's label values, in config order.
         relations: the ``<Relation>`` values offered (``part of`` labels the part -> whole links when present).
         path: name of a per-region ``TextArea`` for the label path, if any.
+        tree: name of a per-region ``Taxonomy`` for the label path, if any, and ``tree_paths`` the paths it offers.
         clicks / boxes: names of the smart ``KeyPointLabels`` / ``RectangleLabels`` tags, if any.
     """
 
@@ -92,6 +140,8 @@ class LabelConfig:
     relations: tuple[str, ...] = ()
     has_relations: bool = False
     path: str | None = None
+    tree: str | None = None
+    tree_paths: frozenset[tuple[str, ...]] = frozenset()
     clicks: tuple[str, ...] = field(default=())
     boxes: tuple[str, ...] = field(default=())
 
@@ -121,13 +171,23 @@ class LabelConfig:
         if not labels:
             raise ConfigError(f"<{regions.tag} name={regions.get('name')!r}> has no <Label> values")
         rel = [r.get("value", "") for t in tags if t.tag == "Relations" for r in t.iter("Relation")]
-        paths = [t.get("name") for t in mine if t.tag == "TextArea" and t.get("perRegion") in ("true", "1")]
+        per_region = [t for t in mine if t.get("perRegion") in ("true", "1")]
+        paths = [t.get("name") for t in per_region if t.tag == "TextArea"]
+        trees = [t for t in per_region if t.tag == "Taxonomy"]
         return cls(image=name, image_key=value[1:], regions=regions.get("name", ""),
                    shape="brush" if regions.tag == "BrushLabels" else "polygon", labels=labels,
                    relations=tuple(r for r in rel if r), has_relations=any(t.tag == "Relations" for t in tags),
-                   path=paths[0] if paths else None,
+                   path=paths[0] if paths else None, tree=trees[0].get("name") if trees else None,
+                   tree_paths=_tree_paths(trees[0]) if trees else frozenset(),
                    clicks=tuple(t.get("name", "") for t in mine if t.tag == "KeyPointLabels"),
                    boxes=tuple(t.get("name", "") for t in mine if t.tag == "RectangleLabels"))
+
+    def tree_path(self, label_path: Sequence[str]) -> list[str] | None:
+        """The longest start of *label_path* the project's ``<Taxonomy>`` offers (``None``: none, or no tree)."""
+        for n in range(len(label_path), 0, -1):
+            if tuple(label_path[:n]) in self.tree_paths:
+                return list(label_path[:n])
+        return None
 
     def find(self, name: str | None) -> str | None:
         """The project's label for a clipsam label name (case-insensitive), or ``None``."""

@@ -5,7 +5,8 @@ project, one ``polygonlabels`` result per outer ring (percent coordinates); its 
 label path (:meth:`LabelConfig.label_for`); regions whose path names no project label are left out. The hierarchy
 travels as ``relation`` results from each part (kind ``part`` / ``unknown part``) to its nearest region that was
 kept, labelled ``part of`` when the
-project offers that relation, and the label path as the per-region text area's text. Pure numpy; no torch.
+project offers that relation, and the label path as the per-region text area's text and/or the per-region
+taxonomy's choice (its longest start the tree offers). Pure numpy; no torch.
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def region_results(seg: Segmentation, cfg: LabelConfig) -> list[dict[str, Any]]:
             for p in pieces:  # same id as the shape: Label Studio attaches per-region results by id
                 extra.append({"id": p["id"], "from_name": cfg.path, "to_name": cfg.image, "type": "textarea",
                               "value": {"text": [r.label_path_str]}})
+        tree_path = cfg.tree_path(r.label_path) if cfg.tree is not None else None
+        if tree_path is not None:
+            for p in pieces:
+                extra.append({"id": p["id"], "from_name": cfg.tree, "to_name": cfg.image, "type": "taxonomy",
+                              "value": {"taxonomy": [tree_path]}})
     if cfg.has_relations:
         labels = [PART_OF] if PART_OF in cfg.relations else []
         for rid, ids in kept.items():
