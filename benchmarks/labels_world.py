@@ -30,7 +30,7 @@ import numpy as np
 from clipsam.core import masks as M
 from clipsam.core.labels import label_objects
 from clipsam.core.vocabulary import query_taxonomy
-from clipsam.stages.label import LabelPolicy, evidence
+from clipsam.stages.label import LabelPolicy, _part_or_object, evidence
 from clipsam.testing.world import (
     REGION_KINDS,
     CLIPLikeWorld,
@@ -160,7 +160,9 @@ def measure(params: WorldParams, rules: dict, seeds: int, scenes: int, first_see
 
 def own_crop_hits(world: CLIPLikeWorld, scene, rules: dict) -> dict[str, list[bool]]:
     """Per-level correctness of each true object's label from its own exact crop alone (``label_objects`` against the
-    same competitors): the ceiling of any rule that labels a region from its own crop."""
+    same competitors): the ceiling of any rule that labels a region from its own crop. ``part``: each true part
+    from its own crop, decided by the part rule inside its object's own-crop decision -- right only when both are,
+    as ``level_hits`` asks of the whole path."""
     objects, feats = object_crops(world, scene)
     seg = world.segmenter(scene, **rules)
     decisions = label_objects(feats, world.taxonomy.top, seg.text_bank,
@@ -169,7 +171,35 @@ def own_crop_hits(world: CLIPLikeWorld, scene, rules: dict) -> dict[str, list[bo
     for obj, d in zip(objects, decisions, strict=True):
         for level in range(1, len(obj.path) + 1):
             out[f"object L{level}"].append(d.node is not None and tuple(d.node.path[:level]) == obj.path[:level])
+    out["part"] = _own_crop_parts(world, scene, seg, objects, decisions)
     return out
+
+
+def _own_crop_parts(world: CLIPLikeWorld, scene, seg, objects: list, decisions: list) -> list[bool]:
+    from clipsam.core.crops import crop_region
+
+    owner_of = {scene.instances.index(o): d for o, d in zip(objects, decisions, strict=True)}
+    parts = []
+    for part in (s for s in scene.instances if s.kind == "part"):
+        j = part.parent
+        while j is not None and scene.instances[j].kind == "part":
+            j = scene.instances[j].parent
+        if j in owner_of:
+            parts.append((part, owner_of[j]))
+    if not parts:
+        return []
+    emb = world.embedder
+    emb.scene = scene
+    feats = emb.embed_images([crop_region(scene.image, M.decode(p.rle), M.bbox_xywh(p.rle), size=emb.image_size)
+                              for p, _ in parts])
+    hits = []
+    for (part, owner), feat in zip(parts, feats, strict=True):
+        if owner.node is None:
+            hits.append(False)
+            continue
+        d, kind = _part_or_object(feat[None], owner, world.taxonomy, seg.text_bank, seg.policy, True, True)
+        hits.append(kind == "part" and d.node is not None and tuple(d.node.path) == part.path)
+    return hits
 
 
 def grid(seeds: int, scenes: int, first_seed: int, noises: list[float], rules: dict) -> list[tuple[str, float, dict]]:
@@ -297,7 +327,8 @@ def _print_grid(rows: list[tuple[str, float, dict]], args: argparse.Namespace) -
         print(f"| {name} | {noise} | {row['labelled']} | " + " | ".join(_cell(row, c) for c in cols)
               + f" | {row['confident wrong']} ({row['confident wrong pieces']}) |")
     print("\nobject L1 / L2 / L3 in parentheses: the same objects labelled from their own exact crop alone "
-          "(the ceiling of a rule that reads one crop).")
+          "(the ceiling of a rule that reads one crop); part: each part from its own crop inside its object's "
+          "own-crop label.")
     print("\nreliability (share right per score bin), default world:")
     for name, noise, row in rows:
         if name == "default":
