@@ -69,7 +69,7 @@ MAX_ADDED_SUFFIX = 5
 #: Names of part files: ``<image id>.json`` and ``<image id>.error.json``; anything else in ``parts/`` is ignored.
 PART_NAME = re.compile(r"^(-?\d{1,19})(\.error)?\.json$")
 #: Sub-folders of OUT that clipsam writes into (never through a link).
-OUTPUT_FOLDERS = ("parts", "semantic", "instances", "labels", "images")
+OUTPUT_FOLDERS = ("parts", "semantic", "instances", "labels", "images", "cvat", "cvat/images")
 #: The largest id a 16-bit semantic or instance PNG holds.
 PNG_MAX_ID = 65535
 
@@ -373,7 +373,7 @@ class LabelJob:
         """*items* without this job's own outputs, for a source folder that holds ``out``: its PNGs, part files and
         the links it made in ``images/`` are never labelled as images."""
         root = os.path.abspath(self.out)
-        own = tuple(os.path.join(root, sub) + os.sep for sub in ("parts", "semantic", "instances", "labels", "cvat"))
+        own = tuple(os.path.join(root, sub) + os.sep for sub in OUTPUT_FOLDERS if sub != "images")
         links = os.path.join(root, "images") + os.sep
         return [i for i in items if not (os.path.abspath(i.path).startswith(own) or (
             os.path.abspath(i.path).startswith(links) and os.path.islink(i.path)))]

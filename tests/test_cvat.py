@@ -152,3 +152,18 @@ def test_clipsam_label_format_cvat_writes_links_and_never_replaces_a_users_file(
     tree = ET.parse(tmp_path / "out" / "cvat" / "annotations.xml")
     assert [i.get("name") for i in tree.iter("image")] == ["sub/a.PNG"]  # the relative path, its ending as it is
     assert len(list(tree.iter("mask"))) == json.loads(res.output)["cvat_masks"]  # what the summary says it wrote
+
+
+def test_a_planted_link_for_the_cvat_folder_is_refused(tmp_path):
+    from clipsam.errors import OutputError
+
+    scene = synthetic_scene()
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(scene.image).save(tmp_path / "photos" / "a.png")
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "cvat").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(OutputError, match="cvat: is a symbolic link"):
+        oracle_label_run(tmp_path / "photos", out, scene, formats=("cvat",))
+    assert list(elsewhere.iterdir()) == []  # nothing written through the link
