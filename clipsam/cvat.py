@@ -28,6 +28,7 @@ import numpy as np
 
 from .core import masks as M
 from .core.regions import KINDS
+from .core.tree import depths
 from .files import atomic_write
 
 __all__ = ["ATTRIBUTES", "cvat_rle", "cvat_xml", "write_cvat"]
@@ -66,23 +67,21 @@ def cvat_rle(mask: np.ndarray) -> tuple[list[int], tuple[int, int, int, int]]:
 
 
 def _trees(annotations: Sequence[Mapping[str, Any]]) -> tuple[dict[int, int], dict[int, int]]:
-    """``(depth, group)`` by annotation id: the depth below its tree's root, and a group id per tree of more than
-    one region (0: alone)."""
-    parent = {int(a["id"]): a.get("parent_id") for a in annotations}
-    depth, root = {}, {}
-    for aid in parent:
-        chain, node = [], aid
-        while node is not None and node in parent and node not in chain and node not in root:
-            chain.append(node)
-            node = parent[node]
-        base_depth, base_root = (depth[node] + 1, root[node]) if node in root else (0, chain[-1])
-        for k, n in enumerate(reversed(chain)):
-            depth[n], root[n] = base_depth + k, base_root
-    sizes: dict[int, int] = {}
-    for r in root.values():
-        sizes[r] = sizes.get(r, 0) + 1
-    numbers = {r: k for k, r in enumerate(sorted(r for r, n in sizes.items() if n > 1), 1)}
-    return depth, {aid: numbers.get(root[aid], 0) for aid in parent}
+    """``(depth, group)`` by annotation id: the depth below its tree's root (:func:`clipsam.core.tree.depths`), and
+    a group id per tree of more than one region (0: alone). A parent outside *annotations* makes a root."""
+    ids = [int(a["id"]) for a in annotations]
+    index = {aid: k for k, aid in enumerate(ids)}
+    parent = np.asarray([index.get(a.get("parent_id"), -1) if a.get("parent_id") is not None else -1
+                         for a in annotations], dtype=np.int64)
+    depth = depths(parent)
+    root = np.arange(len(ids))
+    for k in np.argsort(depth, kind="stable"):  # parents first: a node's root is its parent's
+        if parent[k] >= 0:
+            root[k] = root[parent[k]]
+    roots, sizes = np.unique(root, return_counts=True)
+    numbers = {int(r): n for n, r in enumerate(roots[sizes > 1], 1)}
+    return ({aid: int(depth[k]) for k, aid in enumerate(ids)},
+            {aid: numbers.get(int(root[k]), 0) for k, aid in enumerate(ids)})
 
 
 def _meta(root: ET.Element, coco: Mapping[str, Any]) -> None:
