@@ -1,4 +1,5 @@
-"""CVAT export: ``cvat/annotations.xml`` in *CVAT for images 1.1*, the format CVAT uploads and Datumaro reads.
+"""CVAT export: ``cvat/annotations.xml`` in *CVAT for images 1.1*, the format CVAT uploads and Datumaro reads, with
+``cvat/images/`` links to the labelled images (the layout of a CVAT dataset).
 
 The hierarchy as CVAT holds it:
 
