@@ -514,3 +514,53 @@ def test_a_group_is_never_promoted_back_by_one_of_its_members():
     out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=rles,
                      embed=Embedder(rows({"dog": 0.9})))
     assert out.decisions[0].node is None and out.kinds[:2] == ("unknown", "object")
+
+
+def test_a_nested_rivals_score_carries_the_prior_that_it_is_a_piece():
+    """Inside a dog, a region whose crop says "sofa" 3 logits more than "dog" is a sofa lying on it -- but its score is
+    the sofa's probability once the dog's own explanation (its category and parts) is weighed by the same prior odds
+    the decision used (e^NESTED_MARGIN to 1), not its share of the bare softmax: a rival that barely clears the
+    margin is not reported as sure of itself."""
+    from clipsam.stages.label import NESTED_MARGIN
+
+    feats = rows({"dog": 0.9}, {"dog": 0.6, "sofa": 0.9})
+    out = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), SUBTREE)
+    assert out.kinds == ("object", "object") and out.decisions[1].node.path == ("furniture", "sofa")
+    # one softmax: head, tail (the dog's parts), animal, dog, puppy, cat, furniture, sofa, background
+    p = softmax([0.0, 0.0, 0.0, 0.6, 0.0, 0.0, 0.0, 0.9, 0.0])
+    prior = 1.0 + (np.exp(NESTED_MARGIN) - 1.0) * (p[0] + p[1] + p[2] + p[3] + p[4] + p[5])
+    assert out.decisions[1].path_scores == pytest.approx(((p[6] + p[7]) / prior, p[7] / prior), rel=1e-5)
+    assert out.decisions[1].score < p[7]
+    # top-down: the dog's name and the sofa's top-level name, the same prior weighing the dog's side
+    feats = rows({"animal": 0.6, "dog": 0.9}, {"animal": 0.6, "furniture": 0.9})
+    top_down = label_tree(feats, np.array([-1, 0]), TAX, FixedBank(), POLICY)
+    assert top_down.kinds[1] == "object" and top_down.decisions[1].node.name == "furniture"
+    p = softmax([0.0, 0.0, 0.9, 0.6, 0.0])  # head, tail, furniture, animal (its own), background
+    prior = 1.0 + (np.exp(NESTED_MARGIN) - 1.0) * (p[0] + p[1] + p[3])
+    assert top_down.decisions[1].score == pytest.approx(p[2] / prior, rel=1e-5)
+
+
+def test_an_unsure_pair_is_not_promoted_by_one_member_when_its_rest_lies_apart():
+    """SAM's mask of two dogs apart, its crop unsure; one dog labelled (more than half of the pair), the other a
+    child of another region in the tree. The pair's rest -- the second dog -- shows a dog too, but it does not touch
+    the first: two things side by side, not the other half of one, so the pair stays unknown. The same geometry
+    with the halves touching is one dog."""
+    feats = rows({"background": 0.9, "dog": 0.5}, {"dog": 0.9}, {"dog": 0.9})
+    apart = label_tree(feats, np.array([-1, 0, -1]), TAX, FixedBank(), SUBTREE,
+                       rles=_masks(((0, 11), (13, 20)), (0, 11), (13, 20)), embed=Embedder(rows({"dog": 0.9})))
+    assert apart.decisions[0].node is None and apart.kinds == ("unknown", "object", "object")
+    touching = label_tree(feats, np.array([-1, 0, -1]), TAX, FixedBank(), SUBTREE,
+                          rles=_masks((0, 20), (0, 11), (11, 20)), embed=Embedder(rows({"dog": 0.9})))
+    assert touching.decisions[0].node.name == "dog"
+
+
+def test_a_pairs_unsure_member_counts_by_its_pixels_not_its_place_in_the_tree():
+    """Three dogs apart and SAM's masks of two overlapping pairs. The middle dog is too unsure to be labelled and its
+    one parent in the tree is the first pair; inside the second pair it still lies by its pixels, so the second
+    pair falls apart into two clusters too: a group, not a dog."""
+    rles = _masks(((0, 4), (8, 12)), ((8, 12), (16, 20)), (0, 4), (8, 12), (16, 20))
+    parents = np.array([-1, -1, 0, 0, 1])  # the middle dog under the first pair only
+    feats = rows({"dog": 0.9}, {"dog": 0.9}, {"dog": 0.9}, {"background": 0.9, "dog": 0.5}, {"dog": 0.9})
+    out = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles)
+    assert out.decisions[0].node is None and out.decisions[1].node is None
+    assert out.kinds[2] == "object" and out.kinds[4] == "object"

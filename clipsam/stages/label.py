@@ -146,7 +146,8 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
        labelled object it is scored in one softmax over that object's parts, every category's labels (its own
        included) and the negatives: a named part, or a piece of it (``unknown part``; merged into it when it
        covers it to :data:`SAME_OBJECT_IOU`), unless another category beats both on the region itself by
-       :data:`NESTED_MARGIN` logits (an object lying on top of another: a cup on a table's mask).
+       :data:`NESTED_MARGIN` logits (an object lying on top of another: a cup on a table's mask); its probability
+       then weighs the owner's own category and parts by the same prior odds.
 
     Args:
         feats: ``(N, D)`` unit region embeddings.
@@ -316,36 +317,41 @@ def _ungroup(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     cover it and fall apart into separate clusters that do not touch (two or four dogs; the two halves of one dog
     touch). A region's members are the labelled regions inside it (:data:`~clipsam.core.tree.DEFAULT_CONTAINMENT`
     of their pixels) in no larger one inside it, groups replaced by their own members (smaller regions are decided
-    first) -- by pixels, not by the tree, where a dog shared by two overlapping pairs has one parent only -- and,
-    for the clusters, its unlabelled children in the tree, through groups (a dog too unsure to be labelled is
-    still a dog's mask)."""
+    first), and, for the clusters, the unlabelled regions inside it in no larger region inside it but a group (a dog
+    too unsure to be labelled is still a dog's mask) -- all by pixels, not by the tree, where a dog shared by two
+    overlapping pairs has one parent only."""
     out = list(objects)
-    rows = np.asarray([i for i, d in enumerate(objects) if d.node is not None], dtype=np.int64)
-    if not len(rows):
+    rows = [i for i, d in enumerate(objects) if d.node is not None]
+    if not rows:
         return out
-    share = M.contained_share([rles[i] for i in rows]) >= DEFAULT_CONTAINMENT
+    roots = {_root(i, parents) for i in rows}
+    others = sorted({u for t in roots for u in [t, *below[t]] if objects[u].node is None})
+    every = np.asarray(rows + others, dtype=np.int64)  # labelled first, then the unlabelled under the same roots
+    share = M.contained_share([rles[i] for i in every]) >= DEFAULT_CONTAINMENT
     np.fill_diagonal(share, False)
-    area = np.asarray(M.area([rles[i] for i in rows]), dtype=np.float64)
-    grouped = np.zeros(len(rows), dtype=bool)
-    for r in np.argsort(area, kind="stable"):  # inner regions first
-        inside = np.flatnonzero(share[:, r] & (area < area[r]) & ~grouped)
-        within = share[np.ix_(inside, inside)] & (area[inside][None, :] > area[inside][:, None])  # c in a larger d
-        members = [int(rows[c]) for c in inside[~within.any(axis=1)]]
-        skip = {int(rows[g]) for g in np.flatnonzero(grouped)}
-        unlabelled = [u for u in below[int(rows[r])] if objects[u].node is None
-                      and _first_ancestor_not_in(u, parents, skip) == int(rows[r])]
-        if _is_group(members, unlabelled, int(rows[r]), rles, objects):
+    area = np.asarray(M.area([rles[i] for i in every]), dtype=np.float64)
+    labelled = np.arange(len(every)) < len(rows)
+    grouped = np.zeros(len(every), dtype=bool)
+    for r in np.argsort(area[:len(rows)], kind="stable"):  # inner regions first
+        inside = share[:, r] & (area < area[r])
+        inner = np.flatnonzero(inside & labelled & ~grouped)
+        within = share[np.ix_(inner, inner)] & (area[inner][None, :] > area[inner][:, None])  # c in a larger d
+        members = inner[~within.any(axis=1)]
+        loose = np.flatnonzero(inside & ~labelled)
+        shield = np.flatnonzero(inside & ~grouped)  # a loose region inside one of these is not outermost
+        held = share[np.ix_(loose, shield)] & (area[shield][None, :] > area[loose][:, None])
+        unlabelled = [int(every[u]) for u in loose[~held.any(axis=1)]]
+        if _is_group([int(every[m]) for m in members], unlabelled, int(every[r]), rles, objects):
             grouped[r] = True
-            d = objects[rows[r]]
-            out[rows[r]] = LabelDecision(None, (), d.node, d.score)
+            d = objects[every[r]]
+            out[every[r]] = LabelDecision(None, (), d.node, d.score)
     return out
 
 
-def _first_ancestor_not_in(i: int, parents: np.ndarray, skip: set[int]) -> int:
-    j = int(parents[i])
-    while j >= 0 and j in skip:
-        j = int(parents[j])
-    return j
+def _root(i: int, parents: np.ndarray) -> int:
+    while parents[i] >= 0:
+        i = int(parents[i])
+    return i
 
 
 def _is_group(members: list[int], unlabelled: list[int], r: int, rles: Sequence[M.RLE],
@@ -400,7 +406,7 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
         area = np.asarray(M.area([rles[i] for i in [r, *members]]), dtype=np.float64)
         if area[1:].sum() < GROUP_COVER * area[0] or \
                 M.area([M.merge([rles[m] for m in members])])[0] < GROUP_COVER * area[0]:
-            out[r] = _by_its_rest(r, members, area, objects, rest) or out[r]
+            out[r] = _by_its_rest(r, members, area, objects, rest, rles) or out[r]
             continue
         if _is_group(members, [], r, rles, objects):
             continue
@@ -419,13 +425,16 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     return out
 
 
-def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence[LabelDecision], rest: _Rest | None
-                 ) -> LabelDecision | None:
-    """Region *r*'s label from its largest labelled piece when that piece covers half of it and *r*'s rest shows the
-    same thing (see :func:`_promote`), else ``None``."""
+def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence[LabelDecision], rest: _Rest | None,
+                 rles: Sequence[M.RLE]) -> LabelDecision | None:
+    """Region *r*'s label from its largest labelled piece when that piece covers half of it and *r*'s rest touches
+    it and shows the same thing (see :func:`_promote`), else ``None``. A rest that lies apart from the piece is a
+    second thing beside it -- SAM's mask of two glasses, one of them too unsure to be labelled -- not its other half."""
     k = int(np.argmax(area[1:]))
     piece = objects[members[k]]
     if rest is None or area[1 + k] < 0.5 * area[0] or rest.verdict(r, members[k], piece.node, piece.node) != "same":
+        return None
+    if area[1 + k] < area[0] and not M.touching(M.difference(rles[r], rles[members[k]]), rles[members[k]]):
         return None
     return LabelDecision(piece.node, piece.path_scores, piece.node, piece.score)
 
@@ -463,7 +472,8 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
     and the negatives: a probability is only meaningful over the full set of candidates. A piece whose best label is
     its owner's category (a half of a cat) is never renamed by taking that category out and renormalising the rest;
     another category wins only by beating the owner's category and every part on the region itself by
-    :data:`NESTED_MARGIN` logits."""
+    :data:`NESTED_MARGIN` logits, and its score (and its ``min_confidence`` test) is its share once the owner's
+    mass is weighed by those same prior odds."""
     whole = whole_decision.node
     assert whole is not None  # the owner is a labelled object
     parts = whole.all_parts() if with_parts else []
@@ -493,15 +503,20 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
             return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy,
                                   inside)
         return LabelDecision(None, (), whole, own_best), "unknown part"  # a piece: a half, a pair of parts, a sliver
-    top, top_mass = rivals[best_rival], float(rival_mass[best_rival])
+    # The same prior odds in the probability: the owner's explanation (its category and parts) weighed by
+    # e^NESTED_MARGIN, so a rival that barely clears the margin is not reported as sure of itself.
+    prior = 1.0 + (np.exp(NESTED_MARGIN) - 1.0) * (own_mass + float(np.sum(part_p)))
+    top, top_mass = rivals[best_rival], float(rival_mass[best_rival]) / prior
     if rival_score <= negative or top_mass < policy.min_confidence:
         return LabelDecision(None, (), top, top_mass), "unknown part"
     if policy.scoring == "subtree":
-        d = choose(s, 0, [top], min_confidence=policy.min_confidence, descend_confidence=policy.descend_confidence,
-                   deep=deep)
-        return d, "object"
-    d = LabelDecision(top, (top_mass,), top, top_mass)
-    return (descend(feat, [d], bank, descend_confidence=policy.descend_confidence)[0] if deep else d), "object"
+        d = choose(s, 0, [top], min_confidence=0.0, descend_confidence=policy.descend_confidence, deep=deep)
+    else:
+        d = LabelDecision(top, (top_mass * prior,), top, top_mass * prior)
+        d = descend(feat, [d], bank, descend_confidence=policy.descend_confidence)[0] if deep else d
+    if d.node is None:
+        return LabelDecision(None, (), top, top_mass), "unknown part"
+    return LabelDecision(d.node, tuple(p / prior for p in d.path_scores), top, top_mass), "object"
 
 
 def _part_decision(node: TaxonomyNode, node_p: float, part_p: np.ndarray, parts: Sequence[TaxonomyNode],
