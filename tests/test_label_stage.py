@@ -564,3 +564,18 @@ def test_a_pairs_unsure_member_counts_by_its_pixels_not_its_place_in_the_tree():
     out = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles)
     assert out.decisions[0].node is None and out.decisions[1].node is None
     assert out.kinds[2] == "object" and out.kinds[4] == "object"
+
+
+def test_an_unsure_whole_is_that_object_when_touching_pieces_cover_half_and_its_rest_agrees():
+    """SAM's near-duplicate of a dog (a little larger than the dog), its crop unsure, and two overlapping pieces of
+    the dog that say "dog": together they cover 64 % of it, neither half of it alone. Its rest -- the pixels outside
+    both -- shows a dog: the region is the dog. If the rest shows a sofa, it stays unknown."""
+    feats = rows({"background": 0.9, "dog": 0.5}, {"dog": 0.9}, {"dog": 0.85, "puppy": 0.9})
+    rles = _masks((0, 22), (0, 10), (8, 14))
+    parents = np.array([-1, 0, 0])
+    same = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"dog": 0.9})))
+    assert same.decisions[0].node.path == ("animal", "dog") and same.kinds == ("object", "unknown part", "unknown part")
+    alone = label_tree(feats, np.full(3, -1), TAX, FixedBank(), SUBTREE)
+    assert same.decisions[0].score == pytest.approx(min(d.path_scores[1] for d in alone.decisions[1:]))
+    other = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"sofa": 0.9})))
+    assert other.decisions[0].node is None

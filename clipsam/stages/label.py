@@ -241,9 +241,10 @@ class _Rest:
                  parts_from: Taxonomy | None = None) -> None:
         self.rles, self.embed, self.tops, self.bank = rles, embed, list(tops), bank
         self.competitors, self.policy, self.parts_from = list(competitors), policy, parts_from
-        self._seen: dict[tuple[int, int, str], str | None] = {}
+        self._seen: dict[tuple[int, int | tuple[int, ...], str], str | None] = {}
 
-    def verdict(self, p: int, c: int, node: TaxonomyNode, container: TaxonomyNode) -> str | None:
+    def verdict(self, p: int, c: int | tuple[int, ...], node: TaxonomyNode, container: TaxonomyNode) -> str | None:
+        """*c*: one region inside *p*, or several (their union)."""
         key = (p, c, "/".join(container.path))
         if key not in self._seen:
             self._seen[key] = self._judge(p, c, node, container)
@@ -255,8 +256,9 @@ class _Rest:
             return own
         return next((parts for n in self.parts_from.find(container.name) if (parts := n.all_parts())), [])
 
-    def _judge(self, p: int, c: int, node: TaxonomyNode, container: TaxonomyNode) -> str | None:
-        rest = M.difference(self.rles[p], self.rles[c])
+    def _judge(self, p: int, c: int | tuple[int, ...], node: TaxonomyNode, container: TaxonomyNode) -> str | None:
+        inner = self.rles[c] if isinstance(c, int) else M.merge([self.rles[i] for i in c])
+        rest = M.difference(self.rles[p], inner)
         if M.area(rest) < REST_MIN_SHARE * M.area(self.rles[p]):
             return "same"
         parts = self._parts(container)
@@ -393,9 +395,10 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     noisy piece that says "laptop" among the halves of a scooter does not veto it). Its label is the deepest label
     the majority's pieces share, each path score the smallest of theirs. Groups (separate clusters) are never
     promoted; nor are unions, whose other member is another category of comparable area. With *rest*, an unknown
-    region whose largest labelled piece covers half of it or more, and whose rest (its pixels outside that piece)
-    shows the same thing, is that piece's object too (a cup whose whole crop was unsure and of which SAM gave one
-    half)."""
+    region whose largest labelled piece, with the pieces of its category touching it, covers half of it or more,
+    and whose rest (its pixels outside them) touches them and shows the same thing, is their object too (a cup whose
+    whole crop was unsure and of which SAM gave one half; SAM's slightly larger mask of a dog with a half and a
+    quarter of it labelled) -- see :func:`_by_its_rest`."""
     out = list(objects)
     for r, below in enumerate(inside):
         if objects[r].node is not None or not below or r in groups:  # groups found by _ungroup stay groups
@@ -427,16 +430,42 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
 
 def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence[LabelDecision], rest: _Rest | None,
                  rles: Sequence[M.RLE]) -> LabelDecision | None:
-    """Region *r*'s label from its largest labelled piece when that piece covers half of it and *r*'s rest touches
-    it and shows the same thing (see :func:`_promote`), else ``None``. A rest that lies apart from the piece is a
-    second thing beside it -- SAM's mask of two glasses, one of them too unsure to be labelled -- not its other half."""
+    """Region *r*'s label from its largest labelled piece and the pieces of its category that touch it (one cluster),
+    when together they cover half of it and *r*'s rest touches them and shows the same thing (see
+    :func:`_promote`), else ``None``. A rest that lies apart from them is a second thing beside them -- SAM's mask of
+    two glasses, one of them too unsure to be labelled -- not the rest of one."""
     k = int(np.argmax(area[1:]))
-    piece = objects[members[k]]
-    if rest is None or area[1 + k] < 0.5 * area[0] or rest.verdict(r, members[k], piece.node, piece.node) != "same":
+    if rest is None:
         return None
-    if area[1 + k] < area[0] and not M.touching(M.difference(rles[r], rles[members[k]]), rles[members[k]]):
+    cluster = _touching_cluster(members[k], [m for m in members if objects[m].node.path[0] ==
+                                             objects[members[k]].node.path[0]], rles)
+    covered = M.merge([rles[c] for c in cluster]) if len(cluster) > 1 else rles[members[k]]
+    if M.area(covered) < 0.5 * area[0]:
         return None
-    return LabelDecision(piece.node, piece.path_scores, piece.node, piece.score)
+    node = objects[cluster[0]].node
+    for c in cluster[1:]:
+        node = _shared(node, objects[c].node) or _common(node, objects[c].node)
+    if rest.verdict(r, cluster[0] if len(cluster) == 1 else tuple(cluster), node, node) != "same":
+        return None
+    outside = M.difference(rles[r], covered)
+    if M.area(outside) and not M.touching(outside, covered):
+        return None
+    scores = tuple(min(objects[c].path_scores[j] for c in cluster) for j in range(len(node.path)))
+    return LabelDecision(node, scores, node, scores[0])
+
+
+def _touching_cluster(seed: int, candidates: list[int], rles: Sequence[M.RLE]) -> list[int]:
+    """*seed* and the *candidates* that touch it, directly or through one another (sorted, *seed* first)."""
+    cluster, left = [seed], [c for c in candidates if c != seed]
+    grew = True
+    while grew and left:
+        grew = False
+        for c in list(left):
+            if any(M.touching(rles[c], rles[m]) for m in cluster):
+                cluster.append(c)
+                left.remove(c)
+                grew = True
+    return [seed, *sorted(cluster[1:])]
 
 
 def _common(a: TaxonomyNode, b: TaxonomyNode) -> TaxonomyNode:
