@@ -143,7 +143,10 @@ class Segmenter(ModelOwner):
     @property
     def last_stats(self) -> dict[str, Any]:
         """What this thread's last ``segment`` / ``segment_everything`` call did: strategy, decoder prompts, CLIP
-        passes, seconds per stage."""
+        passes, and (SAM 1 and SAM 2.1) ``seconds`` per stage: ``prepare_and_embed`` (SAM's image embedding, unless
+        cached), ``propose``, ``nest``, ``embed_regions`` (CLIP over the regions' crops), ``label`` (the rules, and
+        the text embeddings they need when not cached), ``parts``, ``refine``, ``assemble``; they add up to the
+        call, less its input checks."""
         return getattr(self._local, "stats", {})
 
     # -- models ------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The real SAM and open_clip architectures at tiny size, random weights: wiring, shapes, equivalence, errors."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,33 @@ def test_fast_speed_halves_the_default_grid_and_is_checked():
     assert Segmenter("vit_b", speed="fast").precision == "bf16"  # autocast on CUDA; CPU runs stay fp32
     with pytest.raises(ConfigError, match="speed must be one of exact, fast"):
         Segmenter("vit_b", speed="turbo")
+
+
+def test_stage_clock_counts_time_once(monkeypatch):
+    """A stage's seconds exclude the stages timed inside it (labelling embeds pieces' crops: CLIP's time is
+    ``embed_regions``'s), and a stage run twice adds up."""
+    from clipsam.pipelines import points
+    from clipsam.testing import oracle_segmenter
+
+    pipe = points.PointPipeline(oracle_segmenter())
+    ticks = iter(range(100))
+    monkeypatch.setattr(points.time, "perf_counter", lambda: float(next(ticks)))
+    with pipe.timed("label"):  # 0 .. 5
+        with pipe.timed("embed_regions"):  # 1 .. 2
+            pass
+        with pipe.timed("embed_regions"):  # 3 .. 4
+            pass
+    assert pipe.stats["seconds"] == {"embed_regions": 2.0, "label": 3.0}
+
+
+def test_last_stats_time_every_stage_of_a_labelled_call(chelsea):
+    seg = tiny_segmenter(taxonomy="everyday")
+    start = time.perf_counter()
+    seg.segment_everything(chelsea)
+    wall = time.perf_counter() - start
+    seconds = seg.last_stats["seconds"]
+    assert {"prepare_and_embed", "propose", "nest", "embed_regions", "label", "assemble"} <= set(seconds)
+    assert all(v >= 0 for v in seconds.values()) and sum(seconds.values()) <= wall
+    free = tiny_segmenter(negatives=(), vocabulary=False, min_confidence=0.0)
+    assert len(free.segment(chelsea, "cat", refine=True)) >= 1
+    assert {"embed_regions", "label", "refine"} <= set(free.last_stats["seconds"])

@@ -7,9 +7,10 @@ several threads on one segmenter do not mix them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,11 +43,27 @@ def grid_params(sam_name: str, settings_params: Any, call_params: dict[str, Any]
 
 class PointPipeline:
     """``query`` and ``everything`` for a point-prompted SAM, on the models, caches and settings of *seg* (a
-    :class:`~clipsam.Segmenter`); :attr:`stats` says what the call did."""
+    :class:`~clipsam.Segmenter`); :attr:`stats` says what the call did, with ``seconds`` per stage (see
+    :meth:`timed`)."""
 
     def __init__(self, seg: Any) -> None:
         self.seg, self.settings, self.policy = seg, seg.settings, seg.policy
-        self.stats: dict[str, Any] = {}
+        self.stats: dict[str, Any] = {"seconds": {}}
+        self._nested = 0.0  # seconds spent in timed blocks inside the one now open
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the seconds of the block to ``stats["seconds"][stage]``, less those of timed blocks inside it (the
+        labelling stage embeds pieces' crops: that time is ``embed_regions``'s, not ``label``'s), so the stages add
+        up to the call."""
+        start, outer, self._nested = time.perf_counter(), self._nested, 0.0
+        try:
+            yield
+        finally:
+            total = time.perf_counter() - start
+            seconds = self.stats["seconds"]
+            seconds[stage] = round(seconds.get(stage, 0.0) + total - self._nested, 4)
+            self._nested = outer + total
 
     # -- requests ---------------------------------------------------------------------------------------------------
     def query(self, q: Query) -> Segmentation:
@@ -56,14 +73,16 @@ class PointPipeline:
         feats = self.embed(work, regions.rles)
         regions, feats, matched, keep = self.match(work, emb, q, regions, feats, q.part_points)
         if q.refine and keep:  # refined masks are nested, embedded and labelled anew: labels describe the new masks
-            regions, feats = refine_masks(work.sam(self.seg.proposer), emb, regions, keep, feats,
-                                          lambda r: self.embed(work, r))
-            regions = nest(regions.rles, regions.predicted_iou, regions.stability_score,
-                           duplicate_iou=s.duplicate_iou, containment=s.containment)
+            with self.timed("refine"):
+                regions, feats = refine_masks(work.sam(self.seg.proposer), emb, regions, keep, feats,
+                                              lambda r: self.embed(work, r))
+                regions = nest(regions.rles, regions.predicted_iou, regions.stability_score,
+                               duplicate_iou=s.duplicate_iou, containment=s.containment)
             regions, feats, matched, keep = self.match(work, emb, q, regions, feats[regions.ids], 0)
         chosen = Labelled.from_matches(matched, len(regions))
-        return assemble(work, regions, chosen, keep, query=tuple(q.terms), taxonomy=q.taxonomy, feats=feats,
-                        models=self.seg.model_names())
+        with self.timed("assemble"):
+            return assemble(work, regions, chosen, keep, query=tuple(q.terms), taxonomy=q.taxonomy, feats=feats,
+                            models=self.seg.model_names())
 
     def everything(self, e: Everything) -> Segmentation:
         tax = e.taxonomy if e.label else None
@@ -80,7 +99,8 @@ class PointPipeline:
         elif e.with_embeddings:
             feats = self.embed(work, regions.rles)
         keep = labelled.kept() if labelled is not None else range(len(regions))
-        return assemble(work, regions, labelled, keep, taxonomy=tax, feats=feats, models=self.seg.model_names())
+        with self.timed("assemble"):
+            return assemble(work, regions, labelled, keep, taxonomy=tax, feats=feats, models=self.seg.model_names())
 
     def prompt(self, image: Any, points: Any, labels: Any, box: Any, mask: Any, multimask: bool | None
                ) -> Segmentation:
@@ -103,21 +123,19 @@ class PointPipeline:
                    ) -> tuple[Work, Any, Regions]:
         """prepare -> propose (the point grid, or prompts guided by relevance maps for *guide*'s targets) -> nest."""
         s, seg = self.settings, self.seg
-        t0 = time.perf_counter()
-        work = seg.prepare(image)
-        emb = seg.caches.sam.get(work, seg.proposer)
-        t1 = time.perf_counter()
-        props = self.guided(work, emb, *guide) if guide is not None else None
-        if props is None:
-            params = grid_params(seg.sam_name, s.generator_params, params)
-            sam = work.sam(seg.proposer)
-            props = propose(sam, work.input_for(sam), emb, params)
-            side = params.get("points_per_side", 32)
-            self.stats.update(strategy="grid", decoder_prompts=int(side) ** 2 if side else None)
-        t2 = time.perf_counter()
-        regions = nest_proposals(props, duplicate_iou=s.duplicate_iou, containment=s.containment)
-        self.stats["seconds"] = {"prepare_and_embed": round(t1 - t0, 4), "propose": round(t2 - t1, 4),
-                                 "nest": round(time.perf_counter() - t2, 4)}
+        with self.timed("prepare_and_embed"):
+            work = seg.prepare(image)
+            emb = seg.caches.sam.get(work, seg.proposer)
+        with self.timed("propose"):
+            props = self.guided(work, emb, *guide) if guide is not None else None
+            if props is None:
+                params = grid_params(seg.sam_name, s.generator_params, params)
+                sam = work.sam(seg.proposer)
+                props = propose(sam, work.input_for(sam), emb, params)
+                side = params.get("points_per_side", 32)
+                self.stats.update(strategy="grid", decoder_prompts=int(side) ** 2 if side else None)
+        with self.timed("nest"):
+            regions = nest_proposals(props, duplicate_iou=s.duplicate_iou, containment=s.containment)
         return work, emb, regions
 
     def dense(self, work: Work) -> np.ndarray:
@@ -138,9 +156,10 @@ class PointPipeline:
 
     def embed(self, work: Work, rles: Sequence[Any]) -> np.ndarray:
         s, embedder = self.settings, self.seg.embedder
-        if s.region_features == "pooled" and len(rles) and dense_unsupported(embedder) is None:
-            return pool_regions(self.dense(work), rles)
-        return embed_regions(work.pixels, rles, embedder, margin=s.crop_margin, fill=s.crop_fill)
+        with self.timed("embed_regions"):
+            if s.region_features == "pooled" and len(rles) and dense_unsupported(embedder) is None:
+                return pool_regions(self.dense(work), rles)
+            return embed_regions(work.pixels, rles, embedder, margin=s.crop_margin, fill=s.crop_fill)
 
     def match(self, work: Work, emb: Any, q: Query, regions: Regions, feats: np.ndarray, part_points: int
               ) -> tuple[Any, ...]:
@@ -150,21 +169,36 @@ class PointPipeline:
         if q.resolved and q.taxonomy is not None:
             regions, feats, labelled = self.label(work, emb, regions, feats, q.taxonomy, q.include_parts,
                                                   part_points)
-        matched = match_query(feats, regions.parent, q.resolved, q.free, self.seg.text_bank, self.policy, labelled,
-                              q.taxonomy, rles=regions.rles, embed=lambda r: self.embed(work, r))
-        return regions, feats, matched, drop_nested_same_label(regions.rles, matched, self.settings.containment)
+        with self.timed("label"):
+            matched = match_query(feats, regions.parent, q.resolved, q.free, self.seg.text_bank, self.policy,
+                                  labelled, q.taxonomy, rles=regions.rles, embed=lambda r: self.embed(work, r))
+            keep = drop_nested_same_label(regions.rles, matched, self.settings.containment)
+        return regions, feats, matched, keep
 
     def label(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, tax: Taxonomy, with_parts: bool,
               part_points: int, guided: bool = False) -> tuple[Regions, np.ndarray, Labelled]:
         """label, then prompt for parts inside labelled objects -- guided by the parts' relevance maps (*guided*)
         and/or at *part_points* points each -- re-nest and label again."""
-        s, seg = self.settings, self.seg
+        seg = self.seg
         embed = lambda r: self.embed(work, r)  # noqa: E731
-        labelled = label_tree(feats, regions.parent, tax, seg.text_bank, self.policy, with_parts=with_parts,
-                              rles=regions.rles, embed=embed)
+        with self.timed("label"):
+            labelled = label_tree(feats, regions.parent, tax, seg.text_bank, self.policy, with_parts=with_parts,
+                                  rles=regions.rles, embed=embed)
         guided = guided and with_parts and dense_unsupported(seg.embedder) is None
         if part_points <= 0 and not guided:
             return regions, feats, labelled
+        with self.timed("parts"):
+            merged, feats = self.parts(work, emb, regions, feats, labelled, part_points, guided)
+        if merged is regions:
+            return regions, feats, labelled
+        with self.timed("label"):
+            return merged, feats, label_tree(feats, merged.parent, tax, seg.text_bank, self.policy,
+                                             with_parts=with_parts, rles=merged.rles, embed=embed)
+
+    def parts(self, work: Work, emb: Any, regions: Regions, feats: np.ndarray, labelled: Labelled,
+              part_points: int, guided: bool) -> tuple[Regions, np.ndarray]:
+        """SAM's part masks inside the labelled objects, merged into *regions* (the same object when none is new)."""
+        s, seg = self.settings, self.seg
         objects = [i for i, k in enumerate(labelled.kinds) if k == "object"]
         limits = {"containment": s.containment, "max_part_share": s.max_part_share, "min_pred_iou": s.part_pred_iou}
         rles, ious = [], []
@@ -176,9 +210,5 @@ class PointPipeline:
         if part_points > 0:
             more, more_iou = part_candidates(work.sam(seg.proposer), emb, regions, objects, part_points, **limits)
             rles, ious = rles + more, ious + more_iou
-        merged, feats = merge_candidates(regions, feats, rles, ious, embed=embed, containment=s.containment,
-                                         duplicate_iou=s.duplicate_iou)
-        if merged is regions:
-            return regions, feats, labelled
-        return merged, feats, label_tree(feats, merged.parent, tax, seg.text_bank, self.policy,
-                                         with_parts=with_parts, rles=merged.rles, embed=embed)
+        return merge_candidates(regions, feats, rles, ious, embed=lambda r: self.embed(work, r),
+                                containment=s.containment, duplicate_iou=s.duplicate_iou)
