@@ -253,3 +253,13 @@ def test_cli_runtime_and_weights_export(tmp_path, export_home):
     bad = runner.invoke(app, ["segment", str(img), "--points", "40,30", "--sam", "tiny-random", "--runtime", "gpu"])
     assert bad.exit_code != 0 and "--runtime must be one of torch, onnx, auto" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_sessions_keep_no_memory_arena(pair):
+    """ONNX Runtime's CPU arena keeps the peak of every batch shape for the life of the session: 14 GB resident for
+    ViT-B's decoder at 64 prompts a batch against 3.5 GB without it (benchmarks/RESULTS.md, issue 25)."""
+    from clipsam.models.onnx import graphs
+
+    found = graphs(pair[1].proposer) + graphs(pair[1].embedder)
+    assert {g.part for g in found} == {"sam-image-encoder", "sam-mask-decoder", "clip-image", "clip-text"}
+    assert not any(g.session.get_session_options().enable_cpu_mem_arena for g in found)

@@ -168,6 +168,10 @@ class Graph:
         options.intra_op_num_threads = max(1, torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No CPU arena: with it, the decoder's batches (a copy of the image embedding per prompt) grow a pool that
+        # is never given back -- 14 GB resident for ViT-B at 64 prompts a batch, against 3.5 GB without, and the
+        # first images of a process ran slower while it grew (benchmarks/RESULTS.md, issue 25).
+        options.enable_cpu_mem_arena = False
         self.path, self.part = path, part
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
