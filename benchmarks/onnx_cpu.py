@@ -55,18 +55,41 @@ def _stock(model: torch.nn.Module, image: np.ndarray, params: dict) -> tuple[lis
     return [r["segmentation"] for r in records], t.seconds
 
 
-def _segmenters(sam: torch.nn.Module, clip: tuple) -> dict:
+def _segmenters(sam: torch.nn.Module, clip: tuple, fast: bool = False) -> dict:
+    """``torch`` and ``onnx`` segmenters (exact), and with *fast* ``onnx-fast`` (``speed="fast"``: CLIP's image
+    tower in int8; the grid is set by every call here, so the masks are ``onnx``'s)."""
     from clipsam import Segmenter
 
     model, preprocess, tokenizer, _ = clip
     out = {}
-    for runtime in ("torch", "onnx"):
+    for name in ("torch", "onnx", "onnx-fast") if fast else ("torch", "onnx"):
         with Timer() as t:
-            out[runtime] = Segmenter.from_models(sam, model, preprocess=preprocess, tokenizer=tokenizer,
-                                                 device="cpu", runtime=runtime, taxonomy="everyday",
-                                                 text_cache=False)
-        print(f"# {runtime}: ready in {t.seconds:.1f} s (ONNX: export or cache, and sessions)", flush=True)
+            out[name] = Segmenter.from_models(sam, model, preprocess=preprocess, tokenizer=tokenizer,
+                                              device="cpu", runtime=name.split("-")[0], taxonomy="everyday",
+                                              text_cache=False, speed="fast" if name.endswith("fast") else "exact")
+        print(f"# {name}: ready in {t.seconds:.1f} s (ONNX: export or cache, and sessions)", flush=True)
     return out
+
+
+def _fast_labels(sam: torch.nn.Module, clip: tuple, image: np.ndarray, grid: int, keep_all: dict) -> dict:
+    """Region for region, the labels of ``speed="fast"`` against exact, both on ONNX Runtime (the same masks), on
+    one photo, with no confidence threshold and no background labels, so that every region has a label to
+    compare."""
+    from clipsam import Segmenter
+
+    model, preprocess, tokenizer, _ = clip
+    labels = {}
+    for name in ("onnx", "onnx-fast"):
+        seg = Segmenter.from_models(sam, model, preprocess=preprocess, tokenizer=tokenizer, device="cpu",
+                                    runtime="onnx", taxonomy="everyday", text_cache=False, min_confidence=0.0,
+                                    part_confidence=0.0, negatives=(),
+                                    speed="fast" if name.endswith("fast") else "exact")
+        result = seg.segment_everything(image, points_per_side=grid, **keep_all)
+        labels[name] = [(r.label, json.dumps(r.rle, sort_keys=True)) for r in result.regions]
+    same_masks = [a[1] == b[1] for a, b in zip(labels["onnx"], labels["onnx-fast"], strict=True)]
+    same = sum(a == b for a, b in zip(labels["onnx"], labels["onnx-fast"], strict=True))
+    return {"grid": grid, "regions": len(labels["onnx"]), "same_masks": sum(same_masks), "same_labels": same,
+            "same_label_share": round(same / max(1, len(labels["onnx"])), 4)}
 
 
 def _everything(segs: dict, sam: torch.nn.Module, image: np.ndarray, grid: int, keep_all: dict,
@@ -123,9 +146,10 @@ def _label(segs: dict, photos: int, grid: int, keep_all: dict) -> dict:
     root = Path(tempfile.mkdtemp())
     for i in range(photos):
         Image.fromarray(photo(long_side=1024, name=PHOTOS[i % len(PHOTOS)])).save(root / f"p{i:02d}.png")
-    times, labels = {}, {}
+    times, labels, stages, memory = {}, {}, {}, {}
     for runtime, seg in segs.items():
         seg.caches = Caches()
+        stages[runtime] = _summing_stages(seg)
         job = LabelJob(root / f"out-{runtime}", "everyday", segmenter_spec={"sam": "vit_b", "clip": "ViT-B-16/openai"},
                        segment_params={"points_per_side": grid, **keep_all})
         items = list_images(root)
@@ -134,13 +158,37 @@ def _label(segs: dict, photos: int, grid: int, keep_all: dict) -> dict:
             run_local(job, items, segmenter=seg)
         job.finish(record, {})
         times[runtime] = t.seconds
+        memory[runtime] = {"rss_mb_after": round(rss_mb()), "peak_rss_mb_so_far": round(peak_rss_mb())}
+        del seg.segment_everything
         coco = json.loads((root / f"out-{runtime}" / "annotations.json").read_text())
         labels[runtime] = [(a["image_id"], a["category_id"], json.dumps(a["segmentation"], sort_keys=True))
                            for a in coco["annotations"]]
     same = len(set(labels["torch"]) & set(labels["onnx"]))
-    return {"photos": photos, "grid": grid, "torch_s": round(times["torch"], 2), "onnx_s": round(times["onnx"], 2),
-            "onnx_vs_torch": round(times["torch"] / times["onnx"], 2), "annotations": len(labels["torch"]),
-            "identical_annotations": same}
+    out = {"photos": photos, "grid": grid, "torch_s": round(times["torch"], 2), "onnx_s": round(times["onnx"], 2),
+           "onnx_vs_torch": round(times["torch"] / times["onnx"], 2), "annotations": len(labels["torch"]),
+           "identical_annotations": same, "stage_seconds": stages, "memory": memory}
+    if "onnx-fast" in times:
+        out.update({"onnx_fast_s": round(times["onnx-fast"], 2),
+                    "onnx_fast_vs_torch": round(times["torch"] / times["onnx-fast"], 2),
+                    "fast_annotations": len(labels["onnx-fast"]),
+                    "fast_identical_annotations": len(set(labels["torch"]) & set(labels["onnx-fast"]))})
+    return out
+
+
+def _summing_stages(seg) -> dict:
+    """Seconds per stage (``last_stats``) summed over the job's images: *seg*'s ``segment_everything`` wrapped on
+    the instance until the caller deletes the wrapper."""
+    total: dict = {}
+    inner = seg.segment_everything
+
+    def wrapped(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        for stage, seconds in seg.last_stats.get("seconds", {}).items():
+            total[stage] = round(total.get(stage, 0.0) + seconds, 2)
+        return out
+
+    seg.segment_everything = wrapped
+    return total
 
 
 def main() -> None:
@@ -151,6 +199,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
     ap.add_argument("--skip", default="", help="comma-separated: everything, query, label")
+    ap.add_argument("--fast", action="store_true", help='also speed="fast" on ONNX Runtime (int8 CLIP image tower) '
+                    "in the label job, and its labels region for region against the exact ONNX path")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,18 +212,22 @@ def main() -> None:
     keep_all = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0} \
         if kind == "random" else {}
     image = photo(long_side=1024)
-    segs = _segmenters(sam, clip)
+    segs = _segmenters(sam, clip, args.fast)
+    exact = {k: v for k, v in segs.items() if k in ("torch", "onnx")}
     rows: dict = {"everything": [], "query": [], "label": []}
     skip = set(filter(None, args.skip.split(",")))
     for grid in map(int, args.grids.split(",")) if "everything" not in skip else ():
-        rows["everything"].append(_everything(segs, sam, image, grid, keep_all, args.repeat))
+        rows["everything"].append(_everything(exact, sam, image, grid, keep_all, args.repeat))
         print(json.dumps(rows["everything"][-1]), flush=True)
     if "query" not in skip:
-        rows["query"].append(_query(segs, image, args.label_grid, keep_all))
+        rows["query"].append(_query(exact, image, args.label_grid, keep_all))
         print(json.dumps(rows["query"][-1]), flush=True)
     if "label" not in skip:
         rows["label"].append(_label(segs, args.photos, args.label_grid, keep_all))
         print(json.dumps(rows["label"][-1]), flush=True)
+    if args.fast:
+        rows["fast_labels"] = [_fast_labels(sam, clip, image, 8, keep_all)]
+        print(json.dumps(rows["fast_labels"][-1]), flush=True)
     import onnxruntime
 
     result = {"machine": machine(), "onnxruntime": onnxruntime.__version__, "weights": kind,

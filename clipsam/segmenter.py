@@ -86,9 +86,11 @@ class Segmenter(ModelOwner):
             masks differ slightly).
         speed: ``exact`` (default: stock SAM's masks) or ``fast`` for approximate masks sooner: unless you set
             ``points_per_side``, a 16x16 point grid instead of SAM's 32x32 (a quarter of the decoder prompts), and on
-            CUDA bf16 autocast (``precision="bf16"``). On a CPU this measured 2.2-2.5x faster, each exact mask's best
-            match at a mean IoU of 0.94-0.95; an int8 image encoder was measured too and did not pay off there
-            (``benchmarks/speed_fast.py``, ``benchmarks/RESULTS.md``).
+            CUDA bf16 autocast (``precision="bf16"``), and with ONNX Runtime (``runtime="onnx"`` or ``"auto"`` on a
+            CPU) CLIP's image tower in int8 (dynamic quantisation; text embeddings stay fp32). On a CPU this measured
+            2.2-2.5x faster, each exact mask's best match at a mean IoU of 0.94-0.95; an int8 SAM image encoder in
+            PyTorch was measured too and did not pay off there (``benchmarks/speed_fast.py``,
+            ``benchmarks/onnx_cpu.py``, ``benchmarks/RESULTS.md``).
         runtime: what runs the models' heavy parts: ``torch`` (default), ``onnx`` (ONNX Runtime on a CPU for SAM 1's
             image encoder and mask decoder and CLIP's towers, exported once into ``$CLIPSAM_HOME/onnx``: the same
             masks save float rounding at SAM's threshold, about 1.5x faster end to end on a 2-core CPU; needs
@@ -143,10 +145,8 @@ class Segmenter(ModelOwner):
     @property
     def last_stats(self) -> dict[str, Any]:
         """What this thread's last ``segment`` / ``segment_everything`` call did: strategy, decoder prompts, CLIP
-        passes, and (SAM 1 and SAM 2.1) ``seconds`` per stage: ``prepare_and_embed`` (SAM's image embedding, unless
-        cached), ``propose``, ``nest``, ``embed_regions`` (CLIP over the regions' crops), ``label`` (the rules, and
-        the text embeddings they need when not cached), ``parts``, ``refine``, ``assemble``; they add up to the
-        call, less its input checks."""
+        passes, and (SAM 1, 2.1) ``seconds`` of each stage that ran, each counted once (``embed_regions``: CLIP's
+        crops; ``label``: the rules, and text embeddings not cached): see ``PointPipeline.timed``."""
         return getattr(self._local, "stats", {})
 
     # -- models ------------------------------------------------------------------------------------------

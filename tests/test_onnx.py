@@ -263,3 +263,30 @@ def test_sessions_keep_no_memory_arena(pair):
     found = graphs(pair[1].proposer) + graphs(pair[1].embedder)
     assert {g.part for g in found} == {"sam-image-encoder", "sam-mask-decoder", "clip-image", "clip-text"}
     assert not any(g.session.get_session_options().enable_cpu_mem_arena for g in found)
+
+
+def test_fast_speed_runs_clips_image_tower_in_int8(pair, export_home):
+    """``speed="fast"`` on ONNX Runtime: CLIP's image tower quantised to int8 once, beside its export (no temporary
+    file left); the text tower and its embeddings stay the exact path's; crops embed as fp32 does but for
+    quantisation noise; masks are the same and labels nearly so."""
+    from clipsam.models.onnx import graphs
+
+    exact = pair[1]
+    fast = Segmenter("tiny-random", "tiny-random", runtime="onnx", speed="fast", device="cpu", text_cache=False,
+                     taxonomy="everyday", **ANY_LABEL)
+    image_graph, text_graph = graphs(fast.embedder)
+    assert image_graph.part == "clip-image-int8" and image_graph.path.name == "model.int8.onnx"
+    assert image_graph.path.parent == graphs(exact.embedder)[0].path.parent
+    assert text_graph.path == graphs(exact.embedder)[1].path
+    assert not [p for p in image_graph.path.parent.iterdir() if p.name.startswith(".")]
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(16)]
+    cos = (exact.embedder.embed_images(crops) * fast.embedder.embed_images(crops)).sum(1)
+    assert cos.min() > 0.999 and not np.allclose(cos, 1.0, atol=1e-7)  # int8, and close
+    grid = {"points_per_side": 16, "box_nms_thresh": 1.0}
+    a, b = exact.segment_everything(_image(), **grid), fast.segment_everything(_image(), **grid)
+    assert len(a.regions) >= 20 and [r.rle for r in a.regions] == [r.rle for r in b.regions]
+    same = sum(x.label == y.label for x, y in zip(a.regions, b.regions, strict=True))
+    assert same >= 0.9 * len(a.regions)
+    torch_fast = Segmenter("tiny-random", "tiny-random", speed="fast", device="cpu", text_cache=False)
+    assert graphs(torch_fast.embedder) == []  # PyTorch keeps its fp32 towers

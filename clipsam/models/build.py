@@ -190,6 +190,19 @@ def wrap_embedder(clip: Any, preprocess: Any = None, tokenizer: Any = None,
     return ClipEmbedder(clip, preprocess, tokenizer, resolve_device(device), name="custom-clip")
 
 
+def for_speed(model: Any, speed: str) -> Any:
+    """*model* as ``speed`` wants it: with ``fast``, an embedder whose towers run in ONNX Runtime gets CLIP's image
+    tower in int8 (2.4x faster on a 2-core CPU without VNNI, ``benchmarks/RESULTS.md``); anything else as it is."""
+    from . import onnx
+
+    inner = getattr(model, "model", None)
+    if speed != "fast" or not isinstance(model, ClipEmbedder) or not isinstance(inner, onnx.OrtClip):
+        return model
+    fast = copy.copy(model)
+    fast.model = onnx.int8_image_tower(inner)
+    return fast
+
+
 def with_runtime(model: Any, runtime: str, key: str | None = None) -> Any:
     """*model* (a proposer or an embedder) with its heavy parts run by ONNX Runtime where *runtime* picks it
     (:func:`clipsam.models.onnx.choose`); *key*: its checkpoint's SHA-256 (else its weights are hashed). ``auto``

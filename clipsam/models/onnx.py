@@ -10,6 +10,9 @@ SAM's preprocessing, prompt encoder, upsampling, thresholds and NMS, so the same
 stock's generator, prompts, full-resolution masks) run on top, and masks differ from PyTorch's only where a logit
 sits within float rounding of SAM's threshold (``tests/test_onnx.py``; ``benchmarks/onnx_cpu.py``).
 
+With ``speed="fast"``, CLIP's image tower runs a dynamic int8 quantisation of its export (:func:`int8`, made once
+beside it); the text tower stays fp32.
+
 Not exported: CLIP's dense (MaskCLIP) features for ``strategy="guided"`` and ``region_features="pooled"``, and SAM
 2.1 and SAM 3 -- those run in PyTorch (``runtime="auto"`` picks per model).
 """
@@ -40,7 +43,8 @@ from ..errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 __all__ = ["OPSET", "RUNTIMES", "Graph", "OrtClip", "OrtImageEncoder", "OrtMaskDecoder", "cache_root", "choose",
-           "graphs", "onnx_clip", "onnx_sam", "unavailable", "weights_key"]
+           "graphs", "int8", "int8_image_tower", "onnx_clip", "onnx_sam", "unavailable",
+           "weights_key"]
 
 #: ``runtime`` values: ``torch`` (PyTorch everywhere), ``onnx`` (ONNX Runtime for SAM 1 and CLIP, CPU only; an
 #: error where it cannot run), ``auto`` (ONNX Runtime for each model that has an export, on a CPU, when installed).
@@ -298,6 +302,39 @@ def onnx_clip(model: torch.nn.Module, image_size: int, key: str | None = None) -
     text = exported("clip-text", key, _Tower(model, "encode_text"), (torch.zeros(2, length, dtype=torch.long),),
                     ["tokens"], ["features"], ({0: batch},))
     return OrtClip(model, Graph(image, "clip-image"), Graph(text, "clip-text"))
+
+
+def int8(path: Path) -> Path:
+    """The dynamic int8 quantisation of an exported graph (``onnxruntime.quantization.quantize_dynamic``: weights
+    int8, activations quantised batch by batch), ``model.int8.onnx`` beside it: made once, atomically."""
+    out = path.with_name("model.int8.onnx")
+    if out.is_file():
+        return out
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(prefix=".model.int8.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(path), tmp, weight_type=QuantType.QInt8)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise ModelError(f"{out}: could not write the int8 graph: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"quantising {path.parent.name} to int8 failed: {type(exc).__name__}: {exc}"
+                         .splitlines()[0]) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return out
+
+
+def int8_image_tower(model: OrtClip) -> OrtClip:
+    """*model* with CLIP's image tower in int8 (``speed="fast"``); the text tower stays fp32, so text embeddings
+    (and their disk cache) are those of the exact path."""
+    image = model.image_graph
+    return OrtClip(model.torch_model, Graph(int8(image.path), f"{image.part}-int8"), model.text_graph)
 
 
 def graphs(model: Any) -> list[Graph]:

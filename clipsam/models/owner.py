@@ -16,9 +16,9 @@ __all__ = ["ModelOwner"]
 
 class ModelOwner:
     """Holds a proposer (SAM), an embedder (CLIP), their text bank, and SAM 3's ``unknown_sam``. Subclasses set
-    ``sam_name``, ``clip_name``, ``device_name``, ``download``, ``seed``, ``precision``, ``runtime``, ``templates``,
-    ``text_cache`` and ``unknown_sam``, and ``_proposer``, ``_unknown_proposer``, ``_embedder``, ``_bank`` to
-    ``None``."""
+    ``sam_name``, ``clip_name``, ``device_name``, ``download``, ``seed``, ``precision``, ``runtime``, ``speed``,
+    ``templates``, ``text_cache`` and ``unknown_sam``, and ``_proposer``, ``_unknown_proposer``, ``_embedder``,
+    ``_bank`` to ``None``."""
 
     sam_name: str
     clip_name: str
@@ -27,6 +27,7 @@ class ModelOwner:
     seed: int
     precision: str
     runtime: str
+    speed: str
     templates: tuple[str, ...]
     text_cache: bool
     unknown_sam: Any
@@ -76,8 +77,9 @@ class ModelOwner:
 
     def _load(self, builder: str, name: str) -> Any:
         build = _build()
-        return getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
-                                       seed=self.seed, precision=self.precision, runtime=self.runtime)
+        model = getattr(build, builder)(name, build.resolve_device(self.device_name), download=self.download,
+                                        seed=self.seed, precision=self.precision, runtime=self.runtime)
+        return build.for_speed(model, self.speed)
 
     def runtimes(self) -> dict[str, str]:
         """What runs each model built so far: ``{"sam": "onnx", "clip": "torch"}`` (see ``runtime``)."""
@@ -108,7 +110,9 @@ class ModelOwner:
         if clip is not None:
             embedder = clip if isinstance(clip, RegionEmbedder) else \
                 _build().wrap_embedder(clip, preprocess, tokenizer, self.device_name)
-            self._embedder = _build().with_runtime(embedder, self.runtime) if self.runtime != "torch" else embedder
+            if self.runtime != "torch":
+                embedder = _build().for_speed(_build().with_runtime(embedder, self.runtime), self.speed)
+            self._embedder = embedder
             self.clip_name = getattr(self._embedder, "name", "<custom>")
         self._bank = None
 
