@@ -294,7 +294,8 @@ class LabelJob:
     def parameters(self) -> dict[str, Any]:
         from .segmenter import Segmenter
 
-        spec = {k: v for k, v in self.segmenter_spec.items() if k not in ("device", "runtime")}
+        # the runtime changes results only with speed="fast" (int8 CLIP on ONNX Runtime), where config() names it
+        spec = {k: v for k, v in self.segmenter_spec.items() if k != "device"}
         config = Segmenter(**{**spec, "taxonomy": self.tax}).config()
         return {"segmenter": config, "taxonomy": self.tax.to_dict(), "filters": self.filters.__dict__ | {
             "labels": list(self.filters.labels)}, "pngs": self.pngs, "segment_params": dict(self.segment_params)}

@@ -145,8 +145,7 @@ class Segmenter(ModelOwner):
     @property
     def last_stats(self) -> dict[str, Any]:
         """What this thread's last ``segment`` / ``segment_everything`` call did: strategy, decoder prompts, CLIP
-        passes, and (SAM 1, 2.1) ``seconds`` of each stage that ran, each counted once (``embed_regions``: CLIP's
-        crops; ``label``: the rules, and text embeddings not cached): see ``PointPipeline.timed``."""
+        passes, and (SAM 1, 2.1) ``seconds`` of each stage that ran, each counted once (``PointPipeline.timed``)."""
         return getattr(self._local, "stats", {})
 
     # -- models ------------------------------------------------------------------------------------------
@@ -178,7 +177,8 @@ class Segmenter(ModelOwner):
         """Every parameter that changes results (for provenance files)."""
         out = {"sam": self.sam_name, "clip": self.clip_name, **self.settings.to_dict(),
                "taxonomy": self.taxonomy.name if self.taxonomy else None}
-        return {**out, **({"unknown_sam": self.unknown_sam} if self.is_concept_model else {})}
+        fast = {"runtime": self.runtime} if self.speed == "fast" else {}  # int8 CLIP if ONNX Runtime runs it
+        return {**out, **fast, **({"unknown_sam": self.unknown_sam} if self.is_concept_model else {})}
 
     # -- public API ------------------------------------------------------------------------------------
     def segment(self, image: ImageInput, query: str | Sequence[str], *, taxonomy: str | Taxonomy | None = None,

@@ -248,3 +248,15 @@ def test_pngs_are_named_like_the_images_and_hold_the_regions(tmp_path):
     assert semantic.max() > 0 and np.array_equal(semantic, want)
     instances = np.asarray(Image.open(tmp_path / "out" / "instances" / f"{stem}.png"))
     assert set(np.unique(instances)) <= set(range(len(anns) + 1)) and instances.max() == len(anns)
+
+
+def test_resume_parameters_name_the_runtime_only_where_it_changes_labels(tmp_path):
+    """Exact: every runtime gives the same labels (save float rounding), so a job may resume on another. Fast: ONNX
+    Runtime runs CLIP's image tower in int8, so a fast job resumed on another runtime would mix two models."""
+    def params(runtime, speed):
+        spec = {"sam": "tiny-random", "clip": "tiny-random", "device": "cpu", "runtime": runtime, "speed": speed}
+        return LabelJob(tmp_path / f"{runtime}-{speed}", "everyday", segmenter_spec=spec).parameters()
+
+    assert params("torch", "exact") == params("onnx", "exact") == params("auto", "exact")
+    assert params("torch", "fast") != params("onnx", "fast")
+    assert params("onnx", "fast")["segmenter"]["runtime"] == "onnx"

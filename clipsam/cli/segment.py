@@ -146,7 +146,7 @@ def segment(
     points_per_side: int | None = typer.Option(None, "--points-per-side", help="Automatic grid density "
                                                   "(default 32; 16 with --speed fast; 8 for tiny-random)."),
     speed: str = typer.Option("exact", "--speed", help="exact (stock SAM's masks) or fast (approximate: a 16x16 "
-                              "grid, bf16 on CUDA)."),
+                              "grid, bf16 on CUDA, CLIP's image tower in int8 under --runtime onnx/auto on a CPU)."),
     min_confidence: float = typer.Option(0.3, "--min-confidence", help="Probability a label needs (else unknown)."),
     scoring: str = typer.Option("subtree", "--scoring", help="How taxonomy labels are scored: subtree (every label "
                                 "in one softmax, summed up the tree) or top-down (level by level)."),
