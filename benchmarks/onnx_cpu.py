@@ -10,7 +10,9 @@ real weights):
 * ``everything``: stock ``SamAutomaticMaskGenerator.generate`` vs ``segment_everything`` (no taxonomy: every mask,
   unlabelled) on PyTorch and on ONNX Runtime, at each grid; the embedding is part of every timing;
 * ``query``: ``segment(image, "dog")`` with the everyday taxonomy, PyTorch vs ONNX Runtime (stock has no query);
-* ``label``: ``LabelJob`` over N photos (COCO out), PyTorch vs ONNX Runtime.
+* ``label``: ``LabelJob`` over N photos (COCO out), PyTorch vs ONNX Runtime (and with ``--fast``, ONNX Runtime with
+  ``speed="fast"``: CLIP's image tower in int8), with each stage's seconds;
+* ``parts``: the heavy parts alone (encoder, a decoder batch, CLIP's towers), each path best of 3.
 
 Agreement of ONNX Runtime with PyTorch over every region the user receives: the share of masks identical to one of
 PyTorch's (same RLE), and each mask's best IoU with PyTorch's (the worst one is printed); labels: the share of regions
@@ -68,6 +70,45 @@ def _segmenters(sam: torch.nn.Module, clip: tuple, fast: bool = False) -> dict:
                                               device="cpu", runtime=name.split("-")[0], taxonomy="everyday",
                                               text_cache=False, speed="fast" if name.endswith("fast") else "exact")
         print(f"# {name}: ready in {t.seconds:.1f} s (ONNX: export or cache, and sessions)", flush=True)
+    return out
+
+
+def _parts(sam: torch.nn.Module, clip: tuple, repeat: int = 3) -> dict:
+    """The heavy parts alone, same inputs, best of *repeat*: SAM's encoder (one 1024-px image), its decoder (64
+    prompts, one generator batch), CLIP's image tower (64 crops; also the int8 one of ``speed="fast"``) and text
+    tower (256 texts)."""
+    from clipsam.models import onnx
+
+    model, _, tokenizer, _ = clip
+    osam, oclip = onnx.onnx_sam(sam), onnx.onnx_clip(model, 224)
+    fast = onnx.int8_image_tower(oclip)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeat):
+            with Timer() as t:
+                fn()
+            times.append(t.seconds)
+        return round(min(times), 2)
+
+    out = {}
+    with torch.inference_mode():
+        emb, pe = torch.randn(1, 256, 64, 64), sam.prompt_encoder.get_dense_pe()
+        points = (torch.rand(64, 1, 2) * 1024, torch.ones(64, 1, dtype=torch.int))
+        sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)
+        crops, tokens = torch.randn(64, 3, 224, 224), tokenizer(["a photo of a dog."] * 256)
+        image = torch.randn(1, 3, 1024, 1024)
+        runs = {"decoder_64_prompts": {"torch": lambda: sam.mask_decoder(emb, pe, sparse, dense, True),
+                                       "onnx": lambda: osam.mask_decoder(emb, pe, sparse, dense, True)},
+                "clip_image_64_crops": {"torch": lambda: model.encode_image(crops),
+                                        "onnx": lambda: oclip.encode_image(crops),
+                                        "onnx_int8": lambda: fast.encode_image(crops)},
+                "clip_text_256": {"torch": lambda: model.encode_text(tokens),
+                                  "onnx": lambda: oclip.encode_text(tokens)},
+                "image_encoder": {"torch": lambda: sam.image_encoder(image), "onnx": lambda: osam.image_encoder(image)}}
+        for part, paths in runs.items():
+            out[part] = {path: best(fn) for path, fn in paths.items()}
+            print(json.dumps({part: out[part]}), flush=True)
     return out
 
 
@@ -198,7 +239,7 @@ def main() -> None:
     ap.add_argument("--label-grid", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
-    ap.add_argument("--skip", default="", help="comma-separated: everything, query, label")
+    ap.add_argument("--skip", default="", help="comma-separated: parts, everything, query, label")
     ap.add_argument("--fast", action="store_true", help='also speed="fast" on ONNX Runtime (int8 CLIP image tower) '
                     "in the label job, and its labels region for region against the exact ONNX path")
     ap.add_argument("--json", default=None)
@@ -216,6 +257,8 @@ def main() -> None:
     exact = {k: v for k, v in segs.items() if k in ("torch", "onnx")}
     rows: dict = {"everything": [], "query": [], "label": []}
     skip = set(filter(None, args.skip.split(",")))
+    if "parts" not in skip:
+        rows["parts"] = [_parts(sam, clip)]
     for grid in map(int, args.grids.split(",")) if "everything" not in skip else ():
         rows["everything"].append(_everything(exact, sam, image, grid, keep_all, args.repeat))
         print(json.dumps(rows["everything"][-1]), flush=True)
