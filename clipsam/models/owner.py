@@ -105,16 +105,21 @@ class ModelOwner:
         if sam is not None:
             proposer = sam if isinstance(sam, MaskProposer) or is_concept_proposer(sam) else \
                 _build().wrap_proposer(sam, self.device_name)
-            self._proposer = _build().with_runtime(proposer, self.runtime) if self.runtime != "torch" else proposer
+            self._proposer = self._on_runtime(proposer)
             self.sam_name = getattr(self._proposer, "name", "<custom>")
         if clip is not None:
             embedder = clip if isinstance(clip, RegionEmbedder) else \
                 _build().wrap_embedder(clip, preprocess, tokenizer, self.device_name)
-            if self.runtime != "torch":
-                embedder = _build().for_speed(_build().with_runtime(embedder, self.runtime), self.speed)
-            self._embedder = embedder
+            self._embedder = self._on_runtime(embedder)
             self.clip_name = getattr(self._embedder, "name", "<custom>")
         self._bank = None
+
+    def _on_runtime(self, model: Any) -> Any:
+        """An adopted *model* on this segmenter's runtime and speed (the registry's builders do the same)."""
+        if self.runtime == "torch":
+            return model
+        build = _build()
+        return build.for_speed(build.with_runtime(model, self.runtime), self.speed)
 
 
 def _build() -> Any:
