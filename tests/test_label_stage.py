@@ -579,3 +579,18 @@ def test_an_unsure_whole_is_that_object_when_touching_pieces_cover_half_and_its_
     assert same.decisions[0].score == pytest.approx(min(d.path_scores[1] for d in alone.decisions[1:]))
     other = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"sofa": 0.9})))
     assert other.decisions[0].node is None
+
+
+def test_an_unsure_near_duplicate_with_one_half_is_that_object_when_its_rest_is_too():
+    """SAM's mask of a cat a little larger than the cat (22 columns for a 20-column cat), its crop unsure, and one half
+    of the cat (10 columns: 45 % of that mask, under half of it) that says "cat". Its rest shows a cat: the region is
+    the cat -- a half is cut at half of the object, not of SAM's slightly larger mask of it. A third of it (7
+    columns) is too small a piece to decide the whole by its rest."""
+    feats = rows({"background": 0.9, "cat": 0.5}, {"cat": 0.9})
+    parents = np.array([-1, 0])
+    half = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=_masks((0, 22), (0, 10)),
+                      embed=Embedder(rows({"cat": 0.9})))
+    assert half.decisions[0].node.name == "cat" and half.kinds == ("object", "unknown part")
+    third = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=_masks((0, 22), (0, 7)),
+                       embed=Embedder(rows({"cat": 0.9})))
+    assert third.decisions[0].node is None and third.kinds == ("unknown", "object")

@@ -55,6 +55,11 @@ SAME_OBJECT_IOU = 0.8
 #: prior odds that a nested region is a piece of its owner (SAM returns a whole, a part and a sub-part for every click,
 #: so pieces far outnumber objects lying on objects; e^2 = 7.4 to 1). Chosen from that prior, not fitted.
 NESTED_MARGIN = 2.0
+#: An unsure region is promoted by its rest only when its largest labelled piece (with the touching pieces of its
+#: category) covers this share of it: half of the object, inside SAM's mask of it that may be up to 1/0.8 of its
+#: size (a near-duplicate at :data:`SAME_OBJECT_IOU`): 0.5 x 0.8 = 0.4. Halves are cut at half by construction, so a
+#: bar of 0.5 let chance decide which side of it a half falls on.
+PIECE_COVER = 0.5 * SAME_OBJECT_IOU
 
 
 @dataclass(frozen=True)
@@ -395,7 +400,7 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     noisy piece that says "laptop" among the halves of a scooter does not veto it). Its label is the deepest label
     the majority's pieces share, each path score the smallest of theirs. Groups (separate clusters) are never
     promoted; nor are unions, whose other member is another category of comparable area. With *rest*, an unknown
-    region whose largest labelled piece, with the pieces of its category touching it, covers half of it or more,
+    region whose largest labelled piece, with the pieces of its category touching it, covers :data:`PIECE_COVER`,
     and whose rest (its pixels outside them) touches them and shows the same thing, is their object too (a cup whose
     whole crop was unsure and of which SAM gave one half; SAM's slightly larger mask of a dog with a half and a
     quarter of it labelled) -- see :func:`_by_its_rest`."""
@@ -431,7 +436,7 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
 def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence[LabelDecision], rest: _Rest | None,
                  rles: Sequence[M.RLE]) -> LabelDecision | None:
     """Region *r*'s label from its largest labelled piece and the pieces of its category that touch it (one cluster),
-    when together they cover half of it and *r*'s rest touches them and shows the same thing (see
+    when together they cover :data:`PIECE_COVER` of it and *r*'s rest touches them and shows the same thing (see
     :func:`_promote`), else ``None``. A rest that lies apart from them is a second thing beside them -- SAM's mask of
     two glasses, one of them too unsure to be labelled -- not the rest of one."""
     k = int(np.argmax(area[1:]))
@@ -440,7 +445,7 @@ def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence
     cluster = _touching_cluster(members[k], [m for m in members if objects[m].node.path[0] ==
                                              objects[members[k]].node.path[0]], rles)
     covered = M.merge([rles[c] for c in cluster]) if len(cluster) > 1 else rles[members[k]]
-    if M.area(covered) < 0.5 * area[0]:
+    if M.area(covered) < PIECE_COVER * area[0]:
         return None
     node = objects[cluster[0]].node
     for c in cluster[1:]:
