@@ -12,7 +12,9 @@ real weights):
 * ``query``: ``segment(image, "dog")`` with the everyday taxonomy, PyTorch vs ONNX Runtime (stock has no query);
 * ``label``: ``LabelJob`` over N photos (COCO out), PyTorch vs ONNX Runtime (and with ``--fast``, ONNX Runtime with
   ``speed="fast"``: CLIP's image tower in int8), with each stage's seconds;
-* ``parts``: the heavy parts alone (encoder, a decoder batch, CLIP's towers), each path best of 3.
+* ``parts``: the heavy parts alone (encoder, a decoder batch, CLIP's towers), each path best of 3;
+* ``rounding``: where a mask differs between the runtimes, whether each flipped pixel's logit lies within the two
+  runtimes' float disagreement of SAM's threshold (one generator batch of 64 prompts).
 
 Agreement of ONNX Runtime with PyTorch over every region the user receives: the share of masks identical to one of
 PyTorch's (same RLE), and each mask's best IoU with PyTorch's (the worst one is printed); labels: the share of regions
@@ -109,6 +111,56 @@ def _parts(sam: torch.nn.Module, clip: tuple, repeat: int = 3) -> dict:
         for part, paths in runs.items():
             out[part] = {path: best(fn) for path, fn in paths.items()}
             print(json.dumps({part: out[part]}), flush=True)
+    return out
+
+
+def _rounding(sam: torch.nn.Module, image: np.ndarray, prompts: int = 64) -> dict:
+    """Why a mask differs between the runtimes, measured rather than assumed: one generator batch (the first
+    *prompts* points of the 16x16 grid) through each runtime's own encoder and decoder, both upsampled to the photo by
+    SAM's own ``postprocess_masks`` and thresholded at its ``mask_threshold``. Reports how many of the masks are
+    identical, how many pixels flip, the largest |logit| (PyTorch's) at a flipped pixel against the largest |logit
+    difference| between the runtimes anywhere -- a flip whose logit lies within that difference of the threshold is
+    float rounding -- and how many pixels lie that close to the threshold at all."""
+    from segment_anything.utils.amg import build_point_grid
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from clipsam.models import onnx
+
+    osam = onnx.onnx_sam(sam)
+    resize = ResizeLongestSide(sam.image_encoder.img_size)
+    h, w = image.shape[:2]
+    x = torch.as_tensor(resize.apply_image(image)).permute(2, 0, 1)[None].float()
+    size = tuple(x.shape[-2:])
+    x = sam.preprocess(x)
+    pts = build_point_grid(16)[:prompts] * np.array([w, h])
+    coords = torch.as_tensor(resize.apply_coords(pts, (h, w)), dtype=torch.float)[:, None, :]
+    out = {"prompts": prompts, "masks": 0, "identical": 0, "flipped_pixels": 0, "max_abs_logit_at_flip": 0.0,
+           "max_abs_logit_diff": 0.0, "pixels_within_diff": 0, "pixels": 0}
+    scale: list[float] = []  # the logits' own size: the median |logit| of each chunk (every 8th pixel)
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(coords, torch.ones(prompts, 1, dtype=torch.int)), boxes=None,
+                                           masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        low = {}
+        for name, model in (("torch", sam), ("onnx", osam)):
+            low[name] = model.mask_decoder(model.image_encoder(x), pe, sparse, dense, True)[0]
+        for k in range(0, prompts, 8):  # 8 prompts (24 masks) at a time: full-resolution logits are large
+            a = sam.postprocess_masks(low["torch"][k:k + 8], size, (h, w)).flatten(0, 1)
+            b = sam.postprocess_masks(low["onnx"][k:k + 8], size, (h, w)).flatten(0, 1)
+            flip = (a > sam.mask_threshold) != (b > sam.mask_threshold)
+            diff = float((a - b).abs().max())
+            out["masks"] += len(a)
+            out["identical"] += int((~flip.flatten(1).any(1)).sum())
+            out["flipped_pixels"] += int(flip.sum())
+            if flip.any():
+                out["max_abs_logit_at_flip"] = max(out["max_abs_logit_at_flip"],
+                                                   float((a[flip] - sam.mask_threshold).abs().max()))
+            out["max_abs_logit_diff"] = max(out["max_abs_logit_diff"], diff)
+            out["pixels_within_diff"] += int(((a - sam.mask_threshold).abs() <= diff).sum())
+            out["pixels"] += a.numel()
+            scale.append(float((a[:, ::8, ::8] - sam.mask_threshold).abs().median()))
+    out["identical_share"] = round(out["identical"] / out["masks"], 6)
+    out["median_abs_logit"] = float(np.median(scale))
     return out
 
 
@@ -239,7 +291,7 @@ def main() -> None:
     ap.add_argument("--label-grid", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
-    ap.add_argument("--skip", default="", help="comma-separated: parts, everything, query, label")
+    ap.add_argument("--skip", default="", help="comma-separated: parts, rounding, everything, query, label")
     ap.add_argument("--fast", action="store_true", help='also speed="fast" on ONNX Runtime (int8 CLIP image tower) '
                     "in the label job, and its labels region for region against the exact ONNX path")
     ap.add_argument("--json", default=None)
@@ -259,6 +311,9 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     if "parts" not in skip:
         rows["parts"] = [_parts(sam, clip)]
+    if "rounding" not in skip:
+        rows["rounding"] = [_rounding(sam, image)]
+        print(json.dumps(rows["rounding"][-1]), flush=True)
     for grid in map(int, args.grids.split(",")) if "everything" not in skip else ():
         rows["everything"].append(_everything(exact, sam, image, grid, keep_all, args.repeat))
         print(json.dumps(rows["everything"][-1]), flush=True)
