@@ -113,3 +113,21 @@ def test_tiled_intersections_past_the_batch_limit_and_at_scale():
     got = M.pairwise_intersections(rles, method="tiles")
     dense = masks.reshape(300, -1).astype(np.float64)
     assert np.array_equal(got, np.rint(dense @ dense.T).astype(np.int64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_overlaps_give_any_rows_against_any_columns(data):
+    """Exact intersections of any subset of masks against any other, in any order, with bands cut narrower than the
+    image (a tiny band budget) and tiles that do not divide it."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    h, w, n = (data.draw(st.integers(1, 30), label=k) for k in ("h", "w", "n"))
+    masks = rng.random((n, h, w)) < rng.uniform(0, 1, (n, 1, 1))
+    rles = [M.encode(m) for m in masks]
+    rows = data.draw(st.lists(st.integers(0, n - 1), max_size=n, unique=True), label="rows")
+    cols = data.draw(st.lists(st.integers(0, n - 1), max_size=n, unique=True), label="cols")
+    overlaps = M.Overlaps(rles, tile=data.draw(st.integers(1, 9), label="tile"), method="tiles")
+    overlaps.BAND_BYTES = data.draw(st.sampled_from([1, 64, 1 << 26]), label="band")
+    dense = masks.reshape(n, -1).astype(np.int64)
+    assert np.array_equal(overlaps.cross(rows, cols), dense[rows] @ dense[cols].T)
+    assert np.array_equal(M.Overlaps(rles, method="runs").cross(rows, cols), dense[rows] @ dense[cols].T)

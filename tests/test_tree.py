@@ -77,3 +77,36 @@ def test_nested_squares_form_a_chain():
     assert [M.area(rles[::-1][i]) for i in order] == sorted((M.area(r) for r in rles), reverse=True)
     assert parent.tolist() == [1, 2, 3, -1]  # each square's parent is the next larger one
     assert sorted(T.depths(parent).tolist()) == [0, 1, 2, 3]
+
+
+@st.composite
+def grid_like_masks(draw, h=20, w=24):
+    """A few base masks (noise or boxes), each returned several times less a few pixels, plus empties: SAM's grid,
+    which returns each region many times."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bases = []
+    for _ in range(draw(st.integers(1, 5))):
+        if draw(st.booleans()):
+            bases.append(rng.random((h, w)) < rng.uniform(0.1, 0.9))
+        else:
+            m = np.zeros((h, w), bool)
+            y0, x0 = rng.integers(0, h - 1), rng.integers(0, w - 1)
+            m[y0:rng.integers(y0 + 1, h + 1), x0:rng.integers(x0 + 1, w + 1)] = True
+            bases.append(m)
+    masks = [bases[rng.integers(len(bases))] & (rng.random((h, w)) >= draw(st.sampled_from([0.0, 0.02, 0.2])))
+             for _ in range(draw(st.integers(1, 30)))]
+    return masks, [round(float(v), 1) for v in rng.random(len(masks))]  # rounded: ties in quality happen
+
+
+@settings(max_examples=60, deadline=None)
+@given(grid_like_masks(), st.sampled_from([1, 3, 128]), st.sampled_from(["tiles", "runs"]),
+       st.sampled_from([0.5, 0.9, 1.0]))
+def test_dedupe_against_the_kept_is_dedupe_with_the_kept_intersections(masks_quality, chunk, method, iou):
+    """Comparing each mask with the masks already kept (and its chunk) keeps exactly what comparing every pair
+    does, and returns the kept masks' exact pairwise intersections, whatever the chunk."""
+    masks, quality = masks_quality
+    rles = [M.encode(m) for m in masks]
+    keep, inter = T.dedupe_kept(rles, quality, iou, chunk=chunk, method=method)
+    assert np.array_equal(keep, T.dedupe(rles, quality, iou))
+    dense = np.stack(masks)[keep].reshape(len(keep), -1).astype(np.int64)
+    assert np.array_equal(inter, dense @ dense.T)

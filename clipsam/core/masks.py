@@ -31,6 +31,7 @@ __all__ = [
     "intersection_matrix",
     "iou_matrix",
     "merge",
+    "Overlaps",
     "pairwise_intersections",
     "resize",
     "touching",
@@ -128,56 +129,103 @@ def pairwise_intersections(rles: Sequence[RLE], tile: int = TILE, method: str = 
     The same numbers as :func:`intersection_matrix` of the set with itself. ``method="tiles"`` computes them so
     that the cost follows how much the masks overlap rather than how many runs they have (``"runs"``:
     pycocotools, run by run; ``"auto"``: runs for smooth masks, tiles from :data:`TILED_FROM_CHARS` characters of
-    RLE per mask on average). Tiles: the image is cut into ``tile x tile`` squares,
-    each mask is decoded once and kept bit-packed inside its box (1 bit per box pixel), and in every square the
-    masks whose boxes reach it are unpacked there and multiplied, ``X @ X.T`` in float32 (exact: at most
-    ``tile**2`` ones are summed). Pairs whose boxes never meet cost nothing; noisy masks with thousands of runs
-    (random-weight SAM) cost what smooth ones do.
+    RLE per mask on average); see :class:`Overlaps`, which also gives any rows against any columns.
     """
-    n = len(rles)
-    out = np.zeros((n, n), dtype=np.int64)
-    if n == 0:
-        return out
-    _check_same_size(rles)
-    if method not in ("auto", "tiles", "runs"):
-        raise ValueError(f"method must be auto, tiles or runs, got {method!r}")
-    chars = sum(len(r["counts"]) for r in rles) / n
-    if method == "runs" or (method == "auto" and chars < TILED_FROM_CHARS):
-        return intersection_matrix(rles, rles)
-    h, w = (int(v) for v in rles[0]["size"])
-    boxes = np.asarray(bbox_xywh(list(rles)), dtype=np.float64).reshape(n, 4)
-    x0, y0 = boxes[:, 0].astype(np.int64), boxes[:, 1].astype(np.int64)
-    x1 = np.minimum(x0 + np.ceil(boxes[:, 2]).astype(np.int64), w)
-    y1 = np.minimum(y0 + np.ceil(boxes[:, 3]).astype(np.int64), h)
-    packed: list[tuple[np.ndarray, int] | None] = []
-    for i, r in enumerate(rles):
-        if x1[i] <= x0[i] or y1[i] <= y0[i]:
-            packed.append(None)
-            continue
-        crop = decode(r)[y0[i]:y1[i], x0[i]:x1[i]]
-        packed.append((np.packbits(crop, axis=1), int(x1[i] - x0[i])))
-    ty0, ty1 = y0 // tile, np.maximum(y1 - 1, y0) // tile
-    tx0, tx1 = x0 // tile, np.maximum(x1 - 1, x0) // tile
-    for ty in range((h + tile - 1) // tile):
-        for tx in range((w + tile - 1) // tile):
-            idx = np.flatnonzero((ty0 <= ty) & (ty <= ty1) & (tx0 <= tx) & (tx <= tx1)
-                                 & np.asarray([p is not None for p in packed]))
-            if not len(idx):
+    every = np.arange(len(rles))
+    return Overlaps(rles, tile=tile, method=method).cross(every, every)
+
+
+class Overlaps:
+    """Exact intersection areas among one set of masks, any rows against any columns (:meth:`cross`), each mask
+    decoded once: what :func:`~clipsam.core.tree.dedupe` needs to compare every mask with the few already kept
+    rather than with every other.
+
+    Tiles (``method="tiles"``, or ``"auto"`` for noisy masks): each mask is kept bit-packed inside its box (1 bit per
+    box pixel); the image is cut into ``tile x tile`` squares, and in every square the masks whose boxes reach it
+    are unpacked there and multiplied, ``rows @ cols.T`` in float32 (exact: at most ``tile**2`` ones are summed).
+    Each band of tile rows is unpacked once per call, not once per square. Pairs whose boxes never meet cost
+    nothing; noisy masks with thousands of runs (random-weight SAM) cost what smooth ones do. Runs (``"runs"``, or
+    ``"auto"`` for smooth masks): pycocotools, pair by pair.
+    """
+
+    #: Most bytes of unpacked pixels one band holds (its width shrinks to fit): ~64 MB.
+    BAND_BYTES = 1 << 26
+
+    def __init__(self, rles: Sequence[RLE], tile: int = TILE, method: str = "auto") -> None:
+        if method not in ("auto", "tiles", "runs"):
+            raise ValueError(f"method must be auto, tiles or runs, got {method!r}")
+        self.rles, self.tile = list(rles), tile
+        n = len(self.rles)
+        if n:
+            _check_same_size(self.rles)
+        #: every mask's area and box (x, y, w, h), for callers that need them too
+        self.areas = np.asarray(area(self.rles) if n else [], dtype=np.int64)
+        self.boxes = np.asarray(bbox_xywh(self.rles) if n else [], dtype=np.float64).reshape(n, 4)
+        chars = sum(len(r["counts"]) for r in self.rles) / max(n, 1)
+        self.tiled = n > 0 and (method == "tiles" or (method == "auto" and chars >= TILED_FROM_CHARS))
+        if not self.tiled:
+            return
+        self.h, self.w = (int(v) for v in self.rles[0]["size"])
+        boxes = self.boxes
+        self.x0, self.y0 = boxes[:, 0].astype(np.int64), boxes[:, 1].astype(np.int64)
+        self.x1 = np.minimum(self.x0 + np.ceil(boxes[:, 2]).astype(np.int64), self.w)
+        self.y1 = np.minimum(self.y0 + np.ceil(boxes[:, 3]).astype(np.int64), self.h)
+        self.live = (self.x1 > self.x0) & (self.y1 > self.y0)  # empty masks take part in nothing
+        self.bits = [self._pack(i) if self.live[i] else None for i in range(n)]
+
+    def _pack(self, i: int) -> np.ndarray:
+        # pycocotools decodes column-major; packing a row-major copy of the box is twice as fast
+        box = decode(self.rles[i])[self.y0[i]:self.y1[i], self.x0[i]:self.x1[i]]
+        return np.packbits(np.ascontiguousarray(box), axis=1)
+
+    def cross(self, rows: Sequence[int] | np.ndarray, cols: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Intersection areas of masks *rows* against masks *cols* (indices into the set), ``(len(rows),
+        len(cols)) int64``."""
+        rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+        out = np.zeros((len(rows), len(cols)), dtype=np.int64)
+        if not len(rows) or not len(cols):
+            return out
+        if not self.tiled:
+            return intersection_matrix([self.rles[i] for i in rows], [self.rles[j] for j in cols])
+        t = self.tile
+        where = np.unique(np.concatenate([rows, cols]))
+        where = where[self.live[where]]
+        row_at, col_at = np.full(len(self.rles), -1), np.full(len(self.rles), -1)
+        row_at[rows], col_at[cols] = np.arange(len(rows)), np.arange(len(cols))
+        for r0 in range(0, self.h, t):
+            r1 = min(r0 + t, self.h)
+            band = where[(self.y0[where] < r1) & (self.y1[where] > r0)]
+            if not len(band):
                 continue
-            r0, c0 = ty * tile, tx * tile
-            r1, c1 = min(r0 + tile, h), min(c0 + tile, w)
-            block = np.zeros((len(idx), r1 - r0, c1 - c0), dtype=np.float32)
-            for k, i in enumerate(idx):
-                bits, width = packed[i]  # type: ignore[misc]
-                ya, yb = max(r0, y0[i]), min(r1, y1[i])
-                xa, xb = max(c0, x0[i]), min(c1, x1[i])
-                if ya >= yb or xa >= xb:
-                    continue
-                rows = np.unpackbits(bits[ya - y0[i]: yb - y0[i]], axis=1, count=width)
-                block[k, ya - r0: yb - r0, xa - c0: xb - c0] = rows[:, xa - x0[i]: xb - x0[i]]
-            flat = block.reshape(len(idx), -1)
-            out[np.ix_(idx, idx)] += np.rint(flat @ flat.T).astype(np.int64)
-    return out
+            width = max(t, (self.BAND_BYTES // max(1, len(band) * t)) // t * t)
+            for b0 in range(0, self.w, width):
+                self._band(out, band, row_at, col_at, r0, r1, b0, min(b0 + width, self.w))
+        return out
+
+    def _band(self, out: np.ndarray, band: np.ndarray, row_at: np.ndarray, col_at: np.ndarray, r0: int, r1: int,
+              b0: int, b1: int) -> None:
+        """Add the squares of rows ``r0:r1``, columns ``b0:b1`` to *out*: *band*'s masks unpacked there once."""
+        band = band[(self.x0[band] < b1) & (self.x1[band] > b0)]
+        pixels = np.zeros((len(band), r1 - r0, b1 - b0), dtype=np.uint8)
+        for k, i in enumerate(band):
+            ya, yb = max(r0, self.y0[i]), min(r1, self.y1[i])
+            xa, xb = max(b0, self.x0[i]), min(b1, self.x1[i])
+            # unpack only the bytes that hold columns xa:xb of the box
+            lo, hi = (xa - self.x0[i]) // 8, (xb - self.x0[i] + 7) // 8
+            cut = np.unpackbits(self.bits[i][ya - self.y0[i]: yb - self.y0[i], lo:hi], axis=1)  # type: ignore[index]
+            skip = xa - self.x0[i] - 8 * lo
+            pixels[k, ya - r0: yb - r0, xa - b0: xb - b0] = cut[:, skip: skip + xb - xa]
+        for c0 in range(b0, b1, self.tile):
+            c1 = min(c0 + self.tile, b1)
+            here = (self.x0[band] < c1) & (self.x1[band] > c0)
+            r_k = np.flatnonzero(here & (row_at[band] >= 0))
+            c_k = np.flatnonzero(here & (col_at[band] >= 0))
+            if not len(r_k) or not len(c_k):
+                continue
+            block = pixels[:, :, c0 - b0: c1 - b0]
+            a = block[r_k].reshape(len(r_k), -1).astype(np.float32)
+            b = block[c_k].reshape(len(c_k), -1).astype(np.float32)
+            out[np.ix_(row_at[band[r_k]], col_at[band[c_k]])] += np.rint(a @ b.T).astype(np.int64)
 
 
 def contained_share(rles: Sequence[RLE], inter: np.ndarray | None = None) -> np.ndarray:

@@ -32,15 +32,15 @@ def nest(rles: Sequence[M.RLE], predicted_iou: Sequence[float], stability: Seque
     The returned ``ids`` are the input positions the regions came from."""
     piou = np.asarray(predicted_iou, dtype=np.float64)
     stab = np.asarray(stability, dtype=np.float64)
-    inter = M.pairwise_intersections(rles)  # once, for both the duplicates and the containment tree
-    keep = T.dedupe(rles, piou * stab, duplicate_iou, inter=inter)
+    # each mask against the masks already kept, not every other; the kept ones' intersections feed the tree
+    keep, inter = T.dedupe_kept(rles, piou * stab, duplicate_iou)
     kept = [rles[i] for i in keep]
     order = T.canonical_order(kept)
     rows = keep[order]
     ordered = [rles[i] for i in rows]
     log.info("%d proposals -> %d regions after merging duplicates", len(rles), len(ordered))
     return Regions.from_rles(ordered, predicted_iou=piou[rows], stability_score=stab[rows],
-                             parent=T.build_parents(ordered, containment, inter=inter[np.ix_(rows, rows)]),
+                             parent=T.build_parents(ordered, containment, inter=inter[np.ix_(order, order)]),
                              ids=rows)
 
 
