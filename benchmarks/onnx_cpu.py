@@ -212,7 +212,8 @@ def _everything(segs: dict, sam: torch.nn.Module, image: np.ndarray, grid: int, 
            "onnx_s": round(times["onnx"], 2), "onnx_vs_stock": round(t_stock / times["onnx"], 2),
            "onnx_vs_torch": round(times["torch"] / times["onnx"], 2),
            "torch_vs_stock": round(t_stock / times["torch"], 2), "stock_masks": len(stock),
-           "onnx_vs_torch_masks": _agreement(masks["torch"], masks["onnx"]), "stage_seconds": stages}
+           "onnx_vs_torch_masks": _agreement(masks["torch"], masks["onnx"]),
+           "torch_masks_in_stock": _agreement(stock, masks["torch"])["identical"], "stage_seconds": stages}
     return row
 
 

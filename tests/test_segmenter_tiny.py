@@ -177,6 +177,33 @@ def test_fast_generator_is_identical_to_stock(chelsea, params, chunk_pixels):
     assert [p.rle["counts"] for p in slow] == [p.rle["counts"] for p in fast]
 
 
+def test_fast_generator_decodes_a_few_prompts_a_call_on_a_cpu(chelsea, monkeypatch):
+    """On a CPU the decoder takes each generator batch CPU_DECODER_PROMPTS prompts a call (its per-prompt copies of
+    the image embedding then fit in cache); the proposals are those of one call per batch, exactly."""
+    from clipsam.models import amg
+    from clipsam.models.sam import SamProposer
+
+    model = tiny_sam(seed=4)
+    emb = SamProposer(model, "cpu").embed(chelsea)
+    params = {"points_per_side": 6, "points_per_batch": 20, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    sizes: list[int] = []
+    forward = model.mask_decoder.forward
+
+    def spy(*args, **kwargs):
+        sizes.append(len(kwargs["sparse_prompt_embeddings"]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.mask_decoder, "forward", spy)
+    few = amg.generate(model, emb.features, emb.original_size, emb.input_size, **params)
+    assert sizes == [8, 8, 4, 8, 8] and max(sizes) == amg.CPU_DECODER_PROMPTS  # 36 points: batches of 20 and 16
+    monkeypatch.setattr(amg, "CPU_DECODER_PROMPTS", 1000)
+    sizes.clear()
+    whole = amg.generate(model, emb.features, emb.original_size, emb.input_size, **params)
+    assert sizes == [20, 16]
+    assert [p.rle["counts"] for p in few] == [p.rle["counts"] for p in whole]
+    assert [p.predicted_iou for p in few] == [p.predicted_iou for p in whole]
+
+
 def test_fast_generator_falls_back_to_stock_for_crop_layers(chelsea):
     from clipsam.models.sam import SamProposer
 

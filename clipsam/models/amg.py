@@ -1,8 +1,10 @@
 """A faster automatic mask generator that returns exactly the masks of ``SamAutomaticMaskGenerator``.
 
-Same point grid, same batches, same decoder calls, same upsampling, same thresholds, same NMS: the RLEs, predicted
-IoUs, stability scores and their order are identical to stock (the unit tests check this). What changes is the
-work around them:
+Same point grid, same batches, same decoder, same upsampling, same thresholds, same NMS: the RLEs, predicted IoUs,
+stability scores and their order are identical to stock (the unit tests check this). What changes is the work
+around them:
+
+* on a CPU the decoder takes each batch :data:`CPU_DECODER_PROMPTS` prompts a call, from cache rather than memory;
 
 * masks failing ``pred_iou_thresh`` are dropped *before* being upsampled to full resolution (stock upsamples every
   mask of a batch first);
@@ -34,6 +36,13 @@ from .base import Proposal
 
 #: Full-resolution float logits held at once (pixels x masks): 64 Mpx = 256 MB.
 DEFAULT_CHUNK_PIXELS = 64_000_000
+
+#: Prompts per mask-decoder call on a CPU (on other devices a generator batch goes at once). SAM's decoder copies the
+#: image embedding for every prompt and streams the copies through its two-way transformer: stock's 64 prompts make
+#: 268-MB tensors for ViT-B, which run from memory; 8 make 34-MB ones, which run from cache. Measured on a 2-core x86
+#: CPU, one batch of 64 took 6.28 s in PyTorch and 3.37 s in ONNX Runtime at once, 3.54 s and 2.94 s eight at a time,
+#: with bit-identical logits (benchmarks/RESULTS.md, issue 25).
+CPU_DECODER_PROMPTS = 8
 
 #: Settings the fast path reproduces exactly; anything else goes to the stock generator.
 STOCK_DEFAULTS: dict[str, Any] = {
@@ -97,9 +106,7 @@ def generate(
         coords = torch.as_tensor(transform.apply_coords(points, original_size), device=device)
         labels = torch.ones(coords.shape[0], dtype=torch.int, device=device)
         sparse, dense = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou = model.mask_decoder(image_embeddings=features, image_pe=model.prompt_encoder.get_dense_pe(),
-                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                          multimask_output=True)
+        low_res, iou = _decode(model, features, sparse, dense)
         low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
         pts = np.repeat(points, 3, axis=0)
         if p["pred_iou_thresh"] > 0.0:  # before upsampling: the filter only reads the predicted IoU
@@ -128,6 +135,19 @@ def generate(
             stab_all.append(stab.float().cpu())
             pts_all.append(chunk_pts)
     return nms_proposals(rles, iou_all, stab_all, box_all, pts_all, p["box_nms_thresh"])
+
+
+def _decode(model: Sam, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask decoder on one generator batch (multimask), :data:`CPU_DECODER_PROMPTS` prompts a call on a CPU."""
+    step = CPU_DECODER_PROMPTS if features.device.type == "cpu" else len(sparse)
+    pe = model.prompt_encoder.get_dense_pe()
+    parts = [model.mask_decoder(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse[k:k + step],
+                                dense_prompt_embeddings=dense[k:k + step], multimask_output=True)
+             for k in range(0, len(sparse), step)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([low for low, _ in parts]), torch.cat([iou for _, iou in parts])
 
 
 def stock_boxes(encoded: list[dict[str, Any]]) -> torch.Tensor:
