@@ -133,3 +133,29 @@ def test_sam2_registry_entries():
         assert ckpt.extra["backend"] == "sam2" and ckpt.url.endswith(f"/092824/{name}.pt")
     published = [n for n in W.REGISTRY if W.get(n).extra.get("backend") != "sam3"]  # SAM 3: pinned on first use
     assert np.all([len(W.get(n).sha256) == 64 for n in published]) and W.get("sam3").sha256 == ""
+
+
+def test_fast_generator_decodes_a_few_prompts_a_call_on_a_cpu(sam2_model, chelsea, monkeypatch):
+    """On a CPU SAM 2.1's decoder takes each generator batch CPU_DECODER_PROMPTS prompts a call (it copies the image
+    embedding and the high-resolution features once per prompt); the proposals are those of one call per batch."""
+    from clipsam.models import amg
+
+    fast = Sam2Proposer(sam2_model, "cpu")
+    emb = fast.embed(chelsea)
+    params = {**PARAMS, "points_per_side": 5, "points_per_batch": 20}
+    sizes: list[int] = []
+    forward = sam2_model.sam_mask_decoder.forward
+
+    def spy(*args, **kwargs):
+        sizes.append(len(kwargs["sparse_prompt_embeddings"]))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(sam2_model.sam_mask_decoder, "forward", spy)
+    few = fast.generate(chelsea, emb, **params)
+    assert sizes == [8, 8, 4, 5] and max(sizes) == amg.CPU_DECODER_PROMPTS  # 25 points: batches of 20 and 5
+    monkeypatch.setattr(amg, "CPU_DECODER_PROMPTS", 1000)
+    sizes.clear()
+    whole = fast.generate(chelsea, emb, **params)
+    assert sizes == [20, 5]
+    assert [p.rle["counts"] for p in few] == [p.rle["counts"] for p in whole]
+    assert [p.predicted_iou for p in few] == [p.predicted_iou for p in whole]

@@ -4,6 +4,7 @@ What :mod:`clipsam.models.amg` does for SAM 1, for the ``sam2`` package's genera
 decoder calls, upsampling, thresholds and NMS -- RLEs, predicted IoUs, stability scores and their order identical to
 stock (the unit tests check this on several parameter sets) -- with the work around them cut:
 
+* on a CPU the decoder takes each batch :data:`~clipsam.models.amg.CPU_DECODER_PROMPTS` prompts a call;
 * masks failing ``pred_iou_thresh`` are dropped before they are upsampled (stock upsamples the whole batch, three
   full-resolution float masks per point);
 * full-resolution logits exist for a few masks at a time (``chunk_pixels``), never for a whole batch;
@@ -61,6 +62,19 @@ def decode(predictor: Any, coords: torch.Tensor | None, labels: torch.Tensor | N
     return low, iou
 
 
+def _decode_batch(predictor: Any, coords: torch.Tensor, labels: torch.Tensor, multimask_output: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode` on one generator batch of point prompts, :data:`~clipsam.models.amg.CPU_DECODER_PROMPTS`
+    prompts a call on a CPU (SAM 2.1's decoder, like SAM 1's, copies the image embedding -- and here its high-
+    resolution features -- once per prompt)."""
+    step = amg.CPU_DECODER_PROMPTS if predictor.device.type == "cpu" else len(coords)
+    parts = [decode(predictor, coords[k:k + step], labels[k:k + step], None, None, multimask_output)
+             for k in range(0, len(coords), step)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([low for low, _ in parts]), torch.cat([iou for _, iou in parts])
+
+
 @torch.inference_mode()
 def generate(predictor: Any, original_size: tuple[int, int], *, chunk_pixels: int = amg.DEFAULT_CHUNK_PIXELS,
              work_size: tuple[int, int] | None = None, **params: Any) -> list[Proposal]:
@@ -89,7 +103,7 @@ def generate(predictor: Any, original_size: tuple[int, int], *, chunk_pixels: in
         pts = torch.as_tensor(points, dtype=torch.float32, device=device)
         in_points = transforms.transform_coords(pts, normalize=True, orig_hw=original_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=device)
-        low, iou = decode(predictor, in_points[:, None, :], in_labels[:, None], None, None, p["multimask_output"])
+        low, iou = _decode_batch(predictor, in_points[:, None, :], in_labels[:, None], p["multimask_output"])
         per_point = low.shape[1]
         low, iou = low.flatten(0, 1), iou.flatten(0, 1)
         pts = pts.repeat_interleave(per_point, dim=0)
