@@ -594,3 +594,18 @@ def test_an_unsure_near_duplicate_with_one_half_is_that_object_when_its_rest_is_
     third = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=_masks((0, 22), (0, 7)),
                        embed=Embedder(rows({"cat": 0.9})))
     assert third.decisions[0].node is None and third.kinds == ("unknown", "object")
+
+
+def test_a_labelled_piece_is_taken_by_a_surer_piece_of_another_category_when_its_rest_shows_it_too():
+    """A dog (20 columns), a half of it whose noisy crop says "sofa" clearly enough to beat the dog's own labels by
+    the nested margin, and a quarter of the dog inside that half (60 % of it) that says "dog", surer. The half's rest
+    (its pixels outside the quarter) shows a dog: the half is a piece of the dog, not a sofa lying on it. When the
+    rest shows a sofa, the half is a sofa on the dog (its label stands)."""
+    feats = rows({"animal": 0.5, "dog": 0.95}, {"furniture": 0.5, "sofa": 0.75}, {"animal": 0.5, "dog": 0.9})
+    parents = np.array([-1, 0, 1])
+    rles = _masks((0, 20), (0, 10), (0, 6))
+    dog = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"dog": 0.9})))
+    assert dog.decisions[0].node.name == "dog" and dog.kinds[1] == "unknown part"
+    assert dog.decisions[1].node is None  # a piece: no label of its own
+    sofa = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"sofa": 0.9})))
+    assert sofa.kinds[:2] == ("object", "object") and sofa.decisions[1].node.name == "sofa"

@@ -146,7 +146,8 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
        objects, not an object: it is unknown, and its members are objects; two members of one top-level category
        make a group only when they do not touch (two dogs, not the two halves of one dog).
     3. Bottom-up: an unknown region tiled by touching labelled pieces of mostly one category is that object
-       (:func:`_promote`).
+       (:func:`_promote`); so is a labelled region that a surer piece of another category covers, when its rest
+       shows that category too (:func:`_taken_by_its_piece`); its own crop outvoted, inside an object it is a piece.
     4. Parents before children: outside labelled objects a region keeps its object label (or unknown). Inside a
        labelled object it is scored in one softmax over that object's parts, every category's labels (its own
        included) and the negatives: a named part, or a piece of it (``unknown part``; merged into it when it
@@ -175,6 +176,7 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
                              deep=deep)
 
     objects = label(slice(None), taxonomy.top)
+    taken: set[int] = set()  # labelled regions a surer piece of another category took (step 3)
     if policy.union_margin is not None:
         rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy, parts_from) \
             if rles is not None and embed else None
@@ -185,6 +187,8 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
             ungrouped = _ungroup(objects, rles, parents, below)
             groups = {i for i, (a, b) in enumerate(zip(objects, ungrouped, strict=True)) if a.node and not b.node}
             objects = _promote(ungrouped, rles, parents, below, rest, groups)
+            taken = {i for i, (a, b) in enumerate(zip(ungrouped, objects, strict=True))
+                     if a.node is not None and b.node is not a.node}
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -195,7 +199,7 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
             kinds[i] = "object" if objects[i].node is not None else "unknown"
             continue
         decisions[i], kinds[i] = _part_or_object(feats[i:i + 1], decisions[owner], taxonomy, bank, policy,
-                                                 with_parts, deep)
+                                                 with_parts, deep, piece=int(i) in taken)
         piece = kinds[i] == "unknown part" and decisions[i].best_guess is decisions[owner].node
         if piece and rles is not None and _same_object(rles[i], rles[owner]):
             merged.add(int(i))
@@ -406,7 +410,10 @@ def _promote(objects: list[LabelDecision], rles: Sequence[M.RLE], parents: np.nd
     quarter of it labelled) -- see :func:`_by_its_rest`."""
     out = list(objects)
     for r, below in enumerate(inside):
-        if objects[r].node is not None or not below or r in groups:  # groups found by _ungroup stay groups
+        if not below or r in groups:  # groups found by _ungroup stay groups
+            continue
+        if objects[r].node is not None:
+            out[r] = _taken_by_its_piece(r, below, objects, parents, rest, rles) or out[r]
             continue
         members = [c for c in below if objects[c].node is not None and _outermost(c, r, parents, objects)]
         if not members:
@@ -459,6 +466,24 @@ def _by_its_rest(r: int, members: list[int], area: np.ndarray, objects: Sequence
     return LabelDecision(node, scores, node, scores[0])
 
 
+def _taken_by_its_piece(r: int, below: list[int], objects: Sequence[LabelDecision], parents: np.ndarray,
+                        rest: _Rest | None, rles: Sequence[M.RLE]) -> LabelDecision | None:
+    """A labelled region that a surer labelled region of another category inside it covers (:data:`PIECE_COVER`,
+    with the touching pieces of its category), and whose rest shows that category too, is of that category: a half
+    of a scooter whose noisy crop says "laptop", with the scooter's wheel labelled inside it. Its rest decides, as for
+    an unknown region (:func:`_by_its_rest`): a sofa's mask around the cat lying on it keeps "couch", since its rest
+    is the sofa."""
+    if rest is None:
+        return None
+    top, sure = objects[r].node.path[0], objects[r].path_scores[0]
+    members = [c for c in below if objects[c].node is not None and objects[c].node.path[0] != top
+               and objects[c].path_scores[0] > sure and _outermost(c, r, parents, objects)]
+    if not members:
+        return None
+    area = np.asarray(M.area([rles[i] for i in [r, *members]]), dtype=np.float64)
+    return _by_its_rest(r, members, area, objects, rest, rles)
+
+
 def _touching_cluster(seed: int, candidates: list[int], rles: Sequence[M.RLE]) -> list[int]:
     """*seed* and the *candidates* that touch it, directly or through one another (sorted, *seed* first)."""
     cluster, left = [seed], [c for c in candidates if c != seed]
@@ -500,14 +525,16 @@ def _owning_object(i: int, parents: np.ndarray, kinds: Sequence[str]) -> int | N
 
 
 def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: Taxonomy, bank, policy: LabelPolicy,
-                    with_parts: bool, deep: bool) -> tuple[LabelDecision, str]:
+                    with_parts: bool, deep: bool, piece: bool = False) -> tuple[LabelDecision, str]:
     """A region inside a labelled object: one of its parts, a piece of it (``unknown part``), or another object lying
     on it. One softmax over the object's parts, every category's labels -- the object's own category included --
     and the negatives: a probability is only meaningful over the full set of candidates. A piece whose best label is
     its owner's category (a half of a cat) is never renamed by taking that category out and renormalising the rest;
     another category wins only by beating the owner's category and every part on the region itself by
     :data:`NESTED_MARGIN` logits, and its score (and its ``min_confidence`` test) is its share once the owner's
-    mass is weighed by those same prior odds."""
+    mass is weighed by those same prior odds. *piece*: the region's own crop was outvoted by a surer piece of it and
+    its rest (step 3 of :func:`label_tree`), so no other category is read from it: a piece of its owner, as the prior
+    says a nested region is."""
     whole = whole_decision.node
     assert whole is not None  # the owner is a labelled object
     parts = whole.all_parts() if with_parts else []
@@ -531,7 +558,7 @@ def _part_or_object(feat: np.ndarray, whole_decision: LabelDecision, taxonomy: T
     best_rival = int(rival_best.argmax()) if rivals else -1
     part_score = float(part_p[best_part]) if best_part >= 0 else -1.0
     rival_score = float(rival_best[best_rival]) if best_rival >= 0 else -1.0
-    if rival_score < max(part_score, own_best) * np.exp(NESTED_MARGIN):  # nested regions are pieces of their owner
+    if piece or rival_score < max(part_score, own_best) * np.exp(NESTED_MARGIN):  # pieces of their owner
         if part_score >= own_best:  # a named part of its owner, sure of it as far as it is inside its owner
             inside = float(part_p.sum()) + own_mass
             return _part_decision(parts[best_part], part_score, part_p, parts, negative, whole_decision, policy,
