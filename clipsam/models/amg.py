@@ -5,7 +5,6 @@ stability scores and their order are identical to stock (the unit tests check th
 around them:
 
 * on a CPU the decoder takes each batch :data:`CPU_DECODER_PROMPTS` prompts a call, from cache rather than memory;
-
 * masks failing ``pred_iou_thresh`` are dropped *before* being upsampled to full resolution (stock upsamples every
   mask of a batch first);
 * full-resolution logits exist for a few masks at a time (``chunk_pixels``), never for a whole batch, which bounds
@@ -140,11 +139,17 @@ def generate(
 def _decode(model: Sam, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mask decoder on one generator batch (multimask), :data:`CPU_DECODER_PROMPTS` prompts a call on a CPU."""
-    step = CPU_DECODER_PROMPTS if features.device.type == "cpu" else len(sparse)
     pe = model.prompt_encoder.get_dense_pe()
-    parts = [model.mask_decoder(image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse[k:k + step],
-                                dense_prompt_embeddings=dense[k:k + step], multimask_output=True)
-             for k in range(0, len(sparse), step)]
+    return decode_in_calls(lambda a, b: model.mask_decoder(
+        image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse[a:b],
+        dense_prompt_embeddings=dense[a:b], multimask_output=True), len(sparse), features.device)
+
+
+def decode_in_calls(call: Any, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``call(start, stop) -> (low-res logits, IoUs)`` for prompts ``start:stop`` of a batch of *n*, made
+    :data:`CPU_DECODER_PROMPTS` prompts a call on a CPU (the whole batch at once elsewhere), results concatenated."""
+    step = CPU_DECODER_PROMPTS if device.type == "cpu" else n
+    parts = [call(k, k + step) for k in range(0, n, step)]
     if len(parts) == 1:
         return parts[0]
     return torch.cat([low for low, _ in parts]), torch.cat([iou for _, iou in parts])

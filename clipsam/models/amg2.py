@@ -67,12 +67,8 @@ def _decode_batch(predictor: Any, coords: torch.Tensor, labels: torch.Tensor, mu
     """:func:`decode` on one generator batch of point prompts, :data:`~clipsam.models.amg.CPU_DECODER_PROMPTS`
     prompts a call on a CPU (SAM 2.1's decoder, like SAM 1's, copies the image embedding -- and here its high-
     resolution features -- once per prompt)."""
-    step = amg.CPU_DECODER_PROMPTS if predictor.device.type == "cpu" else len(coords)
-    parts = [decode(predictor, coords[k:k + step], labels[k:k + step], None, None, multimask_output)
-             for k in range(0, len(coords), step)]
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([low for low, _ in parts]), torch.cat([iou for _, iou in parts])
+    return amg.decode_in_calls(lambda a, b: decode(predictor, coords[a:b], labels[a:b], None, None,
+                                                   multimask_output), len(coords), predictor.device)
 
 
 @torch.inference_mode()
