@@ -609,3 +609,24 @@ def test_a_labelled_piece_is_taken_by_a_surer_piece_of_another_category_when_its
     assert dog.decisions[1].node is None  # a piece: no label of its own
     sofa = label_tree(feats, parents, TAX, FixedBank(), SUBTREE, rles=rles, embed=Embedder(rows({"sofa": 0.9})))
     assert sofa.kinds[:2] == ("object", "object") and sofa.decisions[1].node.name == "sofa"
+
+
+def test_an_objects_label_below_its_category_is_read_from_its_pieces_too():
+    """SAM returns a dog with its two halves: three crops of one animal, each with its own noise. The whole's crop
+    says "dog" without clearly saying "puppy"; both halves say "puppy". Read together, each weighed by its share
+    of the dog's area, the dog is a puppy; the halves stay pieces of it. A sliver (5 % of the area) that says
+    "puppy" as loudly counts for its area only, so the dog stays a dog; so does a dog whose halves are not known
+    (no masks)."""
+    whole = {"animal": 0.3, "dog": 0.9, "puppy": 0.88}
+    half = {"animal": 0.3, "dog": 0.85, "puppy": 0.95}
+    feats = rows(whole, half, half)
+    out = label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE, rles=_masks((0, 20), (0, 10), (10, 20)))
+    assert out.decisions[0].node.path == ("animal", "dog", "puppy")
+    assert out.kinds == ("object", "unknown part", "unknown part")
+    assert len(out.decisions[0].path_scores) == 3 and list(out.decisions[0].path_scores) == sorted(
+        out.decisions[0].path_scores, reverse=True)
+    assert label_tree(feats, np.array([-1, 0, 0]), TAX, FixedBank(), SUBTREE).decisions[0].node.path == (
+        "animal", "dog")
+    sliver = label_tree(rows(whole, half), np.array([-1, 0]), TAX, FixedBank(), SUBTREE,
+                        rles=_masks((0, 20), (0, 1)))
+    assert sliver.decisions[0].node.path == ("animal", "dog") and sliver.kinds == ("object", "unknown part")

@@ -154,6 +154,9 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
        covers it to :data:`SAME_OBJECT_IOU`), unless another category beats both on the region itself by
        :data:`NESTED_MARGIN` logits (an object lying on top of another: a cup on a table's mask); its probability
        then weighs the owner's own category and parts by the same prior odds.
+    5. With *rles* and *deep*: an object labelled by its own crop is labelled below its category from its pieces
+       too (:func:`_seen_with_its_pieces`: its halves and near-duplicates are more crops of the same thing, averaged
+       with its own by their share of its area), and step 4 runs again under the new labels.
 
     Args:
         feats: ``(N, D)`` unit region embeddings.
@@ -170,25 +173,42 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         return Labelled((), ())
     comps = policy.competitors(taxonomy) if competitors is None else list(competitors)
 
-    def label(rows: slice, tops: Sequence[TaxonomyNode]) -> list[LabelDecision]:
-        return label_objects(feats[rows], tops, bank, competitors=comps, scoring=policy.scoring,
+    def label(f: np.ndarray, tops: Sequence[TaxonomyNode]) -> list[LabelDecision]:
+        return label_objects(f, tops, bank, competitors=comps, scoring=policy.scoring,
                              min_confidence=policy.min_confidence, descend_confidence=policy.descend_confidence,
                              deep=deep)
 
-    objects = label(slice(None), taxonomy.top)
+    objects = first = label(feats, taxonomy.top)
     taken: set[int] = set()  # labelled regions a surer piece of another category took (step 3)
     if policy.union_margin is not None:
         rest = _Rest(rles, embed, taxonomy.top, bank, comps, policy, parts_from) \
             if rles is not None and embed else None
         below = _descendants(parents)  # every region's descendants, once for the three rules
         objects = _resolve_unions(feats, objects, below, bank, policy.union_margin, taxonomy.top,
-                                  lambda i, tops: label(slice(i, i + 1), tops)[0], rest)
+                                  lambda i, tops: label(feats[i:i + 1], tops)[0], rest)
         if rles is not None:
             ungrouped = _ungroup(objects, rles, parents, below)
             groups = {i for i, (a, b) in enumerate(zip(objects, ungrouped, strict=True)) if a.node and not b.node}
             objects = _promote(ungrouped, rles, parents, below, rest, groups)
             taken = {i for i, (a, b) in enumerate(zip(ungrouped, objects, strict=True))
                      if a.node is not None and b.node is not a.node}
+    def assign(objs: list[LabelDecision]) -> Labelled:
+        return _assign(objs, feats, parents, taxonomy, bank, policy, with_parts, deep, taken, rles)
+
+    labelled = assign(objects)
+    if deep and rles is not None:  # step 5: an object's label below its category from every view of it
+        pooled = _seen_with_its_pieces(feats, objects, first, labelled, parents, rles,
+                                       lambda f: label(f, taxonomy.top)[0])
+        if pooled is not objects:
+            labelled = assign(pooled)
+    return labelled
+
+
+def _assign(objects: Sequence[LabelDecision], feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
+            policy: LabelPolicy, with_parts: bool, deep: bool, taken: set[int], rles: Sequence[M.RLE] | None
+            ) -> Labelled:
+    """Step 4 of :func:`label_tree`: parents before children, each region an object, a part or a piece."""
+    n = len(feats)
     decisions: list[LabelDecision] = [LabelDecision(None)] * n
     kinds = ["unknown"] * n
     merged: set[int] = set()
@@ -204,6 +224,37 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
         if piece and rles is not None and _same_object(rles[i], rles[owner]):
             merged.add(int(i))
     return Labelled(tuple(decisions), tuple(kinds), frozenset(merged))
+
+
+def _seen_with_its_pieces(feats: np.ndarray, objects: list[LabelDecision], first: Sequence[LabelDecision],
+                          labelled: Labelled, parents: np.ndarray, rles: Sequence[M.RLE],
+                          relabel: Callable[[np.ndarray], LabelDecision]) -> list[LabelDecision]:
+    """Step 5 of :func:`label_tree`: SAM returns an object with its halves, quarters and near-duplicates, each a
+    crop of the same thing that CLIP sees with its own noise. An object's label below its category is read from all
+    of them: its own embedding plus its pieces' (the ``unknown part`` regions inside it whose best label is its own:
+    not named parts, which show the part, nor objects lying on it), each weighed by its share of the object's area
+    -- multi-crop test-time averaging. Only objects labelled by their own crop (*first*: not unions relabelled,
+    nor wholes promoted or taken by their pieces, whose label already comes from them). The category stays the
+    object's own decision; a pooled view that leaves it (or matches nothing) changes nothing. Returns *objects*
+    itself when nothing changed."""
+    decisions, kinds = labelled.decisions, labelled.kinds
+    views: dict[int, list[int]] = {}
+    for i, kind in enumerate(kinds):
+        if kind != "unknown part":
+            continue
+        o = _owning_object(i, parents, kinds)
+        if o is not None and decisions[o] is objects[o] is first[o] and decisions[i].best_guess is decisions[o].node:
+            views.setdefault(o, []).append(i)
+    out = list(objects)
+    for o, pieces in views.items():
+        area = float(M.area(rles[o]))
+        weights = np.asarray([min(1.0, float(M.area(rles[i])) / max(area, 1.0)) for i in pieces])
+        pooled = feats[o] + weights @ feats[pieces]
+        d = relabel((pooled / max(float(np.linalg.norm(pooled)), 1e-12))[None].astype(feats.dtype))
+        node = objects[o].node
+        if d.node is not None and node is not None and d.node.path[0] == node.path[0]:
+            out[o] = d
+    return out if any(a is not b for a, b in zip(out, objects, strict=True)) else objects
 
 
 def _same_object(inner: M.RLE, owner: M.RLE) -> bool:
