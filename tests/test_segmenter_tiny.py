@@ -5,6 +5,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from segment_anything import SamAutomaticMaskGenerator
 
 from clipsam import Segmenter
@@ -254,3 +256,22 @@ def test_last_stats_time_every_stage_of_a_labelled_call(chelsea):
     free = tiny_segmenter(negatives=(), vocabulary=False, min_confidence=0.0)
     assert len(free.segment(chelsea, "cat", refine=True)) >= 1
     assert {"embed_regions", "label", "refine"} <= set(free.last_stats["seconds"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 1024), st.integers(1, 1024), st.integers(1, 3000), st.integers(1, 3000), st.integers(0, 9))
+def test_upsampling_computes_only_kept_pixels_and_equals_stocks_bit_for_bit(ih, iw, oh, ow, seed):
+    """amg.postprocess_masks skips the rows and columns that stock's crop throws away and the resize to the same
+    size: the logits are stock Sam.postprocess_masks' to the bit, for any input and original size."""
+    from segment_anything.modeling import Sam
+
+    from clipsam.models import amg
+
+    side = max(ih, iw)
+    ih, iw = ih * 1024 // side or 1, iw * 1024 // side or 1  # SAM's input size: the long side is 1024
+    same = seed % 2 == 0  # half the cases: the original size is the input size (no last resize)
+    oh, ow = (ih, iw) if same else (oh, ow)
+    low = torch.randn(2, 1, 256, 256, generator=torch.Generator().manual_seed(seed)) * 4
+    model = type("M", (), {"image_encoder": type("E", (), {"img_size": 1024})()})()
+    stock = Sam.postprocess_masks(model, low, (ih, iw), (oh, ow))
+    assert torch.equal(amg.postprocess_masks(low, 1024, (ih, iw), (oh, ow)), stock)
