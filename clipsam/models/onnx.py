@@ -163,19 +163,21 @@ def _remove_stale(root: Path) -> None:
 
 class Graph:
     """An exported graph in an ONNX Runtime CPU session: torch tensors in, torch tensors out. Sessions are safe to
-    call from several threads at once."""
+    call from several threads at once.
 
-    def __init__(self, path: Path, part: str) -> None:
+    *arena*: keep ONNX Runtime's CPU memory arena, which holds the largest call's buffers for the life of the session.
+    Only for a graph called many times at one bounded size (SAM's decoder, :class:`OrtMaskDecoder`): without it every
+    call maps and faults in fresh pages for its large tensors (4 of 13.5 s of a 16x16 grid's decoder calls on ViT-B
+    were system time); with it, at 64 prompts a call, the pool grew to 14 GB (benchmarks/RESULTS.md, issue 25)."""
+
+    def __init__(self, path: Path, part: str, arena: bool = False) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        # No CPU arena: with it, the decoder's batches (a copy of the image embedding per prompt) grow a pool that
-        # is never given back -- 14 GB resident for ViT-B at 64 prompts a batch, against 3.5 GB without, and the
-        # first images of a process ran slower while it grew (benchmarks/RESULTS.md, issue 25).
-        options.enable_cpu_mem_arena = False
+        options.enable_cpu_mem_arena = arena
         self.path, self.part = path, part
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -213,21 +215,33 @@ class _DecoderCore(torch.nn.Module):
 
 class OrtMaskDecoder(torch.nn.Module):
     """SAM's mask decoder run by ONNX Runtime, called as ``MaskDecoder`` is. A prompt with no sparse part (a prior
-    mask alone) runs the PyTorch decoder: the export takes one point or more."""
+    mask alone) runs the PyTorch decoder: the export takes one point or more. Prompts for one image go
+    :data:`~clipsam.models.amg.CPU_DECODER_PROMPTS` a call (the same logits as one call: the decoder treats each
+    prompt apart), so the session's memory arena holds one such call's buffers whatever a caller sends."""
 
     def __init__(self, graph: Graph, decoder: torch.nn.Module) -> None:
+        from .amg import CPU_DECODER_PROMPTS
+
         super().__init__()
         self.graph = graph
         self.torch_decoder = decoder
         self.num_mask_tokens = decoder.num_mask_tokens
+        self.step = CPU_DECODER_PROMPTS
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if sparse_prompt_embeddings.shape[1] == 0:
             return self.torch_decoder(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                                       multimask_output)
-        masks, iou = self.graph(image_embeddings.float(), image_pe.float(), sparse_prompt_embeddings.float(),
-                                dense_prompt_embeddings.float())
+        n = sparse_prompt_embeddings.shape[0]
+        if image_embeddings.shape[0] == 1 and dense_prompt_embeddings.shape[0] == n:
+            calls = [self.graph(image_embeddings.float(), image_pe.float(),
+                                sparse_prompt_embeddings[k:k + self.step].float(),
+                                dense_prompt_embeddings[k:k + self.step].float()) for k in range(0, n, self.step)]
+            masks, iou = (torch.cat(parts) for parts in zip(*calls, strict=True))
+        else:
+            masks, iou = self.graph(image_embeddings.float(), image_pe.float(), sparse_prompt_embeddings.float(),
+                                    dense_prompt_embeddings.float())
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou[:, chosen]
 
@@ -253,7 +267,7 @@ def onnx_sam(model: torch.nn.Module, key: str | None = None) -> torch.nn.Module:
     out = copy.copy(model)
     out._modules = dict(model._modules)
     out._modules["image_encoder"] = OrtImageEncoder(Graph(enc_path, "sam-image-encoder"), size)
-    out._modules["mask_decoder"] = OrtMaskDecoder(Graph(dec_path, "sam-mask-decoder"), model.mask_decoder)
+    out._modules["mask_decoder"] = OrtMaskDecoder(Graph(dec_path, "sam-mask-decoder", arena=True), model.mask_decoder)
     return out
 
 
