@@ -13,6 +13,7 @@ real weights):
 * ``label``: ``LabelJob`` over N photos (COCO out), PyTorch vs ONNX Runtime (and with ``--fast``, ONNX Runtime with
   ``speed="fast"``: CLIP's image tower in int8), with each stage's seconds;
 * ``parts``: the heavy parts alone (encoder, a decoder batch, CLIP's towers), each path best of 3;
+* ``arena``: the decoder's session with and without ONNX Runtime's memory arena (wall, user and system time);
 * ``rounding``: where a mask differs between the runtimes, whether each flipped pixel's logit lies within the two
   runtimes' float disagreement of SAM's threshold (one generator batch of 64 prompts).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -111,6 +113,35 @@ def _parts(sam: torch.nn.Module, clip: tuple, repeat: int = 3) -> dict:
         for part, paths in runs.items():
             out[part] = {path: best(fn) for path, fn in paths.items()}
             print(json.dumps({part: out[part]}), flush=True)
+    return out
+
+
+def _arena(sam: torch.nn.Module, repeat: int = 3) -> dict:
+    """The decoder's session with and without ONNX Runtime's memory arena: one 16x16 grid's four batches of 64
+    prompts, 8 prompts a call as clipsam sends them; wall, user and system seconds (best of *repeat*; the system time
+    is the pages a call without the arena maps and faults in afresh). Memory is not compared here: both sessions live
+    in one process (measure it in two)."""
+    from clipsam.models import onnx
+
+    path = onnx.onnx_sam(sam).mask_decoder.graph.path
+    emb, pe = torch.randn(1, 256, 64, 64), sam.prompt_encoder.get_dense_pe()
+    out = {}
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(torch.rand(64, 1, 2) * 1024, torch.ones(64, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)
+        for arena in (False, True):
+            graph = onnx.Graph(path, "sam-mask-decoder", arena=arena)
+            runs = []
+            for _ in range(repeat):
+                t0, c0 = time.perf_counter(), os.times()
+                for _batch in range(4):
+                    for k in range(0, 64, 8):
+                        graph(emb, pe, sparse[k:k + 8], dense[k:k + 8])
+                c1 = os.times()
+                runs.append((time.perf_counter() - t0, c1.user - c0.user, c1.system - c0.system))
+            wall, user, system = min(runs)
+            out["arena" if arena else "no_arena"] = {"wall_s": round(wall, 2), "user_s": round(user, 2),
+                                                    "system_s": round(system, 2)}
     return out
 
 
@@ -295,14 +326,12 @@ def main() -> None:
     ap.add_argument("--label-grid", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
-    ap.add_argument("--skip", default="", help="comma-separated: parts, rounding, everything, query, label")
+    ap.add_argument("--skip", default="", help="comma-separated: parts, arena, rounding, everything, query, label")
     ap.add_argument("--fast", action="store_true", help='also speed="fast" on ONNX Runtime (int8 CLIP image tower) '
                     "in the label job, and its labels region for region against the exact ONNX path")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    import os
-
     os.environ.setdefault("CLIPSAM_HOME", tempfile.mkdtemp())
     sam, kind = sam_model("vit_b")
     clip = clip_model("ViT-B-16/openai")
@@ -315,6 +344,9 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     if "parts" not in skip:
         rows["parts"] = [_parts(sam, clip)]
+    if "arena" not in skip:
+        rows["arena"] = [_arena(sam)]
+        print(json.dumps({"arena": rows["arena"][-1]}), flush=True)
     if "rounding" not in skip:
         rows["rounding"] = [_rounding(sam, image)]
         print(json.dumps(rows["rounding"][-1]), flush=True)
