@@ -14,6 +14,7 @@ real weights):
   ``speed="fast"``: CLIP's image tower in int8), with each stage's seconds;
 * ``parts``: the heavy parts alone (encoder, a decoder batch, CLIP's towers), each path best of 3;
 * ``arena``: the decoder's session with and without ONNX Runtime's memory arena (wall, user and system time);
+* ``clip``: CLIP's towers at 64 crops / 256 texts a pass against clipsam's CPU batches, both runtimes;
 * ``rounding``: where a mask differs between the runtimes, whether each flipped pixel's logit lies within the two
   runtimes' float disagreement of SAM's threshold (one generator batch of 64 prompts).
 
@@ -142,6 +143,37 @@ def _arena(sam: torch.nn.Module, repeat: int = 3) -> dict:
             wall, user, system = min(runs)
             out["arena" if arena else "no_arena"] = {"wall_s": round(wall, 2), "user_s": round(user, 2),
                                                     "system_s": round(system, 2)}
+    return out
+
+
+def _clip_batches(clip: tuple, repeat: int = 2) -> dict:
+    """CLIP's towers at stock-like batches (64 crops, 256 texts a pass) against clipsam's CPU batches
+    (``CPU_IMAGE_BATCH`` crops, ``CPU_TEXT_BATCH`` texts), in PyTorch and ONNX Runtime, best of *repeat*; the largest
+    difference between the two batchings' embeddings."""
+    from clipsam.models import onnx
+    from clipsam.models.clip import CPU_IMAGE_BATCH, CPU_TEXT_BATCH
+
+    model, _, tokenizer, _ = clip
+    oclip = onnx.onnx_clip(model, 224)
+    crops = torch.randn(64, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    tokens = tokenizer([f"a photo of a {w}." for w in range(256)])
+    out: dict = {}
+    with torch.inference_mode():
+        for tower, x, big, small in (("image", crops, 64, CPU_IMAGE_BATCH), ("text", tokens, 256, CPU_TEXT_BATCH)):
+            for runtime, m in (("torch", model), ("onnx", oclip)):
+                fn = m.encode_image if tower == "image" else m.encode_text
+                row, embs = {}, []
+                for step in (big, small):
+                    best = float("inf")
+                    for _ in range(repeat):
+                        t0 = time.perf_counter()
+                        e = torch.cat([fn(x[k:k + step]) for k in range(0, len(x), step)])
+                        best = min(best, time.perf_counter() - t0)
+                    row[f"{step}_a_pass_s"] = round(best, 2)
+                    embs.append(e)
+                row["max_abs_diff"] = float((embs[0] - embs[1]).abs().max())
+                out[f"{tower}_{runtime}"] = row
+                print(json.dumps({f"clip_{tower}_{runtime}": row}), flush=True)
     return out
 
 
@@ -326,7 +358,8 @@ def main() -> None:
     ap.add_argument("--label-grid", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path at each grid (best time kept)")
-    ap.add_argument("--skip", default="", help="comma-separated: parts, arena, rounding, everything, query, label")
+    ap.add_argument("--skip", default="", help="comma-separated: parts, arena, clip, rounding, everything, query, "
+                    "label")
     ap.add_argument("--fast", action="store_true", help='also speed="fast" on ONNX Runtime (int8 CLIP image tower) '
                     "in the label job, and its labels region for region against the exact ONNX path")
     ap.add_argument("--json", default=None)
@@ -347,6 +380,8 @@ def main() -> None:
     if "arena" not in skip:
         rows["arena"] = [_arena(sam)]
         print(json.dumps({"arena": rows["arena"][-1]}), flush=True)
+    if "clip" not in skip:
+        rows["clip_batches"] = [_clip_batches(clip)]
     if "rounding" not in skip:
         rows["rounding"] = [_rounding(sam, image)]
         print(json.dumps(rows["rounding"][-1]), flush=True)

@@ -275,3 +275,28 @@ def test_upsampling_computes_only_kept_pixels_and_equals_stocks_bit_for_bit(ih, 
     model = type("M", (), {"image_encoder": type("E", (), {"img_size": 1024})()})()
     stock = Sam.postprocess_masks(model, low, (ih, iw), (oh, ow))
     assert torch.equal(amg.postprocess_masks(low, 1024, (ih, iw), (oh, ow)), stock)
+
+
+def test_clip_runs_a_few_crops_and_texts_a_pass_on_a_cpu(monkeypatch):
+    """On a CPU CLIP's towers see CPU_IMAGE_BATCH crops and CPU_TEXT_BATCH texts a forward pass (their activations
+    then stay in cache); the embeddings are those of one large batch. A batch size the caller sets is kept."""
+    from clipsam.models import clip as C
+
+    model, preprocess, tokenizer = tiny_clip(seed=5)
+    emb = C.ClipEmbedder(model, preprocess, tokenizer, "cpu")
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 255, (20, 30, 3), dtype=np.uint8) for _ in range(10)]
+    texts = [f"a photo of thing {i}." for i in range(70)]
+    seen: list[tuple[str, int]] = []
+    image, text = model.encode_image, model.encode_text
+    monkeypatch.setattr(model, "encode_image", lambda x: seen.append(("image", len(x))) or image(x))
+    monkeypatch.setattr(model, "encode_text", lambda t: seen.append(("text", len(t))) or text(t))
+    few_crops, few_texts = emb.embed_images(crops), emb.embed_texts(texts)
+    assert [n for k, n in seen if k == "image"] == [C.CPU_IMAGE_BATCH] * 2 + [10 - 2 * C.CPU_IMAGE_BATCH]
+    assert [n for k, n in seen if k == "text"] == [C.CPU_TEXT_BATCH] * 2 + [70 - 2 * C.CPU_TEXT_BATCH]
+    monkeypatch.setattr(C, "CPU_TEXT_BATCH", 1000)
+    big = C.ClipEmbedder(model, preprocess, tokenizer, "cpu", batch_size=64)
+    seen.clear()
+    np.testing.assert_allclose(big.embed_images(crops), few_crops, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(big.embed_texts(texts), few_texts, rtol=0, atol=1e-6)
+    assert seen == [("image", 10), ("text", 70)]

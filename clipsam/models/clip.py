@@ -9,6 +9,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+#: Crops and texts per forward pass on a CPU: ViT-B/16's activations for a few crops stay in cache, for 64 they run
+#: from memory. On a 2-core x86 CPU, 64 crops took 17.3 s in PyTorch (13.9 s in ONNX Runtime) as one batch and 13.6 s
+#: (12.6 s) four at a time; 256 texts 13.4 s (10.4 s) at once and 9.8 s (9.2 s) 32 at a time, with bit-identical
+#: embeddings (benchmarks/RESULTS.md, issue 25). Elsewhere (CUDA) the larger batches stay.
+CPU_IMAGE_BATCH, CPU_TEXT_BATCH = 4, 32
+
 
 class ClipEmbedder:
     """An open_clip model (with its preprocess and tokenizer) as a region embedder.
@@ -20,7 +26,8 @@ class ClipEmbedder:
         device: torch device.
         name: registry name, for messages.
         cache_key: identifies the weights for the on-disk text cache (``None``: no disk cache).
-        batch_size: crops per forward pass.
+        batch_size: crops per forward pass (``None``: :data:`CPU_IMAGE_BATCH` on a CPU, 64 elsewhere); texts go
+            :data:`CPU_TEXT_BATCH` a pass on a CPU, 256 elsewhere.
         precision: ``fp32`` or ``bf16`` (autocast on CUDA only).
     """
 
@@ -35,7 +42,7 @@ class ClipEmbedder:
         device: torch.device | str = "cpu",
         name: str = "clip",
         cache_key: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         precision: str = "fp32",
     ) -> None:
         if precision not in ("fp32", "bf16"):
@@ -47,7 +54,9 @@ class ClipEmbedder:
         self.tokenizer = tokenizer
         self.name = name
         self.cache_key = cache_key
-        self.batch_size = int(batch_size)
+        cpu = self.device.type == "cpu"
+        self.batch_size = int(batch_size) if batch_size else (CPU_IMAGE_BATCH if cpu else 64)
+        self.text_batch = CPU_TEXT_BATCH if cpu else 256
         size: Any = getattr(getattr(model, "visual", None), "image_size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         scale = getattr(model, "logit_scale", None)
@@ -66,8 +75,8 @@ class ClipEmbedder:
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         out: list[np.ndarray] = []
-        for start in range(0, len(texts), 256):
-            tokens = self.tokenizer(list(texts[start:start + 256])).to(self.device)
+        for start in range(0, len(texts), self.text_batch):
+            tokens = self.tokenizer(list(texts[start:start + self.text_batch])).to(self.device)
             with self._autocast():
                 out.append(_unit(self.model.encode_text(tokens)))
         return np.concatenate(out) if out else np.zeros((0, self._dim()), dtype=np.float32)
