@@ -148,8 +148,8 @@ def _arena(sam: torch.nn.Module, repeat: int = 3) -> dict:
 
 def _clip_batches(clip: tuple, repeat: int = 2) -> dict:
     """CLIP's towers at stock-like batches (64 crops, 256 texts a pass) against clipsam's CPU batches
-    (``CPU_IMAGE_BATCH`` crops, ``CPU_TEXT_BATCH`` texts), in PyTorch and ONNX Runtime, best of *repeat*; the largest
-    difference between the two batchings' embeddings."""
+    (``CPU_IMAGE_BATCH`` crops, ``CPU_TEXT_BATCH`` texts), in PyTorch and ONNX Runtime (and the int8 image tower of
+    ``speed="fast"``), best of *repeat*; the largest difference between the two batchings' embeddings."""
     from clipsam.models import onnx
     from clipsam.models.clip import CPU_IMAGE_BATCH, CPU_TEXT_BATCH
 
@@ -160,7 +160,9 @@ def _clip_batches(clip: tuple, repeat: int = 2) -> dict:
     out: dict = {}
     with torch.inference_mode():
         for tower, x, big, small in (("image", crops, 64, CPU_IMAGE_BATCH), ("text", tokens, 256, CPU_TEXT_BATCH)):
-            for runtime, m in (("torch", model), ("onnx", oclip)):
+            runtimes = [("torch", model), ("onnx", oclip)] + ([("onnx_int8", onnx.int8_image_tower(oclip))]
+                                                              if tower == "image" else [])
+            for runtime, m in runtimes:
                 fn = m.encode_image if tower == "image" else m.encode_text
                 row, embs = {}, []
                 for step in (big, small):
