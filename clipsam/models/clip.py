@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 #: Crops and texts per forward pass on a CPU: ViT-B/16's activations for a few crops stay in cache, for 64 they run
-#: from memory. On a 2-core x86 CPU, 64 crops took 17.3 s in PyTorch (13.9 s in ONNX Runtime) as one batch and 13.6 s
-#: (12.6 s) four at a time; 256 texts 13.4 s (10.4 s) at once and 9.8 s (9.2 s) 32 at a time, with bit-identical
-#: embeddings (benchmarks/RESULTS.md, issue 25). Elsewhere (CUDA) the larger batches stay.
+#: from memory. On a 2-core x86 CPU, 64 crops took 18.2 s in PyTorch (14.7 s in ONNX Runtime) as one batch and 15.1 s
+#: (12.9 s) four at a time; 256 texts 15.9 s (11.1 s) at once and 11.3 s (9.2 s) 32 at a time, with bit-identical
+#: embeddings (``benchmarks/onnx_cpu.py``, RESULTS.md, issue 25). Elsewhere (CUDA) the larger batches stay.
 CPU_IMAGE_BATCH, CPU_TEXT_BATCH = 4, 32
 
 
