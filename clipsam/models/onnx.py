@@ -220,28 +220,26 @@ class OrtMaskDecoder(torch.nn.Module):
     prompt apart), so the session's memory arena holds one such call's buffers whatever a caller sends."""
 
     def __init__(self, graph: Graph, decoder: torch.nn.Module) -> None:
-        from .amg import CPU_DECODER_PROMPTS
-
         super().__init__()
         self.graph = graph
         self.torch_decoder = decoder
         self.num_mask_tokens = decoder.num_mask_tokens
-        self.step = CPU_DECODER_PROMPTS
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
                 dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if sparse_prompt_embeddings.shape[1] == 0:
             return self.torch_decoder(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                                       multimask_output)
-        n = sparse_prompt_embeddings.shape[0]
-        if image_embeddings.shape[0] == 1 and dense_prompt_embeddings.shape[0] == n:
-            calls = [self.graph(image_embeddings.float(), image_pe.float(),
-                                sparse_prompt_embeddings[k:k + self.step].float(),
-                                dense_prompt_embeddings[k:k + self.step].float()) for k in range(0, n, self.step)]
-            masks, iou = (torch.cat(parts) for parts in zip(*calls, strict=True))
+        from .amg import decode_in_calls
+
+        emb, pe = image_embeddings.float(), image_pe.float()
+        sparse, dense = sparse_prompt_embeddings.float(), dense_prompt_embeddings.float()
+        n = len(sparse)
+        if len(emb) == 1 and len(dense) == n:  # one image's prompts: a few a call, as the CPU generator sends them
+            masks, iou = decode_in_calls(lambda a, b: tuple(self.graph(emb, pe, sparse[a:b], dense[a:b])), n,
+                                         torch.device("cpu"))
         else:
-            masks, iou = self.graph(image_embeddings.float(), image_pe.float(), sparse_prompt_embeddings.float(),
-                                    dense_prompt_embeddings.float())
+            masks, iou = self.graph(emb, pe, sparse, dense)
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou[:, chosen]
 

@@ -192,13 +192,14 @@ def label_tree(feats: np.ndarray, parents: np.ndarray, taxonomy: Taxonomy, bank,
             objects = _promote(ungrouped, rles, parents, below, rest, groups)
             taken = {i for i, (a, b) in enumerate(zip(ungrouped, objects, strict=True))
                      if a.node is not None and b.node is not a.node}
+
     def assign(objs: list[LabelDecision]) -> Labelled:
         return _assign(objs, feats, parents, taxonomy, bank, policy, with_parts, deep, taken, rles)
 
     labelled = assign(objects)
     if deep and rles is not None:  # step 5: an object's label below its category from every view of it
         pooled = _seen_with_its_pieces(feats, objects, first, labelled, parents, rles,
-                                       lambda f: label(f, taxonomy.top)[0])
+                                       lambda f: label(f, taxonomy.top))
         if pooled is not objects:
             labelled = assign(pooled)
     return labelled
@@ -228,7 +229,7 @@ def _assign(objects: Sequence[LabelDecision], feats: np.ndarray, parents: np.nda
 
 def _seen_with_its_pieces(feats: np.ndarray, objects: list[LabelDecision], first: Sequence[LabelDecision],
                           labelled: Labelled, parents: np.ndarray, rles: Sequence[M.RLE],
-                          relabel: Callable[[np.ndarray], LabelDecision]) -> list[LabelDecision]:
+                          relabel: Callable[[np.ndarray], list[LabelDecision]]) -> list[LabelDecision]:
     """Step 5 of :func:`label_tree`: SAM returns an object with its halves, quarters and near-duplicates, each a
     crop of the same thing that CLIP sees with its own noise. An object's label below its category is read from all
     of them: its own embedding plus its pieces' (the ``unknown part`` regions inside it whose best label is its own:
@@ -245,14 +246,16 @@ def _seen_with_its_pieces(feats: np.ndarray, objects: list[LabelDecision], first
         o = _owning_object(i, parents, kinds)
         if o is not None and decisions[o] is objects[o] is first[o] and decisions[i].best_guess is decisions[o].node:
             views.setdefault(o, []).append(i)
+    if not views:
+        return objects
+    pooled = np.zeros((len(views), feats.shape[1]), dtype=np.float64)
+    for row, (o, pieces) in enumerate(views.items()):
+        weights = np.minimum(1.0, M.area([rles[i] for i in pieces]) / max(float(M.area(rles[o])), 1.0))
+        pooled[row] = feats[o] + weights @ feats[pieces]
+    pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     out = list(objects)
-    for o, pieces in views.items():
-        area = float(M.area(rles[o]))
-        weights = np.asarray([min(1.0, float(M.area(rles[i])) / max(area, 1.0)) for i in pieces])
-        pooled = feats[o] + weights @ feats[pieces]
-        d = relabel((pooled / max(float(np.linalg.norm(pooled)), 1e-12))[None].astype(feats.dtype))
-        node = objects[o].node
-        if d.node is not None and node is not None and d.node.path[0] == node.path[0]:
+    for o, d in zip(views, relabel(pooled.astype(feats.dtype)), strict=True):  # one softmax for every object
+        if d.node is not None and d.node.path[0] == objects[o].node.path[0]:  # type: ignore[union-attr]
             out[o] = d
     return out if any(a is not b for a, b in zip(out, objects, strict=True)) else objects
 
